@@ -1,0 +1,50 @@
+"""The one exception hierarchy of overlaynet.
+
+Every error a user can cause or meet derives from ``OverlaynetError``. The edges (the CLI,
+the CNI executables, the agent's RPC) turn these into exit codes or error replies; nothing
+else catches them. Messages name the object and the field, e.g.
+``pod "web-1": containerPort 70000 is out of range 1-65535``.
+"""
+
+from __future__ import annotations
+
+
+class OverlaynetError(Exception):
+    """Root of every error overlaynet raises on purpose."""
+
+    exit_code = 1
+
+
+class InvalidInput(OverlaynetError):
+    """A manifest, flag or name is wrong; nothing was changed."""
+
+    exit_code = 2
+
+
+class ConflictError(OverlaynetError):
+    """The request collides with existing state (a cluster that exists, a taken name)."""
+
+
+class NotFoundError(OverlaynetError):
+    """The named cluster, node or pod does not exist."""
+
+
+class CapacityError(OverlaynetError):
+    """An address range or a node cannot hold what was asked for."""
+
+
+class HostError(OverlaynetError):
+    """The host lacks something overlaynet needs (root, a kernel feature, a command)."""
+
+
+class KernelError(OverlaynetError):
+    """The kernel refused an operation overlaynet asked for."""
+
+
+class AgentError(OverlaynetError):
+    """The per-cluster agent process is unreachable or answered with an error."""
+
+
+def invalid(kind: str, name: str, message: str) -> InvalidInput:
+    """An ``InvalidInput`` that names the object: ``pod "web-1": <message>``."""
+    return InvalidInput(f'{kind} "{name}": {message}')

@@ -1,0 +1,121 @@
+"""Named network namespaces, created and entered in-process.
+
+``ip netns add`` semantics (a bind mount of the namespace on ``/run/netns/<name>``) without a
+fork: the calling *thread* unshares a new network namespace, pyroute2 binds it to its name,
+and the thread returns to where it was. ``inside(name)`` switches the calling thread into a
+namespace for the duration of a ``with`` block; a socket opened there stays in that namespace
+after the thread leaves, which is how one process serves sockets in many namespaces.
+
+Network namespaces are per thread (setns(2) with CLONE_NEWNET affects only the caller), so
+these helpers are safe in a multi-threaded process as long as each thread restores itself;
+``inside`` always does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import time
+from collections.abc import Iterator
+
+from overlaynet.errors import KernelError
+
+NETNS_RUN_DIR = "/run/netns"
+_CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def path(name: str) -> str:
+    return os.path.join(NETNS_RUN_DIR, name)
+
+
+def exists(name: str) -> bool:
+    return os.path.exists(path(name))
+
+
+def list_names() -> list[str]:
+    try:
+        return sorted(os.listdir(NETNS_RUN_DIR))
+    except FileNotFoundError:
+        return []
+
+
+def _setns(fd: int, name: str) -> None:
+    if _libc.setns(fd, _CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise KernelError(f'netns "{name}": cannot enter: {os.strerror(err)}')
+
+
+@contextlib.contextmanager
+def inside(name: str) -> Iterator[None]:
+    """Run the block with the calling thread inside namespace ``name``."""
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        try:
+            target = os.open(path(name), os.O_RDONLY)
+        except FileNotFoundError:
+            raise KernelError(f'netns "{name}": does not exist') from None
+        try:
+            _setns(target, name)
+        finally:
+            os.close(target)
+        try:
+            yield
+        finally:
+            _setns(home, "(original)")
+    finally:
+        os.close(home)
+
+
+def ensure(name: str) -> bool:
+    """Create namespace ``name`` unless it exists; return True if it was created."""
+    if exists(name):
+        return False
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        if _libc.unshare(_CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise KernelError(f'netns "{name}": unshare failed: {os.strerror(err)}')
+        from pyroute2 import netns as pyroute2_netns  # lazy: the agent only needs inside()
+
+        try:
+            pyroute2_netns.attach(name, "thread-self")
+        except OSError as exc:
+            raise KernelError(f'netns "{name}": cannot create: {exc}') from exc
+    finally:
+        _setns(home, "(original)")
+        os.close(home)
+    return True
+
+
+def delete(name: str) -> bool:
+    """Remove namespace ``name``; return False if it was already gone.
+
+    The kernel destroys the namespace (and the interfaces in it) asynchronously once the
+    last reference goes; use ``wait_gone`` before reusing interface names elsewhere.
+    """
+    if not exists(name):
+        return False
+    from pyroute2 import netns as pyroute2_netns
+
+    try:
+        pyroute2_netns.remove(name)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.EINVAL):
+            return False
+        raise KernelError(f'netns "{name}": cannot delete: {exc}') from exc
+    return True
+
+
+def wait_gone(names: list[str], timeout: float = 5.0) -> list[str]:
+    """Wait until none of ``names`` is mounted; return those still present at the timeout."""
+    deadline = time.monotonic() + timeout
+    left = [n for n in names if exists(n)]
+    while left and time.monotonic() < deadline:
+        time.sleep(0.02)
+        left = [n for n in left if exists(n)]
+    return left

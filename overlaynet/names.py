@@ -1,0 +1,123 @@
+"""Every name overlaynet shows to the kernel or to a command line, and the rules for names.
+
+This module owns:
+- validation of user-given names (DNS-1123 labels and subdomains, as Kubernetes checks them);
+- the derivation of every kernel-visible name from the cluster's name and the object's name:
+  network namespaces, interface names (at most 15 characters, IFNAMSIZ - 1) and MAC addresses.
+
+Network namespaces carry the cluster's name and their role, so ``ip netns list`` reads as a
+map of the cluster and no two clusters (or roles) can collide:
+
+    <cluster>.underlay                 the node network (one bridge)
+    <cluster>.node.<node>              a node
+    <cluster>.pod.<namespace>.<pod>    a pod
+
+Interfaces live inside those namespaces, so their names only need to be unique within one
+namespace; they are derived deterministically so that a later command (or ``down`` after a
+crash) finds them again without having to ask anyone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from overlaynet.errors import invalid
+
+IFNAME_MAX = 15  # IFNAMSIZ (16) minus the terminating NUL
+DNS1123_LABEL_MAX = 63
+DNS1123_SUBDOMAIN_MAX = 253
+CLUSTER_NAME_MAX = 32
+
+_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_IFNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+UNDERLAY_BRIDGE = "underlay0"
+NODE_UPLINK = "eth0"
+POD_INTERFACE = "eth0"
+
+
+def check_label(kind: str, name: str, field: str = "name", max_length: int = DNS1123_LABEL_MAX) -> str:
+    """Return ``name`` if it is a DNS-1123 label (RFC 1123, as Kubernetes checks namespaces)."""
+    if not isinstance(name, str) or not name:
+        raise invalid(kind, str(name), f"{field} must be a non-empty string")
+    if len(name) > max_length:
+        raise invalid(kind, name, f"{field} must be at most {max_length} characters (has {len(name)})")
+    if not _LABEL.fullmatch(name):
+        raise invalid(
+            kind, name,
+            f"{field} must consist of lower case alphanumeric characters or '-', "
+            "and must start and end with an alphanumeric character (DNS-1123 label)",
+        )
+    return name
+
+
+def check_subdomain(kind: str, name: str, field: str = "name") -> str:
+    """Return ``name`` if it is a DNS-1123 subdomain (as Kubernetes checks pod names)."""
+    if not isinstance(name, str) or not name:
+        raise invalid(kind, str(name), f"{field} must be a non-empty string")
+    if len(name) > DNS1123_SUBDOMAIN_MAX:
+        raise invalid(kind, name, f"{field} must be at most {DNS1123_SUBDOMAIN_MAX} characters")
+    if not all(_LABEL.fullmatch(part) for part in name.split(".")):
+        raise invalid(
+            kind, name,
+            f"{field} must consist of lower case alphanumeric characters, '-' or '.', "
+            "and must start and end with an alphanumeric character (DNS-1123 subdomain)",
+        )
+    return name
+
+
+def check_cluster_name(name: str) -> str:
+    return check_label("cluster", name, max_length=CLUSTER_NAME_MAX)
+
+
+def check_ifname(name: str) -> str:
+    """Refuse an interface name the kernel would reject or truncate."""
+    if len(name) > IFNAME_MAX or not _IFNAME.fullmatch(name):
+        raise ValueError(f"interface name {name!r} is not a valid Linux interface name (<= {IFNAME_MAX} chars)")
+    return name
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("/".join(parts).encode()).hexdigest()
+
+
+def underlay_netns(cluster: str) -> str:
+    return f"{cluster}.underlay"
+
+
+def node_netns(cluster: str, node: str) -> str:
+    return f"{cluster}.node.{node}"
+
+
+def pod_netns(cluster: str, namespace: str, pod: str) -> str:
+    return f"{cluster}.pod.{namespace}.{pod}"
+
+
+def cluster_netns_prefix(cluster: str) -> str:
+    """Every namespace of ``cluster`` starts with this (and no other cluster's does)."""
+    return f"{cluster}."
+
+
+def node_underlay_port(node: str) -> str:
+    """The underlay side of a node's ``eth0``: the node's name where it fits, else name + hash."""
+    if len(node) <= IFNAME_MAX and node != UNDERLAY_BRIDGE:
+        return check_ifname(node)
+    return check_ifname(f"{node[:9]}-{_digest('node', node)[:5]}")
+
+
+def pod_host_veth(namespace: str, pod: str) -> str:
+    """The node side of a pod's veth pair: ``veth`` + 8 hex, like the CNI bridge plugin's."""
+    return check_ifname("veth" + _digest("pod", namespace, pod)[:8])
+
+
+def vxlan_device(vni: int) -> str:
+    """Flannel names its VXLAN device ``flannel.<VNI>``."""
+    return check_ifname(f"flannel.{vni}")
+
+
+def derived_mac(*parts: str) -> str:
+    """A stable, locally administered unicast MAC derived from ``parts``."""
+    raw = bytearray(bytes.fromhex(_digest("mac", *parts)[:12]))
+    raw[0] = (raw[0] | 0x02) & 0xFE
+    return ":".join(f"{b:02x}" for b in raw)
