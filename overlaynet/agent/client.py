@@ -1,0 +1,268 @@
+"""Starting, finding and stopping a cluster's agent, and talking to it.
+
+This module owns the agent's command line (``agent_argv``), which is also how a later
+``down`` finds the process after a crash: by scanning ``/proc/*/cmdline`` for exactly that
+argv tail, never by a process name. It never kills a process whose command line does not
+name the cluster *and* the control socket.
+
+``AgentClient`` speaks the JSON-lines protocol of ``server`` over one unix-socket connection
+(opened on first use, reused, closed by ``close()`` or the ``with`` block). Every failure,
+an unreachable agent or an error the agent reports, raises ``AgentError``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+from overlaynet.errors import AgentError
+
+START_TIMEOUT = 5.0
+STOP_TIMEOUT = 3.0
+REQUEST_TIMEOUT = 30.0
+_LOG_TAIL = 2000
+
+# Agents this process started, so that it reaps them (no zombies, no "still running" warnings).
+_spawned: dict[int, subprocess.Popen] = {}
+
+
+def agent_argv(cluster: str, socket_path: str) -> list[str]:
+    return [sys.executable, "-m", "overlaynet.agent", "--cluster", cluster, "--socket", os.path.abspath(socket_path)]
+
+
+def _argv_tail(cluster: str, socket_path: str) -> list[str]:
+    return agent_argv(cluster, socket_path)[1:]
+
+
+def find_agent_pids(cluster: str, socket_path: str) -> list[int]:
+    """Pids of live processes whose argv ends with ``-m overlaynet.agent --cluster C --socket S``."""
+    tail = [arg.encode() for arg in _argv_tail(cluster, socket_path)]
+    me = os.getpid()
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                raw = f.read()
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        argv = raw.split(b"\0")
+        if argv and argv[-1] == b"":
+            argv.pop()
+        if len(argv) > len(tail) and argv[-len(tail):] == tail:
+            pids.append(int(entry))
+    return sorted(pids)
+
+
+def _alive(pid: int) -> bool:
+    proc = _spawned.get(pid)
+    if proc is not None:
+        if proc.poll() is None:
+            return True
+        del _spawned[pid]
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in (b"Z", b"X")
+
+
+def _log_tail(log_path: str) -> str:
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - _LOG_TAIL))
+            return f.read().decode("utf-8", "replace").strip()
+    except OSError as exc:
+        return f"(no log: {exc.strerror})"
+
+
+def start_agent(cluster: str, socket_path: str, log_path: str) -> int:
+    """Start the agent of ``cluster`` detached; return its pid once it answers ``ping``.
+
+    If an agent for the same cluster and socket already answers, return its pid instead
+    (idempotent, like the ``ensure_*`` functions).
+    """
+    socket_path = os.path.abspath(socket_path)
+    existing = find_agent_pids(cluster, socket_path)
+    if existing:
+        try:
+            reply = AgentClient(socket_path, cluster=cluster, timeout=START_TIMEOUT).ping()
+        except AgentError:
+            pass
+        else:
+            if reply.get("pid") in existing:
+                return int(reply["pid"])
+    os.makedirs(os.path.dirname(socket_path), exist_ok=True)
+    os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
+    env = dict(os.environ)
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
+    with open(log_path, "ab") as log:
+        try:
+            proc = subprocess.Popen(
+                agent_argv(cluster, socket_path),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+                cwd="/",
+                env=env,
+            )
+        except OSError as exc:
+            raise AgentError(f'cluster "{cluster}": cannot start the agent: {exc}') from exc
+    _spawned[proc.pid] = proc
+    deadline = time.monotonic() + START_TIMEOUT
+    last_error = "no answer yet"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            _spawned.pop(proc.pid, None)
+            raise AgentError(
+                f'cluster "{cluster}": the agent exited with status {proc.returncode} while starting; '
+                f"log {log_path}:\n{_log_tail(log_path)}"
+            )
+        try:
+            AgentClient(socket_path, cluster=cluster, timeout=1.0).ping()
+            return proc.pid
+        except AgentError as exc:
+            last_error = str(exc)
+        time.sleep(0.02)
+    _terminate([proc.pid])
+    raise AgentError(
+        f'cluster "{cluster}": the agent did not answer on {socket_path} within {START_TIMEOUT:g} s '
+        f"({last_error}); log {log_path}:\n{_log_tail(log_path)}"
+    )
+
+
+def _terminate(pids: list[int]) -> list[int]:
+    """SIGTERM, wait, SIGKILL; return the pids still alive at the end (none, normally)."""
+    for sig, wait in ((signal.SIGTERM, STOP_TIMEOUT), (signal.SIGKILL, STOP_TIMEOUT)):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait
+        pids = [p for p in pids if _alive(p)]
+        while pids and time.monotonic() < deadline:
+            time.sleep(0.01)
+            pids = [p for p in pids if _alive(p)]
+        if not pids:
+            break
+    return pids
+
+
+def stop_agent(cluster: str, socket_path: str) -> None:
+    """Stop every agent of ``cluster`` on ``socket_path`` and remove the socket; idempotent."""
+    socket_path = os.path.abspath(socket_path)
+    left = _terminate(find_agent_pids(cluster, socket_path))
+    if left:
+        raise AgentError(f'cluster "{cluster}": agent process(es) {left} survived SIGKILL')
+    try:
+        os.unlink(socket_path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise AgentError(f'cluster "{cluster}": cannot remove the agent socket {socket_path}: {exc.strerror}') from exc
+
+
+class AgentClient:
+    """A connection to one agent. Not thread-safe; one request at a time."""
+
+    def __init__(self, socket_path: str, cluster: str | None = None, timeout: float = REQUEST_TIMEOUT) -> None:
+        self.socket_path = os.path.abspath(socket_path)
+        self.cluster = cluster
+        self.timeout = timeout
+        self._sock: socket.socket | None = None
+        self._buf = b""
+
+    def __enter__(self) -> AgentClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+            self._buf = b""
+
+    def _where(self) -> str:
+        who = f'cluster "{self.cluster}": agent' if self.cluster else "agent"
+        return f"{who} at {self.socket_path}"
+
+    def call(self, op: str, params: dict[str, Any] | None = None, wait: float | None = None) -> dict:
+        """Send one request, return the reply (without ``ok``); AgentError on any failure.
+
+        ``wait`` bounds the wait for the answer (default: the client's timeout).
+        """
+        line = (json.dumps({"op": op, **(params or {})}, separators=(",", ":")) + "\n").encode()
+        try:
+            if self._sock is None:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.settimeout(self.timeout)
+                try:
+                    sock.connect(self.socket_path)
+                except OSError:
+                    sock.close()
+                    raise
+                self._sock = sock
+            self._sock.settimeout(wait if wait is not None else self.timeout)
+            self._sock.sendall(line)
+            while b"\n" not in self._buf:
+                chunk = self._sock.recv(1 << 20)
+                if not chunk:
+                    raise ConnectionResetError("the agent closed the connection")
+                self._buf += chunk
+        except OSError as exc:
+            self.close()  # the connection's state is unknown now: start afresh next time
+            reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+            raise AgentError(f"{self._where()} is unreachable: {op}: {reason}") from exc
+        raw, _, self._buf = self._buf.partition(b"\n")
+        try:
+            reply = json.loads(raw)
+        except ValueError as exc:
+            self.close()
+            raise AgentError(f"{self._where()}: {op}: reply is not JSON: {raw[:200]!r}") from exc
+        if not reply.pop("ok", False):
+            raise AgentError(reply.get("error") or f"{self._where()}: {op} failed without a message")
+        return reply
+
+    def ping(self) -> dict:
+        return self.call("ping")
+
+    def serve(self, key: str, netns: str, hostname: str, ports: list[tuple[int, str]]) -> dict:
+        """Serve ``ports`` (``[(8080, "TCP"), ...]``) for ``key`` inside ``netns``; replaces its previous set."""
+        return self.call("serve", {"key": key, "netns": netns, "hostname": hostname, "ports": [list(p) for p in ports]})["key"]
+
+    def unserve(self, key: str) -> bool:
+        """Close every socket of ``key``; True if it was served. Call before deleting its netns."""
+        return bool(self.call("unserve", {"key": key})["existed"])
+
+    def set_serving(self, key: str, serving: bool) -> dict:
+        """Pause (close the sockets: TCP refuses) or resume the test server of ``key``."""
+        return self.call("set_serving", {"key": key, "serving": serving})["key"]
+
+    def list(self) -> list[dict]:
+        return self.call("list")["keys"]
+
+    def probe(self, probes: list[dict], timeout: float = 2.0) -> list[dict]:
+        """Run ``probes`` (see ``probe.parse_probes``); one result per probe, in order."""
+        from overlaynet.agent.probe import PROBE_CONCURRENCY
+
+        # Every probe ends within `timeout`, so the batch is bounded; allow for its worst case.
+        rounds = math.ceil(len(probes) / PROBE_CONCURRENCY) if probes else 0
+        bound = rounds * (timeout + 0.5) + self.timeout
+        return self.call("probe", {"probes": probes, "timeout": timeout}, wait=bound)["results"]

@@ -1,0 +1,402 @@
+"""The commands of the ``overlaynet`` CLI (click). Each command reads flags, calls the
+controller or a kernel observer, and prints; errors travel up to ``overlaynet.cli.main``."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+
+import click
+
+from overlaynet import model, names
+from overlaynet.cli.output import age, document, table
+from overlaynet.errors import HostError, InvalidInput, NotFoundError, OverlaynetError
+from overlaynet.manifests import DEFAULT_NAMESPACE, load_cluster, parse_manifests
+
+OUTPUT_FORMATS = click.Choice(["wide", "json", "yaml", "name"])
+_CAP_NET_ADMIN, _CAP_SYS_ADMIN = 12, 21
+
+
+def _manager():
+    from overlaynet.cluster import ClusterManager
+    from overlaynet.store import Store
+
+    return ClusterManager(Store())
+
+
+def _resolve_cluster(manager, name: str | None) -> str:
+    """``--name``, or the only cluster there is."""
+    if name:
+        names.check_cluster_name(name)
+        return name
+    existing = manager.store.cluster_names()
+    if not existing:
+        raise NotFoundError("no cluster exists (create one with `overlaynet up`)")
+    if len(existing) > 1:
+        raise InvalidInput(f"several clusters exist ({', '.join(existing)}): choose one with --name")
+    return existing[0]
+
+
+def require_privileges(action: str) -> None:
+    """Creating namespaces needs CAP_SYS_ADMIN, configuring them CAP_NET_ADMIN."""
+    with open("/proc/self/status") as status:
+        line = next(l for l in status if l.startswith("CapEff:"))
+    effective = int(line.split()[1], 16)
+    missing = [name for bit, name in ((_CAP_SYS_ADMIN, "CAP_SYS_ADMIN (to create network namespaces)"),
+                                      (_CAP_NET_ADMIN, "CAP_NET_ADMIN (to configure interfaces and routes)"))
+               if not effective & (1 << bit)]
+    if missing:
+        raise HostError(f"{action} needs {' and '.join(missing)}; run it as root (e.g. with sudo)")
+
+
+def cluster_option(func):
+    @click.option("--name", "cluster", metavar="CLUSTER", help="The cluster (default: the only one).")
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        return func(*args, **kwargs)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="overlaynet", message="overlaynet %(version)s")
+def cli() -> None:
+    """See, learn and test Kubernetes pod networking with real kernel objects."""
+
+
+# -- up / down / add node ------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("-f", "--file", "config", type=click.Path(dir_okay=False), help="A Cluster document.")
+@click.option("--name", "cluster", metavar="CLUSTER", help=f"Cluster name (default {model.DEFAULT_CLUSTER_NAME}).")
+@click.option("--nodes", type=int, help=f"Number of nodes (default {model.DEFAULT_NODE_COUNT}).")
+@click.option("--cni", help=f"CNI mode (default {model.DEFAULT_CNI}).")
+@click.option("--cluster-cidr", help=f"All pod addresses (default {model.DEFAULT_CLUSTER_CIDR}).")
+@click.option("--node-cidr-mask-size", type=int, help=f"Prefix of each node's pod CIDR (default {model.DEFAULT_NODE_MASK}).")
+@click.option("--service-cidr", help=f"ClusterIP range (default {model.DEFAULT_SERVICE_CIDR}).")
+@click.option("--node-network", help=f"The nodes' underlay network (default {model.DEFAULT_NODE_NETWORK}).")
+@click.option("--mtu", type=int, help=f"Underlay MTU (default {model.DEFAULT_UNDERLAY_MTU}).")
+def up(config, cluster, nodes, cni, cluster_cidr, node_cidr_mask_size, service_cidr, node_network, mtu):
+    """Create a cluster: underlay, nodes, CNI devices and the test-server agent."""
+    flags = {"nodes": nodes, "cni": cni, "cluster_cidr": cluster_cidr, "node_cidr_mask_size": node_cidr_mask_size,
+             "service_cidr": service_cidr, "node_network": node_network, "mtu": mtu}
+    if config:
+        spec = load_cluster(config, cluster)
+        overrides = {k: v for k, v in flags.items() if v is not None}
+        if overrides:
+            document_spec = spec.to_document()["spec"]
+            merged = {"nodes": overrides.get("nodes", document_spec["nodes"]), "cni": overrides.get("cni", spec.cni),
+                      "cluster_cidr": overrides.get("cluster_cidr", document_spec["clusterCIDR"]),
+                      "node_cidr_mask_size": overrides.get("node_cidr_mask_size", spec.node_cidr_mask_size),
+                      "service_cidr": overrides.get("service_cidr", document_spec["serviceCIDR"]),
+                      "node_network": overrides.get("node_network", document_spec["nodeNetwork"]),
+                      "mtu": overrides.get("mtu", spec.underlay_mtu)}
+            spec = model.build_spec(name=spec.name, **merged)
+    else:
+        spec = model.build_spec(name=cluster or model.DEFAULT_CLUSTER_NAME,
+                                **{k: v for k, v in flags.items() if v is not None})
+    require_privileges("overlaynet up")
+    from overlaynet.kernel import observe
+    from overlaynet.kernel.apply import vxlan_supported
+
+    model.check_host_overlap(spec, observe.host_networks())
+    if spec.cni == "flannel" and not vxlan_supported():
+        raise HostError("this kernel has no VXLAN support (CONFIG_VXLAN): the flannel mode needs it")
+    manager = _manager()
+    started = time.monotonic()
+    click.echo(f'Creating cluster "{spec.name}" ({spec.cni}, {len(spec.nodes)} nodes) ...')
+    manager.up(spec)
+    click.echo(f"✓ underlay {spec.node_network}, cluster CIDR {spec.cluster_cidr} "
+               f"(/{spec.node_cidr_mask_size} per node), service CIDR {spec.service_cidr}")
+    for node in manager.nodes(spec.name):
+        click.echo(f"✓ {node['metadata']['name']:<12} {_internal_ip(node):<15} podCIDR {node['spec']['podCIDR']}")
+    click.echo(f'Cluster "{spec.name}" is up in {time.monotonic() - started:.2f}s. Try:\n'
+               "  overlaynet apply -f examples/web.yaml\n  overlaynet get pods -o wide\n  overlaynet verify")
+
+
+@cli.command()
+@cluster_option
+@click.option("--all", "everything", is_flag=True, help="Remove every cluster.")
+def down(cluster, everything):
+    """Remove a cluster and everything it owns, also after a crash."""
+    require_privileges("overlaynet down")
+    manager = _manager()
+    targets = manager.store.cluster_names() if everything else [_resolve_cluster(manager, cluster)]
+    for name in targets:
+        removed = manager.down(name)
+        click.echo(f'Cluster "{name}" removed ({removed["namespaces"]} network namespaces).')
+
+
+@cli.command("add")
+@click.argument("kind", type=click.Choice(["node"]))
+@click.argument("node_name")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="A node label (repeatable).")
+@cluster_option
+def add(kind, node_name, labels, cluster):
+    """Add a node to a running cluster."""
+    require_privileges("overlaynet add node")
+    names.check_label("node", node_name)
+    parsed = []
+    for label in labels:
+        key, sep, value = label.partition("=")
+        if not sep or not key:
+            raise InvalidInput(f'node "{node_name}": --label {label!r} must be KEY=VALUE')
+        parsed.append((key, value))
+    manager = _manager()
+    record = manager.add_node(_resolve_cluster(manager, cluster), model.NodeSpec(node_name, tuple(sorted(parsed))))
+    click.echo(f"node/{node_name} created ({_internal_ip(record)}, podCIDR {record['spec']['podCIDR']})")
+
+
+# -- apply / delete ------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("-f", "--filename", "files", multiple=True, required=True, type=click.Path(dir_okay=False))
+@click.option("-n", "--namespace", help="Namespace for objects that name none.")
+@cluster_option
+def apply(files, namespace, cluster):
+    """Create or update Pods and Deployments from Kubernetes YAML."""
+    manifests = [m for path in files for m in parse_manifests(path, namespace)]
+    require_privileges("overlaynet apply")
+    manager = _manager()
+    for line in manager.apply(_resolve_cluster(manager, cluster), manifests):
+        click.echo(line)
+
+
+@cli.command()
+@click.argument("kind", required=False, type=click.Choice(
+    ["pod", "pods", "po", "deployment", "deployments", "deploy", "node", "nodes", "no"]))
+@click.argument("object_names", nargs=-1)
+@click.option("-f", "--filename", "files", multiple=True, type=click.Path(dir_okay=False))
+@click.option("-n", "--namespace", help="The objects' namespace.")
+@cluster_option
+def delete(kind, object_names, files, namespace, cluster):
+    """Delete pods, deployments or nodes (by name, or the objects of -f files)."""
+    if not files and not (kind and object_names):
+        raise InvalidInput("delete needs KIND NAME... or -f FILE")
+    require_privileges("overlaynet delete")
+    manager = _manager()
+    name = _resolve_cluster(manager, cluster)
+    targets = [("pod" if kind.startswith("po") else "deployment" if kind.startswith("deploy") else "node", n,
+                namespace or DEFAULT_NAMESPACE) for n in object_names] if kind else []
+    for path in files:
+        for manifest in parse_manifests(path, namespace):
+            targets.append(("pod" if type(manifest).__name__ == "PodManifest" else "deployment",
+                            manifest.name, manifest.namespace))
+    for target_kind, target, target_namespace in targets:
+        if target_kind == "pod":
+            manager.delete_pod(name, target_namespace, target)
+        elif target_kind == "deployment":
+            manager.delete_deployment(name, target_namespace, target)
+        else:
+            manager.remove_node(name, target)
+        click.echo(f'{"deployment.apps" if target_kind == "deployment" else target_kind}/{target} deleted')
+
+
+# -- get / describe ------------------------------------------------------------------------------
+
+
+def _internal_ip(node: dict) -> str:
+    return next(a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP")
+
+
+def _node_status(node: dict) -> str:
+    return "Ready" if node["status"]["conditions"][0]["status"] == "True" else "NotReady"
+
+
+def _pod_ready(pod: dict) -> str:
+    statuses = pod["status"].get("containerStatuses") or []
+    total = len(pod["spec"].get("containers", [])) or 1
+    return f"{sum(1 for s in statuses if s.get('ready'))}/{total}"
+
+
+def _pod_status(pod: dict) -> str:
+    status = pod["status"]
+    return status.get("reason") if status.get("phase") == "Pending" and status.get("reason") else status["phase"]
+
+
+@cli.command()
+@click.argument("resource", type=click.Choice(["nodes", "node", "no", "pods", "pod", "po", "deployments",
+                                               "deployment", "deploy", "clusters", "cluster"]))
+@click.argument("object_name", required=False)
+@click.option("-o", "--output", type=OUTPUT_FORMATS, help="wide, json, yaml or name.")
+@click.option("-n", "--namespace", help="Only this namespace (default: default).")
+@click.option("-A", "--all-namespaces", is_flag=True, help="Every namespace.")
+@cluster_option
+def get(resource, object_name, output, namespace, all_namespaces, cluster):
+    """List nodes, pods, deployments or clusters, in kubectl's shapes."""
+    manager = _manager()
+    if resource.startswith("cluster"):
+        _get_clusters(manager, object_name, output)
+        return
+    name = _resolve_cluster(manager, cluster)
+    manager.spec(name)  # a clear error for a cluster that does not exist
+    scope = None if all_namespaces else (namespace or DEFAULT_NAMESPACE)
+    if resource in ("nodes", "node", "no"):
+        kind, objects = "node", manager.nodes(name)
+    elif resource in ("pods", "pod", "po"):
+        kind, objects = "pod", manager.pods(name, scope)
+    else:
+        kind, objects = "deployment.apps", manager.deployments(name, scope)
+    if object_name:
+        objects = [o for o in objects if o["metadata"]["name"] == object_name]
+        if not objects:
+            where = f' in namespace "{scope}"' if kind != "node" and scope else ""
+            raise NotFoundError(f'{kind.split(".")[0]} "{object_name}" not found{where}')
+    if output in ("json", "yaml"):
+        click.echo(document(objects, output, single=bool(object_name)))
+        return
+    if output == "name":
+        click.echo("\n".join(f"{kind}/{o['metadata']['name']}" for o in objects))
+        return
+    if not objects:
+        where = "" if kind == "node" else (" in any namespace" if all_namespaces else f" in {scope} namespace")
+        click.echo(f"No resources found{where}.", err=True)
+        return
+    wide = output == "wide"
+    cni = manager.spec(name).cni
+    if kind == "node":
+        header = ["NAME", "STATUS", "ROLES", "AGE"] + (["INTERNAL-IP", "POD-CIDR", "CNI", "NETNS"] if wide else [])
+        rows = [[o["metadata"]["name"], _node_status(o), "<none>", age(o["metadata"].get("creationTimestamp"))]
+                + ([_internal_ip(o), o["spec"]["podCIDR"], cni, names.node_netns(name, o["metadata"]["name"])]
+                   if wide else []) for o in objects]
+    elif kind == "pod":
+        header = ["NAME", "READY", "STATUS", "RESTARTS", "AGE"] + (["IP", "NODE", "NETNS"] if wide else [])
+        rows = [[o["metadata"]["name"], _pod_ready(o), _pod_status(o), "0", age(o["metadata"].get("creationTimestamp"))]
+                + ([o["status"].get("podIP", "<none>"), o["spec"].get("nodeName", "<none>"),
+                    names.pod_netns(name, o["metadata"]["namespace"], o["metadata"]["name"])
+                    if o["status"].get("podIP") else "<none>"] if wide else []) for o in objects]
+    else:
+        header = ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"] + (["SELECTOR"] if wide else [])
+        rows = [[o["metadata"]["name"], f"{o['status'].get('readyReplicas', 0)}/{o['spec']['replicas']}",
+                 str(o["status"].get("updatedReplicas", 0)), str(o["status"].get("availableReplicas", 0)),
+                 age(o["metadata"].get("creationTimestamp"))]
+                + ([",".join(f"{k}={v}" for k, v in o["spec"]["selector"]["matchLabels"].items())] if wide else [])
+                for o in objects]
+    if all_namespaces and kind != "node":
+        header = ["NAMESPACE"] + header
+        rows = [[o["metadata"]["namespace"]] + row for o, row in zip(objects, rows)]
+    click.echo(table(header, rows))
+
+
+def _get_clusters(manager, object_name, output) -> None:
+    clusters = manager.store.cluster_names()
+    if object_name:
+        clusters = [c for c in clusters if c == object_name]
+        if not clusters:
+            raise NotFoundError(f'cluster "{object_name}" does not exist')
+    if output in ("json", "yaml"):
+        click.echo(document([manager.store.get_cluster(c)["document"] for c in clusters], output, bool(object_name)))
+        return
+    if not clusters:
+        click.echo("No clusters found.", err=True)
+        return
+    rows = []
+    for name in clusters:
+        spec, phase = manager.spec(name), manager.store.get_cluster(name)["phase"]
+        rows.append([name, phase, spec.cni, str(len(manager.nodes(name))), str(len(manager.pods(name))),
+                     str(spec.cluster_cidr), str(spec.service_cidr), str(spec.node_network)])
+    click.echo(table(["NAME", "PHASE", "CNI", "NODES", "PODS", "CLUSTER-CIDR", "SERVICE-CIDR", "NODE-NETWORK"], rows))
+
+
+@cli.command()
+@click.argument("kind", type=click.Choice(["node", "nodes", "no", "pod", "pods", "po"]))
+@click.argument("object_name")
+@click.option("-n", "--namespace", default=DEFAULT_NAMESPACE, show_default=True)
+@cluster_option
+def describe(kind, object_name, namespace, cluster):
+    """Show a node or pod with the kernel state behind it (devices, routes, VXLAN peers)."""
+    from overlaynet.cli import describe as describing
+
+    manager = _manager()
+    name = _resolve_cluster(manager, cluster)
+    if kind.startswith("no"):
+        click.echo(describing.describe_node(manager, name, object_name))
+    else:
+        click.echo(describing.describe_pod(manager, name, namespace, object_name))
+
+
+# -- exec / verify -------------------------------------------------------------------------------
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("target")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option("-n", "--namespace", default=DEFAULT_NAMESPACE, show_default=True)
+@cluster_option
+def exec(target, command, namespace, cluster):  # noqa: A001 - kubectl's verb
+    """Run a command inside a pod's (or node/NAME's) network namespace."""
+    require_privileges("overlaynet exec")
+    manager = _manager()
+    name = _resolve_cluster(manager, cluster)
+    if target.startswith("node/"):
+        netns = names.node_netns(name, manager.node(name, target[5:])["metadata"]["name"])
+    else:
+        pod_name = target[4:] if target.startswith("pod/") else target
+        record = manager.pod(name, namespace, pod_name)
+        if not record["status"].get("podIP"):
+            raise InvalidInput(f'pod "{pod_name}": is {_pod_status(record)}, it has no network namespace yet')
+        netns = names.pod_netns(name, namespace, pod_name)
+    argv = ["ip", "netns", "exec", netns, *command]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as exc:
+        raise HostError(f"cannot run {argv[0]}: {exc.strerror}") from None
+
+
+@cli.command()
+@click.option("-o", "--output", type=click.Choice(["json"]), help="json for scripts.")
+@click.option("--timeout", type=float, default=2.0, show_default=True, help="Seconds per probe.")
+@cluster_option
+@click.pass_context
+def verify(ctx, output, timeout, cluster):
+    """Prove the Kubernetes network model pair by pair: no NAT anywhere."""
+    from overlaynet import verify as verifying
+    from overlaynet.kernel import observe
+
+    require_privileges("overlaynet verify")
+    manager = _manager()
+    name = _resolve_cluster(manager, cluster)
+    spec = manager.spec(name)
+    node_eps, pod_eps = verifying.endpoints(name, manager.nodes(name), manager.pods(name))
+    if not pod_eps:
+        raise InvalidInput(f'cluster "{name}": no running pods to verify (apply some, e.g. examples/web.yaml)')
+    started = time.monotonic()
+    probes, index = verifying.plan_probes(node_eps, pod_eps)
+    results = manager.runtime.agent(manager.agent_socket(name)).probe(probes, timeout=timeout)
+    own = {pod.name: [a["cidr"].split("/")[0] for a in observe.observe_addresses(pod.netns)
+                      if a["dev"] == names.POD_INTERFACE] for pod in pod_eps}
+    report = verifying.build_report(index, results, own)
+    elapsed = time.monotonic() - started
+    if output == "json":
+        click.echo(json.dumps({"cluster": name, "cni": spec.cni, "passed": report.passed, "seconds": round(elapsed, 3),
+                               "summary": report.summary(), "checks": [c.as_dict() for c in report.checks]}, indent=2))
+    else:
+        _print_report(verifying, report, pod_eps, node_eps, elapsed, name, spec.cni)
+    ctx.exit(0 if report.passed else 1)
+
+
+def _print_report(verifying, report, pod_eps, node_eps, elapsed, cluster, cni) -> None:
+    titles = {"pod-pod": "(a) pod -> pod, no NAT", "node-pod": "(b) node -> pod, no NAT",
+              "pod-node": "(b) pod -> node, no NAT", "self": "(c) pod's own IP == IP others see == podIP"}
+    click.echo(f'Verifying cluster "{cluster}" ({cni}): {len(pod_eps)} pods on {len(node_eps)} nodes, '
+               f"{len(report.checks)} checks over TCP, UDP and ICMP")
+    summary = report.summary()
+    rows = [[titles[rule], str(c["ok"]), str(c["nat"]), str(c["fail"]), "PASS" if c["ok"] == sum(c.values()) else "FAIL"]
+            for rule, c in summary.items()]
+    click.echo(table(["RULE", "OK", "NAT", "FAILED", "RESULT"], rows))
+    header, grid = verifying.matrix(report, pod_eps)
+    click.echo("\npod -> pod matrix (✓ = TCP, UDP and ICMP reached the pod and it saw the sender's own IP):")
+    click.echo(table(header, grid))
+    for check in report.failures[:50]:
+        click.echo(f"✗ {check.describe()}")
+    if len(report.failures) > 50:
+        click.echo(f"... and {len(report.failures) - 50} more failures (-o json lists all)")
+    verdict = "PASSED" if report.passed else f"FAILED ({len(report.failures)} checks)"
+    click.echo(f"\nKubernetes network model: {verdict} in {elapsed:.2f}s")

@@ -1,0 +1,108 @@
+"""``overlaynet describe``: a node or pod as the store records it, and the kernel state
+behind it read live from its namespace (devices, addresses, routes, VXLAN peers)."""
+
+from __future__ import annotations
+
+import json
+
+from overlaynet import names
+from overlaynet.cli.output import age
+
+
+def _section(title: str, lines: list[str]) -> list[str]:
+    return [f"{title}:"] + [f"  {line}" for line in lines or ["<none>"]]
+
+
+def _pairs(mapping: dict) -> list[str]:
+    return [f"{k}={v}" for k, v in sorted(mapping.items())]
+
+
+def _device_lines(netns: str) -> list[str]:
+    from overlaynet.kernel import observe
+
+    addresses: dict[str, list[str]] = {}
+    for address in observe.observe_addresses(netns):
+        addresses.setdefault(address["dev"], []).append(address["cidr"])
+    lines = []
+    for link in observe.observe_links(netns):
+        if link["name"] == "lo":
+            continue
+        details = [link["kind"] or "device", f"mtu {link['mtu']}", link.get("state", "")]
+        if link.get("kind") == "vxlan":
+            details.append(f"id {link['vni']} local {link['local']} dev {link['dev']} dstport {link['port']} "
+                           f"{'learning' if link.get('learning') else 'nolearning'}")
+        if link.get("master"):
+            details.append(f"master {link['master']}")
+        details.append(link.get("mac") or "")
+        lines.append(f"{link['name']:<12} " + " ".join(d for d in details if d)
+                     + (f"  {', '.join(addresses[link['name']])}" if addresses.get(link["name"]) else ""))
+    return lines
+
+
+def describe_node(manager, cluster: str, node_name: str) -> str:
+    from overlaynet.kernel import observe
+
+    record = manager.node(cluster, node_name)
+    spec = manager.spec(cluster)
+    netns = names.node_netns(cluster, node_name)
+    meta, status = record["metadata"], record["status"]
+    pods = [p for p in manager.pods(cluster) if p["spec"].get("nodeName") == node_name]
+    lines = [
+        f"Name:               {node_name}",
+        f"Cluster:            {cluster} (cni {spec.cni})",
+        f"Network namespace:  {netns}   (try: ip netns exec {netns} ip route)",
+        f"Labels:             {', '.join(_pairs(meta.get('labels', {})))}",
+        "Annotations:",
+    ] + [f"  {k}: {v}" for k, v in sorted(meta.get("annotations", {}).items())] + [
+        f"CreationTimestamp:  {meta.get('creationTimestamp')} ({age(meta.get('creationTimestamp'))} ago)",
+        f"PodCIDR:            {record['spec']['podCIDR']}",
+    ]
+    lines += _section("Addresses", [f"{a['type']}: {a['address']}" for a in status["addresses"]])
+    lines += _section("Conditions", [f"{c['type']}={c['status']} ({c.get('reason', '')})" for c in status["conditions"]])
+    lines += _section(f"Pods ({len(pods)})", [
+        f"{p['metadata']['namespace']}/{p['metadata']['name']:<32} {p['status'].get('podIP', '<none>')}" for p in pods])
+    lines += _section("Devices (ip -d link / ip addr)", _device_lines(netns))
+    lines += _section("Routes (ip route)", observe.format_routes(observe.observe_routes(netns)))
+    vxlan = [link["name"] for link in observe.observe_links(netns) if link.get("kind") == "vxlan"]
+    for device in vxlan:
+        neighbours = [f"{n['ip']} lladdr {n['mac']} {n['state']}" for n in observe.observe_neighbours(netns, device)
+                      if n.get("mac")]
+        lines += _section(f"VXLAN neighbours (ip neigh show dev {device})", neighbours)
+        entries = [f"{e['mac']} dst {e['dst']} {' '.join(e.get('flags', []))}".rstrip()
+                   for e in observe.observe_fdb(netns, device) if e.get("dst")]
+        lines += _section(f"VXLAN forwarding (bridge fdb show dev {device})", entries)
+    return "\n".join(lines)
+
+
+def describe_pod(manager, cluster: str, namespace: str, pod_name: str) -> str:
+    from overlaynet.kernel import observe
+
+    record = manager.pod(cluster, namespace, pod_name)
+    meta, spec, status = record["metadata"], record["spec"], record["status"]
+    owner = next((f"Deployment/{o['name']}" for o in meta.get("ownerReferences", [])), "<none>")
+    lines = [
+        f"Name:               {pod_name}",
+        f"Namespace:          {namespace}",
+        f"Node:               {spec.get('nodeName', '<none>')}/{status.get('hostIP', '<none>')}",
+        f"Labels:             {', '.join(_pairs(meta.get('labels', {}))) or '<none>'}",
+        f"Status:             {status['phase']}" + (f" ({status['reason']})" if status.get("reason") else ""),
+        f"IP:                 {status.get('podIP', '<none>')}",
+        f"Controlled By:      {owner}",
+    ]
+    if status.get("message"):
+        lines.append(f"Message:            {status['message']}")
+    ports = [f"{p['containerPort']}/{p.get('protocol', 'TCP')}" + (f" ({p['name']})" if p.get("name") else "")
+             for c in spec.get("containers", []) for p in c.get("ports", []) or []]
+    lines += _section("Declared ports", ports)
+    lines.append("Test server:        TCP+UDP 8080 and every declared port (see README: The test server)")
+    if status.get("podIP"):
+        netns = names.pod_netns(cluster, namespace, pod_name)
+        lines.append(f"Network namespace:  {netns}   (try: ip netns exec {netns} ip addr)")
+        lines += _section("Devices (ip -d link / ip addr)", _device_lines(netns))
+        lines += _section("Routes (ip route)", observe.format_routes(observe.observe_routes(netns)))
+    lines += _section("Conditions", [f"{c['type']}={c['status']}" + (f" ({c['reason']})" if c.get("reason") else "")
+                                     for c in status.get("conditions", [])])
+    if meta.get("annotations"):
+        lines += _section("Annotations", [f"{k}: {json.dumps(v) if not isinstance(v, str) else v}"
+                                          for k, v in sorted(meta["annotations"].items())])
+    return "\n".join(lines)

@@ -1,0 +1,562 @@
+"""The control plane of one emulated cluster: node IPAM, scheduling, the kubelet's pod setup.
+
+``ClusterManager`` turns requests (up, down, add or remove a node, apply or delete
+workloads) into store updates and plans, and hands the plans to the kernel side through a
+``Runtime``. It owns the order that makes crashes harmless: every namespace is recorded in
+the store before it is created, and any failure part-way through an operation removes what
+that operation built before the error reaches the user. It never builds kernel objects
+itself (``topology`` and ``modes`` plan them, ``overlaynet.kernel`` makes them) and never
+prints (the CLI does).
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+from collections import Counter
+from dataclasses import dataclass, replace
+
+from overlaynet import ipam, names, scheduler, topology
+from overlaynet.errors import ConflictError, InvalidInput, NotFoundError
+from overlaynet.manifests import DeploymentManifest, Manifest, PodManifest, PodTemplate, parse_document, served_ports
+from overlaynet.model import ClusterSpec, NodeSpec, spec_from_document
+from overlaynet.modes import get_mode
+from overlaynet.plan import Plan
+from overlaynet.store import Store
+from overlaynet.topology import NodeInfo, PodInfo
+
+NETNS = "netns"
+AGENT = "agent"
+NETNS_ANNOTATION = "overlaynet.dev/netns"
+NODE_SERVER_PORTS = ((8080, "TCP"), (8080, "UDP"))
+
+
+class Runtime:
+    """The side-effecting collaborators of the controller: the kernel and the agent process.
+
+    Imports are deferred so that reading commands (``get``) never load pyroute2.
+    """
+
+    def apply(self, plan: Plan) -> None:
+        from overlaynet.kernel.apply import apply
+
+        apply(plan)
+
+    def remove(self, plan: Plan) -> None:
+        from overlaynet.kernel.apply import remove
+
+        remove(plan)
+
+    def delete_namespaces(self, netns_names: list[str]) -> list[str]:
+        """Delete namespaces; return those the kernel still shows after waiting."""
+        from overlaynet.kernel import netns
+
+        for name in netns_names:
+            netns.delete(name)
+        return netns.wait_gone(netns_names)
+
+    def start_agent(self, cluster: str, socket_path: str, log_path: str) -> int:
+        from overlaynet.agent.client import start_agent
+
+        return start_agent(cluster, socket_path, log_path)
+
+    def stop_agent(self, cluster: str, socket_path: str) -> None:
+        from overlaynet.agent.client import stop_agent
+
+        stop_agent(cluster, socket_path)
+
+    def agent(self, socket_path: str):
+        from overlaynet.agent.client import AgentClient
+
+        return AgentClient(socket_path)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def node_key(node: str) -> str:
+    return f"node/{node}"
+
+
+def pod_key(namespace: str, name: str) -> str:
+    return f"pod/{namespace}/{name}"
+
+
+def node_info(record: dict) -> NodeInfo:
+    address = next(a["address"] for a in record["status"]["addresses"] if a["type"] == "InternalIP")
+    return NodeInfo(
+        name=record["metadata"]["name"],
+        ip=ipaddress.IPv4Address(address),
+        pod_cidr=ipaddress.IPv4Network(record["spec"]["podCIDR"]),
+        annotations=tuple(sorted(record["metadata"].get("annotations", {}).items())),
+    )
+
+
+def pod_info(record: dict) -> PodInfo:
+    return PodInfo(
+        namespace=record["metadata"]["namespace"],
+        name=record["metadata"]["name"],
+        ip=ipaddress.IPv4Address(record["status"]["podIP"]),
+        node=record["spec"]["nodeName"],
+    )
+
+
+@dataclass
+class _PodRequest:
+    namespace: str
+    name: str
+    template: PodTemplate
+    owner: str | None = None  # the Deployment's name
+
+
+class ClusterManager:
+    def __init__(self, store: Store, runtime: Runtime | None = None):
+        self.store = store
+        self.runtime = runtime or Runtime()
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def spec(self, cluster: str) -> ClusterSpec:
+        entry = self.store.get_cluster(cluster)
+        if entry is None:
+            raise NotFoundError(f'cluster "{cluster}" does not exist (create it with `overlaynet up --name {cluster}`)')
+        return spec_from_document(entry["document"])
+
+    def nodes(self, cluster: str) -> list[dict]:
+        return self.store.list(cluster, "Node")
+
+    def node(self, cluster: str, name: str) -> dict:
+        record = self.store.get(cluster, "Node", name)
+        if record is None:
+            raise NotFoundError(f'node "{name}" not found in cluster "{cluster}"')
+        return record
+
+    def pods(self, cluster: str, namespace: str | None = None) -> list[dict]:
+        return self.store.list(cluster, "Pod", namespace)
+
+    def pod(self, cluster: str, namespace: str, name: str) -> dict:
+        record = self.store.get(cluster, "Pod", name, namespace)
+        if record is None:
+            raise NotFoundError(f'pod "{name}" not found in namespace "{namespace}" of cluster "{cluster}"')
+        return record
+
+    def deployments(self, cluster: str, namespace: str | None = None) -> list[dict]:
+        return self.store.list(cluster, "Deployment", namespace)
+
+    def agent_socket(self, cluster: str) -> str:
+        return self.store.runtime_path(cluster, "sock")
+
+    # -- cluster lifecycle ----------------------------------------------------------------------
+
+    def up(self, spec: ClusterSpec) -> None:
+        mode = get_mode(spec.cni)
+        with self.store.cluster_lock(spec.name):
+            if self.store.get_cluster(spec.name) is not None:
+                raise ConflictError(
+                    f'cluster "{spec.name}" already exists (remove it with `overlaynet down --name {spec.name}`)'
+                )
+            self.store.put_cluster(spec.name, spec.to_document(), "Creating")
+            try:
+                nodes = [self._allocate_node(spec, mode, node_spec) for node_spec in spec.nodes]
+                plan = topology.plan_cluster(spec, mode, nodes)
+                self._record_namespaces(spec.name, plan)
+                self.runtime.apply(plan)
+                self._start_agent(spec.name)
+                agent = self.runtime.agent(self.agent_socket(spec.name))
+                for node in nodes:
+                    agent.serve(node_key(node.name), names.node_netns(spec.name, node.name), node.name,
+                                list(NODE_SERVER_PORTS))
+                    self._set_node_ready(spec.name, node.name)
+                self.store.set_phase(spec.name, "Running")
+            except BaseException:
+                self._teardown(spec.name)
+                raise
+
+    def down(self, cluster: str) -> dict:
+        """Remove everything ``cluster`` owns; return what was removed."""
+        with self.store.cluster_lock(cluster):
+            if self.store.get_cluster(cluster) is None and not self.store.owned(cluster, NETNS):
+                raise NotFoundError(f'cluster "{cluster}" does not exist')
+            return self._teardown(cluster)
+
+    def _teardown(self, cluster: str) -> dict:
+        socket_path = self.agent_socket(cluster)
+        self.runtime.stop_agent(cluster, socket_path)
+        self.store.forget(cluster, AGENT, socket_path)
+        namespaces = self.store.owned(cluster, NETNS)  # newest first: pods, then nodes, underlay
+        lingering = self.runtime.delete_namespaces(namespaces)
+        for name in namespaces:
+            if name not in lingering:
+                self.store.forget(cluster, NETNS, name)
+        if lingering:
+            from overlaynet.errors import KernelError
+
+            raise KernelError(f'cluster "{cluster}": namespaces still present after delete: {", ".join(lingering)}')
+        self.store.delete_cluster(cluster)
+        return {"namespaces": len(namespaces)}
+
+    def _start_agent(self, cluster: str) -> None:
+        socket_path = self.agent_socket(cluster)
+        self.store.record(cluster, AGENT, socket_path)
+        self.runtime.start_agent(cluster, socket_path, self.store.runtime_path(cluster, "agent.log"))
+
+    def _record_namespaces(self, cluster: str, plan: Plan) -> None:
+        from overlaynet.plan import namespaces
+
+        with self.store.transaction():
+            for name in namespaces(plan):
+                self.store.record(cluster, NETNS, name)
+
+    # -- nodes ------------------------------------------------------------------------------------
+
+    def _allocate_node(self, spec: ClusterSpec, mode, node_spec: NodeSpec) -> NodeInfo:
+        existing = self.nodes(spec.name)
+        cursor = int(self.store.get_meta(spec.name, "node-cidr-cursor", "0"))
+        cidr, cursor = ipam.allocate_node_cidr(
+            spec.cluster_cidr, spec.node_cidr_mask_size,
+            [ipaddress.IPv4Network(n["spec"]["podCIDR"]) for n in existing], cursor,
+        )
+        ip = ipam.allocate_node_ip(spec.node_network, [node_info(n).ip for n in existing])
+        annotations = {NETNS_ANNOTATION: names.node_netns(spec.name, node_spec.name),
+                       **mode.node_annotations(spec, node_spec.name, str(ip))}
+        record = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": node_spec.name, "labels": node_spec.label_dict(), "annotations": annotations,
+                         "creationTimestamp": _now()},
+            "spec": {"podCIDR": str(cidr), "podCIDRs": [str(cidr)]},
+            "status": {
+                "addresses": [{"type": "InternalIP", "address": str(ip)}, {"type": "Hostname", "address": node_spec.name}],
+                "conditions": [{"type": "Ready", "status": "False", "reason": "NodeStarting"}],
+                "nodeInfo": {"containerRuntimeVersion": "overlaynet", "kubeProxyVersion": "", "operatingSystem": "linux"},
+            },
+        }
+        with self.store.transaction():
+            self.store.set_meta(spec.name, "node-cidr-cursor", str(cursor))
+            self.store.put(spec.name, record)
+        return node_info(record)
+
+    def _set_node_ready(self, cluster: str, node: str) -> None:
+        record = self.node(cluster, node)
+        record["status"]["conditions"] = [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                                           "message": "overlaynet node is ready", "lastTransitionTime": _now()}]
+        self.store.put(cluster, record)
+
+    def add_node(self, cluster: str, node_spec: NodeSpec) -> dict:
+        with self.store.cluster_lock(cluster):
+            spec = self.spec(cluster)
+            if self.store.get(cluster, "Node", node_spec.name) is not None:
+                raise ConflictError(f'node "{node_spec.name}" already exists in cluster "{cluster}"')
+            mode = get_mode(spec.cni)
+            grown = replace(spec, nodes=spec.nodes + (node_spec,))
+            from overlaynet.model import check_ranges
+
+            check_ranges(grown)
+            peers = [node_info(n) for n in self.nodes(cluster)]
+            node = self._allocate_node(spec, mode, node_spec)
+            plan = topology.plan_node(spec, mode, node, peers)
+            for peer in peers:
+                plan += mode.plan_peer(spec, peer, node)
+            self._record_namespaces(cluster, plan)
+            try:
+                self.runtime.apply(plan)
+                self.runtime.agent(self.agent_socket(cluster)).serve(
+                    node_key(node.name), names.node_netns(cluster, node.name), node.name, list(NODE_SERVER_PORTS))
+            except BaseException:
+                self._remove_node_objects(spec, mode, node, peers)
+                raise
+            self._set_node_ready(cluster, node.name)
+            self._update_document(cluster, grown)
+            self._schedule_pending(spec)
+            return self.node(cluster, node.name)
+
+    def remove_node(self, cluster: str, name: str) -> None:
+        with self.store.cluster_lock(cluster):
+            spec = self.spec(cluster)
+            record = self.node(cluster, name)
+            if len(self.nodes(cluster)) == 1:
+                raise InvalidInput(f'node "{name}": it is the last node of cluster "{cluster}"; use `overlaynet down`')
+            mode = get_mode(spec.cni)
+            self._delete_pods(spec, [p for p in self.pods(cluster) if p["spec"].get("nodeName") == name])
+            node = node_info(record)
+            peers = [node_info(n) for n in self.nodes(cluster) if n["metadata"]["name"] != name]
+            self._remove_node_objects(spec, mode, node, peers)
+            self._update_document(cluster, replace(spec, nodes=tuple(n for n in spec.nodes if n.name != name)))
+            self._reconcile_deployments(spec)
+
+    def _remove_node_objects(self, spec: ClusterSpec, mode, node: NodeInfo, peers: list[NodeInfo]) -> None:
+        """Undo a node: the peers' routes to it first (Flannel's lease removal), then the node."""
+        try:
+            self.runtime.agent(self.agent_socket(spec.name)).unserve(node_key(node.name))
+        except Exception:  # the agent may be the thing that failed; its sockets die with the netns
+            pass
+        plan: Plan = ()
+        for peer in peers:
+            plan += mode.plan_peer(spec, peer, node)
+        self.runtime.remove(plan + topology.plan_node(spec, mode, node, []))
+        self.store.forget(spec.name, NETNS, names.node_netns(spec.name, node.name))
+        self.store.delete(spec.name, "Node", node.name)
+
+    def _update_document(self, cluster: str, spec: ClusterSpec) -> None:
+        entry = self.store.get_cluster(cluster)
+        self.store.put_cluster(cluster, spec.to_document(), entry["phase"] if entry else "Running")
+
+    # -- workloads --------------------------------------------------------------------------------
+
+    def apply(self, cluster: str, manifests: list[Manifest]) -> list[str]:
+        """Apply Pods and Deployments; return kubectl-style lines (``pod/web created``)."""
+        with self.store.cluster_lock(cluster):
+            spec = self.spec(cluster)
+            report: list[str] = []
+            creates: list[_PodRequest] = []
+            deletes: list[dict] = []
+            deployments: list[dict] = []
+            for manifest in manifests:
+                if isinstance(manifest, PodManifest):
+                    report.append(self._plan_pod_apply(cluster, manifest, creates))
+                else:
+                    line, record = self._plan_deployment_apply(cluster, manifest, creates, deletes)
+                    report.append(line)
+                    deployments.append(record)
+            self._delete_pods(spec, deletes)
+            self._create_pods(spec, creates)
+            for record in deployments:
+                self.store.put(cluster, record)
+            self._refresh_deployment_status(cluster)
+            return report
+
+    def _plan_pod_apply(self, cluster: str, manifest: PodManifest, creates: list[_PodRequest]) -> str:
+        existing = self.store.get(cluster, "Pod", manifest.name, manifest.namespace)
+        if existing is None:
+            if any(r.namespace == manifest.namespace and r.name == manifest.name for r in creates):
+                raise InvalidInput(f'pod "{manifest.name}": defined twice in the applied files')
+            creates.append(_PodRequest(manifest.namespace, manifest.name, manifest.template))
+            return f"pod/{manifest.name} created"
+        written = {k: v for k, v in existing["spec"].items() if k != "nodeName" or "nodeName" in manifest.template.spec}
+        if written != manifest.template.spec:
+            raise InvalidInput(
+                f'pod "{manifest.name}": spec: Forbidden: pod updates may not change fields other than labels '
+                "(delete the pod and apply it again)"
+            )
+        labels = dict(manifest.template.labels)
+        if existing["metadata"].get("labels", {}) == labels:
+            return f"pod/{manifest.name} unchanged"
+        existing["metadata"]["labels"] = labels
+        self.store.put(cluster, existing)
+        return f"pod/{manifest.name} configured"
+
+    def _plan_deployment_apply(self, cluster: str, manifest: DeploymentManifest,
+                               creates: list[_PodRequest], deletes: list[dict]) -> tuple[str, dict]:
+        existing = self.store.get(cluster, "Deployment", manifest.name, manifest.namespace)
+        owned = self._owned_pods(cluster, manifest.namespace, manifest.name)
+        template_hash = manifest.template_hash
+        current = [p for p in owned if p["metadata"]["labels"].get("pod-template-hash") == template_hash]
+        deletes.extend(p for p in owned if p not in current)  # a changed template: Recreate
+        surplus = len(current) - manifest.replicas
+        if surplus > 0:
+            current.sort(key=lambda p: p["metadata"]["creationTimestamp"], reverse=True)
+            deletes.extend(current[:surplus])
+        taken = {p["metadata"]["name"] for p in owned}
+        ordinal = 0
+        for _ in range(max(0, -surplus)):
+            while manifest.pod_name(ordinal) in taken:
+                ordinal += 1
+            taken.add(manifest.pod_name(ordinal))
+            creates.append(self._deployment_pod_request(manifest, manifest.pod_name(ordinal)))
+        record = {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": manifest.name, "namespace": manifest.namespace,
+                         "creationTimestamp": (existing or {}).get("metadata", {}).get("creationTimestamp", _now())},
+            "spec": {"replicas": manifest.replicas, "selector": {"matchLabels": dict(manifest.selector)},
+                     "template": {"metadata": {"labels": dict(manifest.template.labels)},
+                                  "spec": manifest.template.spec}},
+            "status": {},
+        }
+        if existing is None:
+            verb = "created"
+        elif existing["spec"] == record["spec"]:
+            verb = "unchanged"
+        else:
+            verb = "configured"
+        return f"deployment.apps/{manifest.name} {verb}", record
+
+    @staticmethod
+    def _deployment_pod_request(manifest: DeploymentManifest, pod_name: str) -> _PodRequest:
+        labels = dict(manifest.template.labels) | {"pod-template-hash": manifest.template_hash}
+        template = replace(manifest.template, labels=tuple(sorted(labels.items())))
+        return _PodRequest(manifest.namespace, pod_name, template, owner=manifest.name)
+
+    def _owned_pods(self, cluster: str, namespace: str, deployment: str) -> list[dict]:
+        return [p for p in self.pods(cluster, namespace)
+                if any(o.get("kind") == "Deployment" and o.get("name") == deployment
+                       for o in p["metadata"].get("ownerReferences", []))]
+
+    def delete_pod(self, cluster: str, namespace: str, name: str) -> None:
+        with self.store.cluster_lock(cluster):
+            spec = self.spec(cluster)
+            self._delete_pods(spec, [self.pod(cluster, namespace, name)])
+            self._reconcile_deployments(spec)
+            self._schedule_pending(spec)
+
+    def delete_deployment(self, cluster: str, namespace: str, name: str) -> None:
+        with self.store.cluster_lock(cluster):
+            spec = self.spec(cluster)
+            if self.store.get(cluster, "Deployment", name, namespace) is None:
+                raise NotFoundError(f'deployment "{name}" not found in namespace "{namespace}" of cluster "{cluster}"')
+            self._delete_pods(spec, self._owned_pods(cluster, namespace, name))
+            self.store.delete(cluster, "Deployment", name, namespace)
+            self._schedule_pending(spec)
+
+    # -- the kubelet's part: pods in and out of the kernel ---------------------------------------
+
+    def _create_pods(self, spec: ClusterSpec, requests: list[_PodRequest]) -> None:
+        if not requests:
+            return
+        cluster = spec.name
+        mode = get_mode(spec.cni)
+        nodes = {n["metadata"]["name"]: n for n in self.nodes(cluster)}
+        live = [p for p in self.pods(cluster) if p["status"].get("podIP")]
+        placed = Counter(p["spec"]["nodeName"] for p in live)
+        used_ips: dict[str, set] = {name: set() for name in nodes}
+        for p in live:
+            used_ips.setdefault(p["spec"]["nodeName"], set()).add(ipaddress.IPv4Address(p["status"]["podIP"]))
+        scheduled: list[tuple[PodInfo, NodeInfo, _PodRequest]] = []
+        with self.store.transaction():
+            for request in requests:
+                candidates = [
+                    scheduler.Candidate(
+                        name=name, labels=record["metadata"].get("labels", {}),
+                        ready=record["status"]["conditions"][0]["status"] == "True",
+                        free_ips=ipam.pod_capacity(node_info(record).pod_cidr) - len(used_ips[name]),
+                        pods=placed[name],
+                    )
+                    for name, record in nodes.items()
+                ]
+                decision = scheduler.schedule(request.template.node_name, dict(request.template.node_selector), candidates)
+                if decision.node is None:
+                    self.store.put(cluster, self._pod_record(cluster, request, None, None, decision))
+                    continue
+                node = node_info(nodes[decision.node])
+                last = self.store.get_meta(cluster, f"last-reserved/{node.name}")
+                ip = ipam.allocate_pod_ip(node.name, node.pod_cidr, used_ips[node.name],
+                                          ipaddress.IPv4Address(last) if last else None)
+                used_ips[node.name].add(ip)
+                placed[node.name] += 1
+                self.store.set_meta(cluster, f"last-reserved/{node.name}", str(ip))
+                self.store.put(cluster, self._pod_record(cluster, request, node, ip, decision))
+                self.store.record(cluster, NETNS, names.pod_netns(cluster, request.namespace, request.name))
+                pod = PodInfo(request.namespace, request.name, ip, node.name, served_ports(request.template))
+                scheduled.append((pod, node, request))
+        plan: Plan = ()
+        for pod, node, _ in scheduled:
+            plan += mode.plan_pod(spec, node, pod)
+        try:
+            self.runtime.apply(plan)
+            agent = self.runtime.agent(self.agent_socket(cluster))
+            for pod, _, _ in scheduled:
+                agent.serve(pod_key(pod.namespace, pod.name), names.pod_netns(cluster, pod.namespace, pod.name),
+                            pod.name, list(pod.ports))
+        except BaseException:
+            self._delete_pods(spec, [self.pod(cluster, p.namespace, p.name) for p, _, _ in scheduled])
+            for request in requests:  # and the Pending ones this request wrote
+                self.store.delete(cluster, "Pod", request.name, request.namespace)
+            raise
+        with self.store.transaction():
+            for pod, _, _ in scheduled:
+                record = self.pod(cluster, pod.namespace, pod.name)
+                self._mark_running(record)
+                self.store.put(cluster, record)
+
+    def _pod_record(self, cluster: str, request: _PodRequest, node: NodeInfo | None, ip, decision: scheduler.Decision) -> dict:
+        spec = dict(request.template.spec)
+        metadata = {"name": request.name, "namespace": request.namespace, "labels": dict(request.template.labels),
+                    "creationTimestamp": _now()}
+        if request.owner:
+            metadata["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": "Deployment", "name": request.owner}]
+        if node is None:
+            status = {"phase": "Pending", "reason": decision.reason, "message": decision.message,
+                      "conditions": [{"type": "PodScheduled", "status": "False", "reason": decision.reason,
+                                      "message": decision.message}]}
+        else:
+            spec["nodeName"] = node.name
+            metadata["annotations"] = {NETNS_ANNOTATION: names.pod_netns(cluster, request.namespace, request.name)}
+            status = {"phase": "Pending", "reason": "ContainerCreating", "hostIP": str(node.ip),
+                      "podIP": str(ip), "podIPs": [{"ip": str(ip)}],
+                      "conditions": [{"type": "PodScheduled", "status": "True"}]}
+        return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec, "status": status}
+
+    @staticmethod
+    def _mark_running(record: dict) -> None:
+        now = _now()
+        status = record["status"]
+        status.pop("reason", None)
+        status.update(phase="Running", startTime=now, conditions=[
+            {"type": "PodScheduled", "status": "True"},
+            {"type": "Initialized", "status": "True"},
+            {"type": "ContainersReady", "status": "True"},
+            {"type": "Ready", "status": "True", "lastTransitionTime": now},
+        ])
+        status["containerStatuses"] = [
+            {"name": c.get("name"), "ready": True, "restartCount": 0, "state": {"running": {"startedAt": now}}}
+            for c in record["spec"].get("containers", [])
+        ]
+
+    def _delete_pods(self, spec: ClusterSpec, records: list[dict]) -> None:
+        if not records:
+            return
+        cluster = spec.name
+        mode = get_mode(spec.cni)
+        nodes = {n["metadata"]["name"]: node_info(n) for n in self.nodes(cluster)}
+        bound = [r for r in records if r["status"].get("podIP") and r["spec"].get("nodeName") in nodes]
+        if bound:
+            try:
+                agent = self.runtime.agent(self.agent_socket(cluster))
+                for record in bound:
+                    agent.unserve(pod_key(record["metadata"]["namespace"], record["metadata"]["name"]))
+            except Exception:  # an agent that is gone holds no sockets
+                pass
+            plan: Plan = ()
+            for record in bound:
+                pod = pod_info(record)
+                plan += mode.plan_pod(spec, nodes[pod.node], pod)
+            self.runtime.remove(plan)
+        with self.store.transaction():
+            for record in records:
+                meta = record["metadata"]
+                self.store.forget(cluster, NETNS, names.pod_netns(cluster, meta["namespace"], meta["name"]))
+                self.store.delete(cluster, "Pod", meta["name"], meta["namespace"])
+
+    def _schedule_pending(self, spec: ClusterSpec) -> None:
+        """Give Pending pods another chance (a node joined or capacity was freed)."""
+        pending = [p for p in self.pods(spec.name) if not p["status"].get("podIP")]
+        requests = []
+        for record in pending:
+            meta = record["metadata"]
+            manifest = parse_document({"kind": "Pod", "metadata": meta, "spec": record["spec"]}, "store")
+            owner = next((o["name"] for o in meta.get("ownerReferences", []) if o.get("kind") == "Deployment"), None)
+            requests.append(_PodRequest(meta["namespace"], meta["name"], manifest.template, owner))
+            self.store.delete(spec.name, "Pod", meta["name"], meta["namespace"])
+        self._create_pods(spec, requests)
+
+    def _reconcile_deployments(self, spec: ClusterSpec) -> None:
+        """Bring every Deployment back to its replica count (after a pod or node went away)."""
+        creates: list[_PodRequest] = []
+        deletes: list[dict] = []
+        for record in self.deployments(spec.name):
+            manifest = parse_document(record, "store")
+            self._plan_deployment_apply(spec.name, manifest, creates, deletes)
+        self._delete_pods(spec, deletes)
+        self._create_pods(spec, creates)
+        self._refresh_deployment_status(spec.name)
+
+    def _refresh_deployment_status(self, cluster: str) -> None:
+        with self.store.transaction():
+            for record in self.deployments(cluster):
+                meta = record["metadata"]
+                pods = self._owned_pods(cluster, meta["namespace"], meta["name"])
+                ready = sum(1 for p in pods if p["status"].get("phase") == "Running")
+                record["status"] = {"replicas": len(pods), "readyReplicas": ready,
+                                    "availableReplicas": ready, "updatedReplicas": len(pods)}
+                self.store.put(cluster, record)

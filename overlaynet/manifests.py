@@ -1,0 +1,303 @@
+"""Kubernetes YAML in, validated manifest values out (pure: the only I/O is reading the file).
+
+Accepted kinds: ``Pod`` (v1), ``Deployment`` (apps/v1), ``List`` of those, and our own
+``Cluster`` document (for ``up -f``). Multi-document files are read in order. Fields that
+cannot apply to an emulated network (``image``, ``command``, ``resources``, probes for now)
+are accepted and ignored, so the YAML of a real cluster applies unchanged; fields that would
+change networking in ways not emulated (``hostNetwork``, SCTP) are refused by name.
+
+Errors name the file, the object and the field: ``web.yaml: Pod "web-1": spec.containers[0]
+.ports[0].containerPort 70000 is out of range 1-65535``; YAML syntax errors give the line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+
+import yaml
+
+from overlaynet import model, names
+from overlaynet.errors import InvalidInput
+
+DEFAULT_NAMESPACE = "default"
+# The port every test server answers on, TCP and UDP, whatever the pod declares (like agnhost
+# netexec's --http-port); declared containerPorts are served as well.
+DEFAULT_TEST_PORT = 8080
+_PORT_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+# kube-controller-manager's "safe" alphabet for generated name suffixes (no vowels, no 0/1/3).
+_SAFE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
+
+
+@dataclass(frozen=True)
+class ContainerPort:
+    port: int
+    protocol: str = "TCP"
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class PodTemplate:
+    labels: tuple[tuple[str, str], ...]
+    ports: tuple[ContainerPort, ...]
+    node_name: str | None
+    node_selector: tuple[tuple[str, str], ...]
+    spec: dict = field(compare=False, hash=False)  # as written, for get -o yaml
+
+
+@dataclass(frozen=True)
+class PodManifest:
+    namespace: str
+    name: str
+    template: PodTemplate
+
+
+@dataclass(frozen=True)
+class DeploymentManifest:
+    namespace: str
+    name: str
+    replicas: int
+    selector: tuple[tuple[str, str], ...]
+    template: PodTemplate
+
+    @property
+    def template_hash(self) -> str:
+        canonical = json.dumps({"labels": self.template.labels, "spec": self.template.spec}, sort_keys=True)
+        return _safe_encode(hashlib.sha256(canonical.encode()).digest(), 10)
+
+    def pod_name(self, ordinal: int) -> str:
+        """``<deployment>-<template hash>-<5 chars>`` like a ReplicaSet's pods, but reproducible."""
+        digest = hashlib.sha256(f"{self.namespace}/{self.name}/{self.template_hash}/{ordinal}".encode()).digest()
+        return f"{self.name}-{self.template_hash}-{_safe_encode(digest, 5)}"
+
+
+Manifest = PodManifest | DeploymentManifest
+
+
+def _safe_encode(digest: bytes, length: int) -> str:
+    return "".join(_SAFE_ALPHABET[b % len(_SAFE_ALPHABET)] for b in digest[:length])
+
+
+class _Where:
+    """The object being validated, for error messages: ``web.yaml: Pod "web-1": <field> ...``."""
+
+    def __init__(self, source: str, kind: str, name: str):
+        self.prefix = f'{source}: {kind} "{name}"' if name else f"{source}: {kind}"
+
+    def error(self, message: str) -> InvalidInput:
+        return InvalidInput(f"{self.prefix}: {message}")
+
+
+def load_documents(path: str, text: str | None = None) -> list[dict]:
+    """Read a multi-document YAML file; syntax errors give the file and line."""
+    if text is None:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                text = handle.read()
+        except OSError as exc:
+            raise InvalidInput(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        documents = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = f":{mark.line + 1}" if mark else ""
+        raise InvalidInput(f"{path}{line}: malformed YAML: {exc.problem or exc.context}") from None
+    except yaml.YAMLError as exc:
+        raise InvalidInput(f"{path}: malformed YAML: {exc}") from None
+    flat: list[dict] = []
+    for index, document in enumerate(documents, 1):
+        if not isinstance(document, dict):
+            raise InvalidInput(f"{path}: document {index} is not a mapping (a Kubernetes object)")
+        if document.get("kind") == "List":
+            items = document.get("items") or []
+            flat.extend(i for i in items if isinstance(i, dict))
+        else:
+            flat.append(document)
+    return flat
+
+
+def parse_manifests(path: str, namespace: str | None = None, text: str | None = None) -> list[Manifest]:
+    return [parse_document(document, path, namespace, index)
+            for index, document in enumerate(load_documents(path, text), 1)]
+
+
+def parse_document(document: dict, source: str, namespace: str | None = None, index: int = 1) -> Manifest:
+    """Validate one Kubernetes object (a Pod or a Deployment) from ``source``."""
+    kind = document.get("kind")
+    metadata = document.get("metadata") or {}
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    where = _Where(source, str(kind) if kind else f"document {index}", str(name or ""))
+    if kind == "Pod":
+        return _parse_pod(document, where, namespace)
+    if kind == "Deployment":
+        return _parse_deployment(document, where, namespace)
+    if kind == "Cluster":
+        raise where.error("a Cluster document describes a cluster: use `overlaynet up -f`, not apply")
+    if not kind:
+        raise where.error("kind is missing")
+    raise where.error(f'kind "{kind}" is not supported (supported: Pod, Deployment, List)')
+
+
+def _metadata(document: dict, where: _Where, namespace: str | None) -> tuple[str, str, dict]:
+    metadata = document.get("metadata")
+    if not isinstance(metadata, dict):
+        raise where.error("metadata is required")
+    name = metadata.get("name")
+    if not name:
+        raise where.error("metadata.name is required")
+    _check(where, lambda: names.check_subdomain("object", name, "metadata.name"))
+    object_namespace = metadata.get("namespace")
+    if object_namespace is not None and namespace is not None and object_namespace != namespace:
+        raise where.error(f'metadata.namespace "{object_namespace}" does not match the namespace "{namespace}" given by -n')
+    object_namespace = object_namespace or namespace or DEFAULT_NAMESPACE
+    _check(where, lambda: names.check_label("namespace", object_namespace, "metadata.namespace"))
+    labels = _string_map(metadata.get("labels"), where, "metadata.labels")
+    return object_namespace, name, labels
+
+
+def _check(where: _Where, check) -> None:
+    """Run a names.check_* and re-word its error for this object."""
+    try:
+        check()
+    except InvalidInput as exc:
+        message = str(exc).split(": ", 1)[-1]
+        raise where.error(message) from None
+
+
+def _string_map(value, where: _Where, field_path: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise where.error(f"{field_path} must be a mapping of strings")
+    return {k: str(v) for k, v in value.items()}
+
+
+def _parse_template(spec, labels: dict[str, str], where: _Where, field_path: str) -> PodTemplate:
+    if not isinstance(spec, dict):
+        raise where.error(f"{field_path} is required")
+    if spec.get("hostNetwork"):
+        raise where.error(f"{field_path}.hostNetwork is not supported: overlaynet pods always get their own netns")
+    containers = spec.get("containers")
+    if not isinstance(containers, list) or not containers:
+        raise where.error(f"{field_path}.containers must list at least one container")
+    ports: list[ContainerPort] = []
+    port_names: set[str] = set()
+    for c_index, container in enumerate(containers):
+        c_path = f"{field_path}.containers[{c_index}]"
+        if not isinstance(container, dict) or not container.get("name"):
+            raise where.error(f"{c_path}.name is required")
+        _check(where, lambda: names.check_label("container", container["name"], f"{c_path}.name"))
+        declared = container.get("ports") or []
+        if not isinstance(declared, list):
+            raise where.error(f"{c_path}.ports must be a list")
+        for p_index, port in enumerate(declared):
+            p_path = f"{c_path}.ports[{p_index}]"
+            ports.append(_parse_port(port, where, p_path, port_names))
+    node_name = spec.get("nodeName")
+    if node_name is not None:
+        _check(where, lambda: names.check_label("node", node_name, f"{field_path}.nodeName"))
+    node_selector = _string_map(spec.get("nodeSelector"), where, f"{field_path}.nodeSelector")
+    return PodTemplate(
+        labels=tuple(sorted(labels.items())),
+        ports=tuple(ports),
+        node_name=node_name,
+        node_selector=tuple(sorted(node_selector.items())),
+        spec=spec,
+    )
+
+
+def _parse_port(port, where: _Where, p_path: str, port_names: set[str]) -> ContainerPort:
+    if not isinstance(port, dict) or "containerPort" not in port:
+        raise where.error(f"{p_path}.containerPort is required")
+    number = port["containerPort"]
+    if isinstance(number, bool) or not isinstance(number, int):
+        raise where.error(f"{p_path}.containerPort {number!r} is not a number")
+    if not 1 <= number <= 65535:
+        raise where.error(f"{p_path}.containerPort {number} is out of range 1-65535")
+    protocol = port.get("protocol", "TCP")
+    if protocol not in ("TCP", "UDP"):
+        raise where.error(f'{p_path}.protocol "{protocol}" is not supported (supported: TCP, UDP)')
+    port_name = port.get("name")
+    if port_name is not None:
+        if not isinstance(port_name, str) or len(port_name) > 15 or not _PORT_NAME.fullmatch(port_name) \
+                or not re.search("[a-z]", port_name):
+            raise where.error(f'{p_path}.name "{port_name}" must be an IANA service name '
+                              "(at most 15 lower case alphanumerics or '-', with a letter)")
+        if port_name in port_names:
+            raise where.error(f'{p_path}.name "{port_name}" is declared twice')
+        port_names.add(port_name)
+    return ContainerPort(number, protocol, port_name)
+
+
+def _parse_pod(document: dict, where: _Where, namespace: str | None) -> PodManifest:
+    pod_namespace, name, labels = _metadata(document, where, namespace)
+    return PodManifest(pod_namespace, name, _parse_template(document.get("spec"), labels, where, "spec"))
+
+
+def _parse_deployment(document: dict, where: _Where, namespace: str | None) -> DeploymentManifest:
+    deploy_namespace, name, _ = _metadata(document, where, namespace)
+    spec = document.get("spec")
+    if not isinstance(spec, dict):
+        raise where.error("spec is required")
+    replicas = spec.get("replicas", 1)
+    if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
+        raise where.error(f"spec.replicas {replicas!r} must be a whole number >= 0")
+    selector = spec.get("selector")
+    match_labels = _string_map(selector.get("matchLabels") if isinstance(selector, dict) else None,
+                               where, "spec.selector.matchLabels")
+    if not match_labels:
+        raise where.error("spec.selector.matchLabels is required (apps/v1)")
+    template = spec.get("template")
+    if not isinstance(template, dict):
+        raise where.error("spec.template is required")
+    template_labels = _string_map((template.get("metadata") or {}).get("labels"), where, "spec.template.metadata.labels")
+    if any(template_labels.get(k) != v for k, v in match_labels.items()):
+        raise where.error("spec.selector.matchLabels does not match spec.template.metadata.labels")
+    return DeploymentManifest(
+        namespace=deploy_namespace,
+        name=name,
+        replicas=replicas,
+        selector=tuple(sorted(match_labels.items())),
+        template=_parse_template(template.get("spec"), template_labels, where, "spec.template.spec"),
+    )
+
+
+def served_ports(template: PodTemplate) -> tuple[tuple[int, str], ...]:
+    """What a pod's test server listens on: every declared port plus 8080 over TCP and UDP."""
+    ports = {(DEFAULT_TEST_PORT, "TCP"), (DEFAULT_TEST_PORT, "UDP")}
+    ports.update((p.port, p.protocol) for p in template.ports)
+    return tuple(sorted(ports))
+
+
+def load_cluster(path: str, name: str | None = None) -> model.ClusterSpec:
+    """Read a ``Cluster`` document (the only document of its file) into a validated spec."""
+    documents = load_documents(path)
+    clusters = [d for d in documents if d.get("kind") == "Cluster"]
+    if len(clusters) != 1:
+        raise InvalidInput(f"{path}: expected exactly one document of kind Cluster, found {len(clusters)}")
+    document = clusters[0]
+    metadata = document.get("metadata") or {}
+    spec = document.get("spec") or {}
+    if not isinstance(spec, dict):
+        raise InvalidInput(f"{path}: Cluster: spec must be a mapping")
+    known = {"nodes", "cni", "clusterCIDR", "nodeCIDRMaskSize", "serviceCIDR", "nodeNetwork", "mtu"}
+    unknown = sorted(set(spec) - known)
+    cluster_name = name or metadata.get("name") or model.DEFAULT_CLUSTER_NAME
+    if unknown:
+        raise InvalidInput(f'{path}: cluster "{cluster_name}": unknown field spec.{unknown[0]} '
+                           f"(known: {', '.join(sorted(known))})")
+    try:
+        return model.build_spec(
+            name=cluster_name,
+            nodes=spec.get("nodes"),
+            cni=spec.get("cni", model.DEFAULT_CNI),
+            cluster_cidr=spec.get("clusterCIDR", model.DEFAULT_CLUSTER_CIDR),
+            node_cidr_mask_size=spec.get("nodeCIDRMaskSize", model.DEFAULT_NODE_MASK),
+            service_cidr=spec.get("serviceCIDR", model.DEFAULT_SERVICE_CIDR),
+            node_network=spec.get("nodeNetwork", model.DEFAULT_NODE_NETWORK),
+            mtu=spec.get("mtu", model.DEFAULT_UNDERLAY_MTU),
+        )
+    except InvalidInput as exc:
+        raise InvalidInput(f"{path}: {exc}") from None

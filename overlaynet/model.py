@@ -1,0 +1,223 @@
+"""The desired state of a cluster, as plain validated values (pure: no I/O).
+
+This module owns the ``Cluster`` document (nodes, CNI mode and the four address ranges) and
+the checks that make the ranges consistent *before* anything is created:
+
+- node network   the underlay the nodes' ``eth0`` live on (e.g. 172.20.0.0/24)
+- cluster CIDR   every pod address (Kubernetes ``--cluster-cidr``, Flannel ``Network``)
+- node mask      the prefix length of each node's pod CIDR (``--node-cidr-mask-size``)
+- service CIDR   ClusterIPs (``--service-cluster-ip-range``)
+
+Defaults are Kubernetes' and Flannel's: 10.244.0.0/16, /24 per node, 10.96.0.0/12.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field, replace
+
+from overlaynet import names
+from overlaynet.errors import CapacityError, invalid
+
+DEFAULT_CLUSTER_NAME = "overlaynet"
+DEFAULT_NODE_COUNT = 3
+DEFAULT_CNI = "flannel"
+DEFAULT_CLUSTER_CIDR = "10.244.0.0/16"
+DEFAULT_NODE_MASK = 24
+DEFAULT_SERVICE_CIDR = "10.96.0.0/12"
+DEFAULT_NODE_NETWORK = "172.20.0.0/24"
+DEFAULT_UNDERLAY_MTU = 1500
+# Node addresses start at the 11th host of the node network (172.20.0.11, .12, ...), as in
+# the usual Vagrant labs; the first ten are left for gateways and outside clients.
+FIRST_NODE_HOST = 11
+# Two addresses of every pod CIDR are not for pods (network and broadcast) and one is the
+# gateway; a /30 holds exactly one pod, as with the CNI host-local plugin.
+LONGEST_NODE_MASK = 30
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    name: str
+    labels: tuple[tuple[str, str], ...] = ()
+
+    def label_dict(self) -> dict[str, str]:
+        return {"kubernetes.io/hostname": self.name, "kubernetes.io/os": "linux", **dict(self.labels)}
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    name: str = DEFAULT_CLUSTER_NAME
+    nodes: tuple[NodeSpec, ...] = field(
+        default_factory=lambda: tuple(NodeSpec(f"node-{i}") for i in range(1, DEFAULT_NODE_COUNT + 1))
+    )
+    cni: str = DEFAULT_CNI
+    cluster_cidr: ipaddress.IPv4Network = ipaddress.IPv4Network(DEFAULT_CLUSTER_CIDR)
+    node_cidr_mask_size: int = DEFAULT_NODE_MASK
+    service_cidr: ipaddress.IPv4Network = ipaddress.IPv4Network(DEFAULT_SERVICE_CIDR)
+    node_network: ipaddress.IPv4Network = ipaddress.IPv4Network(DEFAULT_NODE_NETWORK)
+    underlay_mtu: int = DEFAULT_UNDERLAY_MTU
+
+    @property
+    def node_subnet_count(self) -> int:
+        return 2 ** (self.node_cidr_mask_size - self.cluster_cidr.prefixlen)
+
+    @property
+    def node_address_count(self) -> int:
+        """How many node addresses the node network offers from FIRST_NODE_HOST up."""
+        return max(0, self.node_network.num_addresses - 1 - FIRST_NODE_HOST)
+
+    def to_document(self) -> dict:
+        """The Cluster document this spec round-trips through (store, ``get clusters -o yaml``)."""
+        return {
+            "apiVersion": "overlaynet.dev/v1alpha1",
+            "kind": "Cluster",
+            "metadata": {"name": self.name},
+            "spec": {
+                "nodes": [{"name": n.name, **({"labels": dict(n.labels)} if n.labels else {})} for n in self.nodes],
+                "cni": self.cni,
+                "clusterCIDR": str(self.cluster_cidr),
+                "nodeCIDRMaskSize": self.node_cidr_mask_size,
+                "serviceCIDR": str(self.service_cidr),
+                "nodeNetwork": str(self.node_network),
+                "mtu": self.underlay_mtu,
+            },
+        }
+
+
+def parse_cidr(cluster: str, field_name: str, value: object) -> ipaddress.IPv4Network:
+    """Parse an IPv4 CIDR strictly; the error names the cluster and the field."""
+    text = str(value)
+    try:
+        network = ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        reason = "host bits are set" if "host bits" in str(exc) else "not a valid CIDR"
+        raise invalid("cluster", cluster, f"{field_name} {text!r}: {reason} (e.g. 10.244.0.0/16)") from None
+    if network.version != 4:
+        raise invalid("cluster", cluster, f"{field_name} {text!r}: only IPv4 ranges are supported")
+    return network
+
+
+def _int_field(cluster: str, field_name: str, value: object, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        try:
+            value = int(str(value))
+        except ValueError:
+            raise invalid("cluster", cluster, f"{field_name} {value!r} is not a whole number") from None
+    if not low <= value <= high:
+        raise invalid("cluster", cluster, f"{field_name} {value} is out of range {low}-{high}")
+    return value
+
+
+def build_spec(
+    name: str = DEFAULT_CLUSTER_NAME,
+    nodes: int | list | None = None,
+    cni: str = DEFAULT_CNI,
+    cluster_cidr: object = DEFAULT_CLUSTER_CIDR,
+    node_cidr_mask_size: object = DEFAULT_NODE_MASK,
+    service_cidr: object = DEFAULT_SERVICE_CIDR,
+    node_network: object = DEFAULT_NODE_NETWORK,
+    mtu: object = DEFAULT_UNDERLAY_MTU,
+) -> ClusterSpec:
+    """Build and fully validate a ``ClusterSpec`` from raw values (flags or a document)."""
+    from overlaynet.modes import canonical_mode  # the registry of CNI modes
+
+    names.check_cluster_name(name)
+    node_specs = _node_specs(name, DEFAULT_NODE_COUNT if nodes is None else nodes)
+    spec = ClusterSpec(
+        name=name,
+        nodes=node_specs,
+        cni=canonical_mode(name, cni),
+        cluster_cidr=parse_cidr(name, "clusterCIDR", cluster_cidr),
+        node_cidr_mask_size=_int_field(name, "nodeCIDRMaskSize", node_cidr_mask_size, 1, 32),
+        service_cidr=parse_cidr(name, "serviceCIDR", service_cidr),
+        node_network=parse_cidr(name, "nodeNetwork", node_network),
+        underlay_mtu=_int_field(name, "mtu", mtu, 1280, 65535),
+    )
+    check_ranges(spec)
+    return spec
+
+
+def _node_specs(cluster: str, nodes: int | list) -> tuple[NodeSpec, ...]:
+    if isinstance(nodes, int) and not isinstance(nodes, bool):
+        if nodes < 1:
+            raise invalid("cluster", cluster, f"nodes {nodes}: a cluster needs at least 1 node")
+        return tuple(NodeSpec(f"node-{i}") for i in range(1, nodes + 1))
+    if not isinstance(nodes, list) or not nodes:
+        raise invalid("cluster", cluster, "nodes must be a count or a non-empty list of {name, labels}")
+    specs, seen = [], set()
+    for index, entry in enumerate(nodes):
+        entry = {"name": entry} if isinstance(entry, str) else entry
+        if not isinstance(entry, dict) or "name" not in entry:
+            raise invalid("cluster", cluster, f"nodes[{index}] must be a name or a mapping with a name")
+        node_name = names.check_label("node", entry["name"])
+        if node_name in seen:
+            raise invalid("cluster", cluster, f'nodes[{index}]: duplicate node name "{node_name}"')
+        seen.add(node_name)
+        labels = entry.get("labels") or {}
+        if not isinstance(labels, dict):
+            raise invalid("node", node_name, "labels must be a mapping of strings")
+        specs.append(NodeSpec(node_name, tuple(sorted((str(k), str(v)) for k, v in labels.items()))))
+    return tuple(specs)
+
+
+def check_ranges(spec: ClusterSpec) -> None:
+    """The four ranges must fit together; each error names the ranges involved."""
+    cluster = spec.name
+    if spec.node_cidr_mask_size < spec.cluster_cidr.prefixlen:
+        raise invalid(
+            "cluster", cluster,
+            f"nodeCIDRMaskSize /{spec.node_cidr_mask_size} is shorter than clusterCIDR "
+            f"{spec.cluster_cidr} (/{spec.cluster_cidr.prefixlen}): a node's pod CIDR must fit inside the cluster CIDR",
+        )
+    if spec.node_cidr_mask_size > LONGEST_NODE_MASK:
+        raise invalid(
+            "cluster", cluster,
+            f"nodeCIDRMaskSize /{spec.node_cidr_mask_size} leaves no address for a pod "
+            f"(a pod CIDR needs network, gateway, one pod and broadcast: at most /{LONGEST_NODE_MASK})",
+        )
+    named = [("nodeNetwork", spec.node_network), ("clusterCIDR", spec.cluster_cidr), ("serviceCIDR", spec.service_cidr)]
+    for i, (name_a, net_a) in enumerate(named):
+        for name_b, net_b in named[i + 1:]:
+            if net_a.overlaps(net_b):
+                raise invalid("cluster", cluster, f"{name_a} {net_a} overlaps {name_b} {net_b}")
+    if len(spec.nodes) > spec.node_subnet_count:
+        raise CapacityError(
+            f'cluster "{cluster}": {len(spec.nodes)} nodes need {len(spec.nodes)} pod CIDRs of '
+            f"/{spec.node_cidr_mask_size}, but clusterCIDR {spec.cluster_cidr} holds only {spec.node_subnet_count}"
+        )
+    if len(spec.nodes) > spec.node_address_count:
+        raise CapacityError(
+            f'cluster "{cluster}": {len(spec.nodes)} nodes need {len(spec.nodes)} addresses, but nodeNetwork '
+            f"{spec.node_network} offers only {spec.node_address_count} (node addresses start at host .{FIRST_NODE_HOST})"
+        )
+
+
+def check_host_overlap(spec: ClusterSpec, host_networks: list[ipaddress.IPv4Network]) -> None:
+    """Refuse ranges that overlap a network the host itself is on (would shadow real routes for a learner)."""
+    for field_name, network in (("nodeNetwork", spec.node_network), ("clusterCIDR", spec.cluster_cidr),
+                                ("serviceCIDR", spec.service_cidr)):
+        for host_network in host_networks:
+            if network.overlaps(host_network):
+                raise invalid(
+                    "cluster", spec.name,
+                    f"{field_name} {network} overlaps the host's network {host_network}; choose another range",
+                )
+
+
+def with_nodes(spec: ClusterSpec, nodes: tuple[NodeSpec, ...]) -> ClusterSpec:
+    return replace(spec, nodes=nodes)
+
+
+def spec_from_document(document: dict) -> ClusterSpec:
+    """The spec of a stored Cluster document (the inverse of ``ClusterSpec.to_document``)."""
+    spec = document["spec"]
+    return build_spec(
+        name=document["metadata"]["name"],
+        nodes=spec["nodes"],
+        cni=spec["cni"],
+        cluster_cidr=spec["clusterCIDR"],
+        node_cidr_mask_size=spec["nodeCIDRMaskSize"],
+        service_cidr=spec["serviceCIDR"],
+        node_network=spec["nodeNetwork"],
+        mtu=spec["mtu"],
+    )

@@ -1,0 +1,191 @@
+"""The store: overlaynet's etcd, an SQLite database on local disk.
+
+It owns the desired and observed state of every cluster on this host:
+- ``clusters``   one row per cluster: its Cluster document and phase;
+- ``resources``  Kubernetes-shaped objects (Node, Pod, Deployment) as JSON, keyed like the
+                 API server keys them (kind, namespace, name);
+- ``owned``      every kernel object and process a cluster owns, written *before* the object
+                 is created, so ``down`` can remove exactly these after any crash;
+- ``meta``       allocator cursors and other small per-cluster values.
+
+Writes happen in ``transaction()`` (``BEGIN IMMEDIATE``, WAL journal), so concurrent
+``overlaynet`` processes never see half an update; ``cluster_lock`` serialises whole
+operations on one cluster (kernel work included) across processes with ``flock``.
+The location is ``$OVERLAYNET_STATE_DIR`` (default ``/var/lib/overlaynet``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+
+DEFAULT_STATE_DIR = "/var/lib/overlaynet"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS clusters (
+    name TEXT PRIMARY KEY, document TEXT NOT NULL, phase TEXT NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS resources (
+    cluster TEXT NOT NULL, kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,
+    body TEXT NOT NULL, PRIMARY KEY (cluster, kind, namespace, name));
+CREATE TABLE IF NOT EXISTS owned (
+    cluster TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (cluster, kind, name));
+CREATE TABLE IF NOT EXISTS meta (
+    cluster TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (cluster, key));
+"""
+
+
+def state_dir() -> str:
+    return os.environ.get("OVERLAYNET_STATE_DIR") or DEFAULT_STATE_DIR
+
+
+class Store:
+    def __init__(self, directory: str | None = None):
+        self.directory = directory or state_dir()
+        os.makedirs(self.directory, mode=0o755, exist_ok=True)
+        self._db = sqlite3.connect(os.path.join(self.directory, "state.db"), timeout=30, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._depth = 0
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- transactions and locks -------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group writes atomically; nested uses join the outer transaction."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        else:
+            self._db.execute("COMMIT")
+        finally:
+            self._depth = 0
+
+    @contextlib.contextmanager
+    def cluster_lock(self, cluster: str) -> Iterator[None]:
+        """Hold the cluster's operation lock (blocks while another process holds it)."""
+        with open(self.runtime_path(cluster, "lock"), "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def runtime_path(self, cluster: str, suffix: str) -> str:
+        """A per-cluster file beside the database: ``<dir>/<cluster>.<suffix>``."""
+        return os.path.join(self.directory, f"{cluster}.{suffix}")
+
+    # -- clusters -----------------------------------------------------------------------------
+
+    def get_cluster(self, name: str) -> dict | None:
+        row = self._db.execute("SELECT document, phase FROM clusters WHERE name=?", (name,)).fetchone()
+        if row is None:
+            return None
+        return {"document": json.loads(row[0]), "phase": row[1]}
+
+    def cluster_names(self) -> list[str]:
+        return [r[0] for r in self._db.execute("SELECT name FROM clusters ORDER BY name")]
+
+    def put_cluster(self, name: str, document: dict, phase: str) -> None:
+        with self.transaction():
+            self._db.execute(
+                "INSERT INTO clusters(name, document, phase, created) VALUES (?,?,?,?) "
+                "ON CONFLICT(name) DO UPDATE SET document=excluded.document, phase=excluded.phase",
+                (name, json.dumps(document), phase, time.time()),
+            )
+
+    def set_phase(self, name: str, phase: str) -> None:
+        with self.transaction():
+            self._db.execute("UPDATE clusters SET phase=? WHERE name=?", (phase, name))
+
+    def delete_cluster(self, name: str) -> None:
+        """Forget everything about a cluster (after its kernel objects are gone)."""
+        with self.transaction():
+            for table in ("resources", "owned", "meta"):
+                self._db.execute(f"DELETE FROM {table} WHERE cluster=?", (name,))
+            self._db.execute("DELETE FROM clusters WHERE name=?", (name,))
+
+    # -- Kubernetes-shaped resources ----------------------------------------------------------
+
+    def put(self, cluster: str, body: dict) -> None:
+        meta = body["metadata"]
+        with self.transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO resources(cluster, kind, namespace, name, body) VALUES (?,?,?,?,?)",
+                (cluster, body["kind"], meta.get("namespace", ""), meta["name"], json.dumps(body)),
+            )
+
+    def get(self, cluster: str, kind: str, name: str, namespace: str = "") -> dict | None:
+        row = self._db.execute(
+            "SELECT body FROM resources WHERE cluster=? AND kind=? AND namespace=? AND name=?",
+            (cluster, kind, namespace, name),
+        ).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def list(self, cluster: str, kind: str, namespace: str | None = None) -> list[dict]:
+        query = "SELECT body FROM resources WHERE cluster=? AND kind=?"
+        args: list = [cluster, kind]
+        if namespace is not None:
+            query += " AND namespace=?"
+            args.append(namespace)
+        query += " ORDER BY namespace, name"
+        return [json.loads(r[0]) for r in self._db.execute(query, args)]
+
+    def delete(self, cluster: str, kind: str, name: str, namespace: str = "") -> None:
+        with self.transaction():
+            self._db.execute(
+                "DELETE FROM resources WHERE cluster=? AND kind=? AND namespace=? AND name=?",
+                (cluster, kind, namespace, name),
+            )
+
+    # -- ownership of kernel objects ----------------------------------------------------------
+
+    def record(self, cluster: str, kind: str, name: str) -> None:
+        """Record that ``cluster`` owns (or is about to create) a kernel object."""
+        with self.transaction():
+            self._db.execute(
+                "INSERT OR IGNORE INTO owned(cluster, kind, name, seq) "
+                "VALUES (?,?,?,(SELECT COALESCE(MAX(seq),0)+1 FROM owned))",
+                (cluster, kind, name),
+            )
+
+    def owned(self, cluster: str, kind: str) -> list[str]:
+        """Owned objects of one kind, most recently recorded first (the order to remove them)."""
+        rows = self._db.execute(
+            "SELECT name FROM owned WHERE cluster=? AND kind=? ORDER BY seq DESC", (cluster, kind)
+        )
+        return [r[0] for r in rows]
+
+    def forget(self, cluster: str, kind: str, name: str) -> None:
+        with self.transaction():
+            self._db.execute("DELETE FROM owned WHERE cluster=? AND kind=? AND name=?", (cluster, kind, name))
+
+    # -- small values -------------------------------------------------------------------------
+
+    def get_meta(self, cluster: str, key: str, default: str | None = None) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE cluster=? AND key=?", (cluster, key)).fetchone()
+        return row[0] if row else default
+
+    def set_meta(self, cluster: str, key: str, value: str) -> None:
+        with self.transaction():
+            self._db.execute("INSERT OR REPLACE INTO meta(cluster, key, value) VALUES (?,?,?)", (cluster, key, value))

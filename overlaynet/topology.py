@@ -1,0 +1,81 @@
+"""What every cluster has whatever its CNI mode: the underlay and the nodes on it (pure).
+
+This module owns the planning of the node network: the underlay namespace with its bridge,
+and per node a namespace whose ``eth0`` is a veth on that bridge with the node's address and
+IP forwarding on. It also owns the runtime facts planning works from (``NodeInfo``,
+``PodInfo``) and the assembly of a whole cluster's plan from a mode's per-node, per-peer and
+per-pod parts. It never touches the kernel.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import dataclass, field
+
+from overlaynet import names
+from overlaynet.model import ClusterSpec
+from overlaynet.plan import Address, Bridge, Netns, Plan, Sysctl, VethPair
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """A node as planning sees it: allocated addresses plus the mode's backend data."""
+
+    name: str
+    ip: ipaddress.IPv4Address
+    pod_cidr: ipaddress.IPv4Network
+    annotations: tuple[tuple[str, str], ...] = ()
+
+    def annotation(self, key: str) -> str:
+        return dict(self.annotations)[key]
+
+    def annotation_json(self, key: str) -> dict:
+        return json.loads(self.annotation(key))
+
+
+@dataclass(frozen=True)
+class PodInfo:
+    namespace: str
+    name: str
+    ip: ipaddress.IPv4Address
+    node: str
+    ports: tuple[tuple[int, str], ...] = field(default=())
+
+
+def plan_underlay(spec: ClusterSpec) -> Plan:
+    netns = names.underlay_netns(spec.name)
+    return (Netns(netns), Bridge(netns, names.UNDERLAY_BRIDGE, mtu=spec.underlay_mtu))
+
+
+def plan_node_base(spec: ClusterSpec, node: NodeInfo) -> Plan:
+    node_ns = names.node_netns(spec.name, node.name)
+    return (
+        Netns(node_ns),
+        VethPair(
+            netns=names.underlay_netns(spec.name),
+            name=names.node_underlay_port(node.name),
+            peer_netns=node_ns,
+            peer_name=names.NODE_UPLINK,
+            mtu=spec.underlay_mtu,
+            master=names.UNDERLAY_BRIDGE,
+        ),
+        Address(node_ns, names.NODE_UPLINK, f"{node.ip}/{spec.node_network.prefixlen}"),
+        Sysctl(node_ns, "net.ipv4.ip_forward", "1"),
+    )
+
+
+def plan_node(spec: ClusterSpec, mode, node: NodeInfo, peers: list[NodeInfo]) -> Plan:
+    """One node, complete: its base, its mode's devices, then a route set per peer node."""
+    plan = plan_node_base(spec, node) + mode.plan_node(spec, node)
+    for peer in peers:
+        if peer.name != node.name:
+            plan += mode.plan_peer(spec, node, peer)
+    return plan
+
+
+def plan_cluster(spec: ClusterSpec, mode, nodes: list[NodeInfo]) -> Plan:
+    plan = plan_underlay(spec)
+    for node in nodes:
+        plan += plan_node(spec, mode, node, nodes)
+    return plan

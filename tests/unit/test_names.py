@@ -1,0 +1,41 @@
+import pytest
+
+from overlaynet import names
+from overlaynet.errors import InvalidInput
+
+
+def test_namespaces_carry_cluster_and_role():
+    assert names.underlay_netns("lab") == "lab.underlay"
+    assert names.node_netns("lab", "node-1") == "lab.node.node-1"
+    assert names.pod_netns("lab", "default", "web-1") == "lab.pod.default.web-1"
+    for name in (names.underlay_netns("lab"), names.node_netns("lab", "x"), names.pod_netns("lab", "d", "p")):
+        assert name.startswith(names.cluster_netns_prefix("lab"))
+        assert not name.startswith(names.cluster_netns_prefix("la"))
+
+
+def test_interface_names_fit_ifnamsiz():
+    long_node = "n" * 63
+    assert len(names.node_underlay_port(long_node)) <= 15
+    assert names.node_underlay_port(long_node) != names.node_underlay_port("n" * 62)
+    assert names.node_underlay_port("node-1") == "node-1"
+    veth = names.pod_host_veth("default", "web-" + "x" * 200)
+    assert veth.startswith("veth") and len(veth) == 12
+
+
+def test_derived_mac_is_unicast_locally_administered_and_stable():
+    mac = names.derived_mac("lab", "vtep", "node-1")
+    first = int(mac.split(":")[0], 16)
+    assert first & 0x02 and not first & 0x01
+    assert mac == names.derived_mac("lab", "vtep", "node-1") != names.derived_mac("lab", "vtep", "node-2")
+
+
+@pytest.mark.parametrize("bad", ["A", "a_b", "-a", "a-", "a" * 64, "a.b"])
+def test_labels(bad):
+    with pytest.raises(InvalidInput):
+        names.check_label("node", bad)
+
+
+def test_subdomain_allows_dots():
+    assert names.check_subdomain("pod", "web.v1") == "web.v1"
+    with pytest.raises(InvalidInput):
+        names.check_subdomain("pod", "web..v1")
