@@ -1,0 +1,48 @@
+"""Suite-wide fixtures: a snapshot of the host at the start, and the ordering that makes the
+leak check (tests/test_zz_leaks.py) the very last test of every run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from overlaynet.kernel import netns
+
+
+def host_snapshot() -> dict:
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
+    return {
+        "netns": set(netns.list_names()),
+        "links": {line.split(":")[1].strip().split("@")[0] for line in links.splitlines()},
+        "agents": agent_processes(),
+    }
+
+
+def agent_processes() -> set[str]:
+    found = set()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                argv = handle.read().split(b"\0")
+        except OSError:
+            continue
+        if b"overlaynet.agent" in argv:
+            found.add(f"{pid}: {b' '.join(argv).decode(errors='replace')}")
+    return found
+
+
+def pytest_sessionstart(session):
+    session.config.host_before = host_snapshot() if os.geteuid() == 0 else None
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: item.nodeid.startswith("tests/test_zz_leaks.py"))
+
+
+@pytest.fixture(scope="session")
+def host_before(request):
+    return request.config.host_before
