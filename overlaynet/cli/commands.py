@@ -323,7 +323,7 @@ def describe(kind, object_name, namespace, cluster):
 # -- exec / verify -------------------------------------------------------------------------------
 
 
-@cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@cli.command(context_settings={"ignore_unknown_options": True})
 @click.argument("target")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.option("-n", "--namespace", default=DEFAULT_NAMESPACE, show_default=True)

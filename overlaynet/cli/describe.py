@@ -62,7 +62,7 @@ def describe_node(manager, cluster: str, node_name: str) -> str:
     lines += _section(f"Pods ({len(pods)})", [
         f"{p['metadata']['namespace']}/{p['metadata']['name']:<32} {p['status'].get('podIP', '<none>')}" for p in pods])
     lines += _section("Devices (ip -d link / ip addr)", _device_lines(netns))
-    lines += _section("Routes (ip route)", observe.format_routes(observe.observe_routes(netns)))
+    lines += _section("Routes (ip route)", observe.format_routes(observe.observe_routes(netns)).splitlines())
     vxlan = [link["name"] for link in observe.observe_links(netns) if link.get("kind") == "vxlan"]
     for device in vxlan:
         neighbours = [f"{n['ip']} lladdr {n['mac']} {n['state']}" for n in observe.observe_neighbours(netns, device)
@@ -99,7 +99,7 @@ def describe_pod(manager, cluster: str, namespace: str, pod_name: str) -> str:
         netns = names.pod_netns(cluster, namespace, pod_name)
         lines.append(f"Network namespace:  {netns}   (try: ip netns exec {netns} ip addr)")
         lines += _section("Devices (ip -d link / ip addr)", _device_lines(netns))
-        lines += _section("Routes (ip route)", observe.format_routes(observe.observe_routes(netns)))
+        lines += _section("Routes (ip route)", observe.format_routes(observe.observe_routes(netns)).splitlines())
     lines += _section("Conditions", [f"{c['type']}={c['status']}" + (f" ({c['reason']})" if c.get("reason") else "")
                                      for c in status.get("conditions", [])])
     if meta.get("annotations"):
