@@ -16,6 +16,9 @@ How it stays fast (bring-up is measured against raw ``ip -batch`` by ``bench/flo
   fresh bring-up pays no read before each write;
 - ``remove`` does not take apart what lives in a namespace the same plan deletes.
 
+Callers may be plain threads or asyncio code: pyroute2's synchronous API cannot run inside a
+running event loop, so ``apply``/``remove`` then do their work on a helper thread.
+
 What it never does: spawn ``ip``/``bridge`` processes; touch a namespace the plan does not
 name; guess — a kernel refusal becomes ``KernelError`` naming the namespace and the step in
 words (``netns "demo.node.node-1": route 10.244.2.0/24 via 10.244.2.0 dev flannel.1 onlink:
@@ -24,6 +27,8 @@ No such device``), and a kernel without VXLAN becomes ``HostError``.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import errno
 import functools
 import ipaddress
@@ -33,7 +38,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from overlaynet.errors import HostError, KernelError
+from overlaynet.errors import HostError, InvalidInput, KernelError
 from overlaynet.kernel import netns
 from overlaynet.plan import (
     Address,
@@ -64,12 +69,36 @@ _NO_VXLAN = (errno.EOPNOTSUPP, errno.ENOTSUP, errno.EAFNOSUPPORT)
 _NO_VXLAN_TEXT = ("unknown device type", "unknown kind")
 
 
+def off_event_loop(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run ``fn`` in a helper thread when the caller's thread runs an asyncio loop.
+
+    pyroute2's synchronous ``IPRoute`` drives an event loop of its own and fails inside a
+    running one ("This event loop is already running"); a namespace switch is per thread,
+    so a helper thread is as good a place to work as any.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return fn(*args, **kwargs)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            return pool.submit(fn, *args, **kwargs).result()
+
+    return wrapper
+
+
 def _ns_of(step: Step) -> str:
     return step.name if isinstance(step, Netns) else step.netns
 
 
 class _Refused(Exception):
     """A refusal we word ourselves (not an errno from the kernel)."""
+
+
+class _Malformed(_Refused):
+    """A step whose own fields are wrong (a planner's bug): InvalidInput, not KernelError."""
 
 
 # --------------------------------------------------------------------------- words
@@ -84,7 +113,8 @@ def words(step: Step) -> str:
     if isinstance(step, Bridge):
         return f"bridge {step.name}"
     if isinstance(step, VethPair):
-        return f'veth {step.name} (peer {step.peer_name} in netns "{step.peer_netns}")'
+        master = f", master {step.master}" if step.master else ""
+        return f'veth {step.name} (peer {step.peer_name} in netns "{step.peer_netns}"{master})'
     if isinstance(step, Vxlan):
         return (f"vxlan {step.name} id {step.vni} local {step.local} dev {step.dev} "
                 f"dstport {step.port}")
@@ -113,7 +143,9 @@ def words(step: Step) -> str:
     return repr(step)
 
 
-def _error(step: Step, exc: BaseException) -> KernelError:
+def _error(step: Step, exc: BaseException) -> KernelError | InvalidInput:
+    if isinstance(exc, _Malformed):
+        return InvalidInput(f'netns "{_ns_of(step)}": {words(step)}: {exc}')
     code = _code(exc)
     if isinstance(exc, _Refused) or not code:
         reason = str(exc)
@@ -237,7 +269,10 @@ def _mac(value: str | None) -> str | None:
 def _split_cidr(cidr: str) -> tuple[str, int]:
     if cidr == "default":
         return "0.0.0.0", 0
-    net = ipaddress.ip_interface(cidr)
+    try:
+        net = ipaddress.ip_interface(cidr)
+    except ValueError:
+        raise _Malformed(f"{cidr!r} is not an address with a prefix length") from None
     return str(net.ip), net.network.prefixlen
 
 
@@ -266,7 +301,7 @@ def _sysctl_path(key: str) -> str:
     rel = key if "/" in key else key.replace(".", "/")
     parts = rel.strip("/").split("/")
     if not rel or any(part in ("", ".", "..") for part in parts):
-        raise _Refused(f"{key!r} is not a sysctl key")
+        raise _Malformed(f"{key!r} is not a sysctl key")
     return "/proc/sys/" + "/".join(parts)
 
 
@@ -423,9 +458,9 @@ def ensure_address(s: Session, step: Address) -> None:
 def _route_attrs(s: Session, step: Route, for_delete: bool = False) -> dict[str, Any]:
     dst, dst_len = _split_cidr(step.dst)
     if step.type not in _ROUTE_TYPES:
-        raise _Refused(f"unknown route type {step.type!r}")
+        raise _Malformed(f"unknown route type {step.type!r}")
     if step.scope not in _SCOPES:
-        raise _Refused(f"unknown route scope {step.scope!r}")
+        raise _Malformed(f"unknown route scope {step.scope!r}")
     attrs: dict[str, Any] = {
         "family": socket.AF_INET6 if ":" in dst else socket.AF_INET,
         "table": RT_TABLE_MAIN,
@@ -567,7 +602,7 @@ def _run(s: Session, table: dict[type, Callable[[Session, Any], None]], step: St
         raise TypeError(f"not a plan step: {step!r}")
     try:
         handler(s, step)
-    except (HostError, KernelError):
+    except (HostError, KernelError, InvalidInput):
         raise
     except _Refused as exc:
         raise _error(step, exc) from None
@@ -582,6 +617,7 @@ def _run(s: Session, table: dict[type, Callable[[Session, Any], None]], step: St
 # --------------------------------------------------------------------------- public
 
 
+@off_event_loop
 def apply(plan: Plan) -> None:
     """Make every step of ``plan`` true in the kernel, in order. Running it twice is a no-op."""
     with Session() as s:
@@ -589,12 +625,15 @@ def apply(plan: Plan) -> None:
             _run(s, _ENSURE, step)
 
 
+@off_event_loop
 def remove(plan: Plan) -> None:
     """Undo ``plan``'s steps in reverse order; objects already gone are fine.
 
     A step inside a namespace this plan deletes is not taken apart piece by piece: the
-    kernel destroys the namespace with everything in it (a veth pair with either end there).
-    Deleting a namespace returns at once; the kernel finishes destroying it ~0.1 s later.
+    kernel destroys the namespace with everything in it. Deleting a namespace returns at
+    once and the kernel finishes ~0.1 s later, taking the far end of any veth pair with it;
+    so a pair whose other end survives (a pod's veth on its node) is deleted explicitly,
+    and is gone when ``remove`` returns.
     """
     doomed = {step.name for step in plan if isinstance(step, Netns)}
     with Session() as s:
@@ -602,14 +641,13 @@ def remove(plan: Plan) -> None:
             if not isinstance(step, Netns):
                 if step.netns in doomed:
                     continue
-                if isinstance(step, VethPair) and step.peer_netns in doomed:
-                    continue
                 if not netns.exists(step.netns):
                     continue  # gone with its namespace
             _run(s, _DELETE, step)
 
 
 @functools.lru_cache(maxsize=1)
+@off_event_loop
 def vxlan_supported() -> bool:
     """Whether this kernel can create VXLAN devices (probed once per process, in a throwaway
     namespace that is deleted again)."""
