@@ -361,7 +361,12 @@ def ping(topo: Topology) -> None:
         capture_output=True, text=True,
     )
     if proc.returncode != 0:
-        raise RuntimeError(f"ping {src.netns} -> {dst.ip} failed:\n{proc.stdout}{proc.stderr}")
+        # The neighbour table is one for the whole host (gc_thresh3, 1024 by default): when
+        # other work has filled it, ping fails with "No buffer space available".
+        with open("/proc/net/stat/arp_cache") as fh:
+            entries = int(fh.read().splitlines()[1].split()[0], 16)
+        raise RuntimeError(f"ping {src.netns} -> {dst.ip} failed:\n{proc.stdout}{proc.stderr}"
+                           f"(host neighbour entries: {entries})")
 
 
 def cleanup(prefix: str) -> None:

@@ -59,13 +59,12 @@ RTNH_F_ONLINK = 0x4
 RT_SCOPE_NOWHERE = 255
 RT_TABLE_MAIN = 254
 RTPROT_BOOT = 3  # what `ip route add` uses; `ip route` does not print it
-IFF_UP = 0x1
 BRPORT_HAIRPIN = "IFLA_BRPORT_MODE"  # the kernel's name for the hairpin flag of a bridge port
 
 _SCOPES = {"universe": 0, "site": 200, "link": 253, "host": 254}
 _ROUTE_TYPES = {"unicast": 1, "blackhole": 6, "unreachable": 7, "prohibit": 8}
 _GONE = (errno.ENODEV, errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL, errno.ENXIO)
-_NO_VXLAN = (errno.EOPNOTSUPP, errno.ENOTSUP, errno.EAFNOSUPPORT)
+_NO_VXLAN = (errno.EOPNOTSUPP, errno.ENOTSUP)
 _NO_VXLAN_TEXT = ("unknown device type", "unknown kind")
 
 

@@ -132,6 +132,17 @@ def ping(src_ns: str, dst: str, *extra: str) -> subprocess.CompletedProcess:
     return in_ns(src_ns, "ping", "-c1", "-W2", *extra, dst)
 
 
+def why(result: subprocess.CompletedProcess) -> str:
+    """A failed ping's output, and the host-wide neighbour table's fill: the table is shared
+    by every namespace (gc_thresh3, 1024 by default), and when other work on the host has
+    filled it, ping fails with "No buffer space available" whatever this code did."""
+    with open("/proc/net/stat/arp_cache") as fh:
+        entries = int(fh.read().splitlines()[1].split()[0], 16)
+    with open("/proc/sys/net/ipv4/neigh/default/gc_thresh3") as fh:
+        limit = fh.read().strip()
+    return f"{result.stdout}{result.stderr}\n(host neighbour entries: {entries}, gc_thresh3: {limit})"
+
+
 def tx_packets(ns: str, dev: str) -> int:
     out = run("ip", "-n", ns, "-s", "-j", "link", "show", dev, check=True).stdout
     return json.loads(out)[0]["stats64"]["tx"]["packets"]
@@ -161,15 +172,15 @@ def snapshot(lab: Lab) -> dict:
 def test_pod_to_pod_ping_crosses_vxlan(lab):
     before = tx_packets(lab.nodes[0], VXLAN)
     result = ping(lab.pods[0], lab.pod_ips[1])
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.returncode == 0, why(result)
     assert tx_packets(lab.nodes[0], VXLAN) > before, "the echo request did not leave through flannel.1"
     back = ping(lab.pods[1], lab.pod_ips[0])
-    assert back.returncode == 0, back.stdout + back.stderr
+    assert back.returncode == 0, why(back)
 
 
 def test_pod_mtu_1450_allows_1422_byte_payload_and_not_1423(lab):
     fits = ping(lab.pods[0], lab.pod_ips[1], "-M", "do", "-s", "1422")
-    assert fits.returncode == 0, fits.stdout + fits.stderr
+    assert fits.returncode == 0, why(fits)
     too_big = ping(lab.pods[0], lab.pod_ips[1], "-M", "do", "-s", "1423")
     assert too_big.returncode != 0
     assert "1450" in too_big.stdout + too_big.stderr  # "message too long, mtu=1450"
@@ -267,7 +278,8 @@ def test_apply_twice_is_a_no_op(lab):
     kapply.apply(lab.plan)
     after = snapshot(lab)
     assert after == before  # same objects, same ifindexes: nothing was recreated
-    assert ping(lab.pods[0], lab.pod_ips[1]).returncode == 0
+    result = ping(lab.pods[0], lab.pod_ips[1])
+    assert result.returncode == 0, why(result)
 
 
 def test_apply_repairs_drift(lab):
@@ -283,7 +295,7 @@ def test_apply_repairs_drift(lab):
     assert node[VXLAN]["up"]
     assert "hairpin on" in run("ip", "-n", node1, "-d", "link", "show", lab.host_veths[0]).stdout
     result = ping(lab.pods[0], lab.pod_ips[1])
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.returncode == 0, why(result)
 
 
 def test_incompatible_vxlan_device_is_replaced(lab):
@@ -317,7 +329,8 @@ def test_remove_peer_steps_deletes_exactly_the_trio(lab):
     assert ping(lab.pods[0], lab.pod_ips[1], "-W1").returncode != 0
     kapply.remove(lab.peers[0])  # already gone: not an error
     kapply.apply(lab.peers[0])
-    assert ping(lab.pods[0], lab.pod_ips[1]).returncode == 0
+    result = ping(lab.pods[0], lab.pod_ips[1])
+    assert result.returncode == 0, why(result)
 
 
 def test_remove_addresses_and_links_outside_a_deleted_namespace(lab):
