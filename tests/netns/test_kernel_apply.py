@@ -102,6 +102,30 @@ def ours(prefix: str) -> list[str]:
     return [n for n in netns.list_names() if n.startswith(prefix)]
 
 
+# Sysctls these tests write inside namespaces. Were a write to land in the host's namespace
+# instead, the test fails and the host gets its value back (ip_forward first: turning it off
+# also resets conf/all/accept_redirects).
+HOST_SYSCTLS = ("net/ipv4/ip_forward", "net/ipv4/ip_default_ttl", "net/ipv4/conf/all/accept_redirects",
+                "net/ipv4/conf/default/forwarding")
+
+
+def _read_host(key: str) -> str:
+    with open(f"/proc/sys/{key}") as fh:
+        return fh.read().strip()
+
+
+@pytest.fixture(autouse=True)
+def host_sysctls_untouched():
+    before = {key: _read_host(key) for key in HOST_SYSCTLS}
+    yield
+    changed = {key: _read_host(key) for key in HOST_SYSCTLS if _read_host(key) != before[key]}
+    for key in HOST_SYSCTLS:
+        if key in changed:
+            with open(f"/proc/sys/{key}", "w") as fh:
+                fh.write(before[key])
+    assert not changed, f"host sysctls changed (restored): {changed}, were {before}"
+
+
 @pytest.fixture
 def prefix():
     """A namespace prefix no one else uses; every namespace under it is deleted at the end."""
@@ -218,6 +242,12 @@ def test_links_bridges_mtus_and_masters(lab):
     assert underlay["node-2"]["master"] == names.UNDERLAY_BRIDGE
     detail = run("ip", "-n", lab.nodes[0], "-d", "link", "show", lab.host_veths[0], check=True).stdout
     assert "hairpin on" in detail
+    # cni0's MTU is the plan's, not its ports' minimum: a 1400-byte port does not lower it.
+    run("ip", "-n", lab.nodes[0], "link", "add", "tmp-a", "mtu", "1400", "type", "veth", "peer", "name", "tmp-b",
+        check=True)
+    run("ip", "-n", lab.nodes[0], "link", "set", "tmp-a", "master", "cni0", check=True)
+    node = {l["name"]: l for l in observe.observe_links(lab.nodes[0])}
+    assert node["cni0"]["mtu"] == 1450
 
 
 def test_observed_routes_neighbours_fdb_and_addresses(lab):
@@ -261,11 +291,14 @@ def test_sysctl_is_written_in_the_namespace(lab, prefix):
     # A value only this namespace has (a plain integer sysctl): the host keeps its own.
     host_value = open("/proc/sys/net/ipv4/ip_default_ttl").read().strip()
     wanted = "77" if host_value != "77" else "78"
+    # A key in slash form, for a device name with a dot (and that the host does not have).
+    key = f"net/ipv4/conf/{VXLAN}/accept_redirects"
     kapply.apply((Sysctl(lab.pods[0], "net.ipv4.ip_default_ttl", wanted),
-                  Sysctl(lab.pods[0], "net/ipv4/conf/eth0/accept_redirects", "0")))
+                  Sysctl(lab.nodes[0], key, "0")))
     assert in_ns(lab.pods[0], "sysctl", "-n", "net.ipv4.ip_default_ttl").stdout.strip() == wanted
-    assert in_ns(lab.pods[0], "sysctl", "-n", "net.ipv4.conf.eth0.accept_redirects").stdout.strip() == "0"
-    assert observe.observe_sysctl(lab.pods[0], "net/ipv4/conf/eth0/accept_redirects") == "0"
+    assert in_ns(lab.nodes[0], "sysctl", "-n", key).stdout.strip() == "0"
+    assert observe.observe_sysctl(lab.nodes[0], key) == "0"
+    assert observe.observe_sysctl(lab.nodes[1], key) == "1"
     assert open("/proc/sys/net/ipv4/ip_default_ttl").read().strip() == host_value
     assert in_ns(lab.pods[1], "sysctl", "-n", "net.ipv4.ip_default_ttl").stdout.strip() != wanted
 
