@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
+import os
 import random
 import socket
 import struct
@@ -230,16 +231,62 @@ def _new_socket(netns_name: str, family: int, kind: int, proto: int = 0) -> sock
     return sock
 
 
+def _wake(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def _connect(loop: asyncio.AbstractEventLoop, sock: socket.socket, address: tuple) -> None:
+    """Non-blocking connect, waiting for writability directly (cheaper than ``loop.sock_connect``)."""
+    err = sock.connect_ex(address)
+    if err == errno.EINPROGRESS:
+        fd = sock.fileno()
+        future = loop.create_future()
+        loop.add_writer(fd, _wake, future)
+        try:
+            await future
+        finally:
+            loop.remove_writer(fd)
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if err:
+        raise OSError(err, os.strerror(err))
+
+
+class _ReadToEof:
+    """Read a socket until the peer closes it (or ``MAX_REPLY`` bytes), in one reader callback."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+        self.sock = sock
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.future: asyncio.Future[bytes] = loop.create_future()
+
+    def on_readable(self) -> None:
+        while not self.future.done():
+            try:
+                chunk = self.sock.recv(16384)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self.future.set_exception(exc)
+                return
+            self.chunks.append(chunk)
+            self.size += len(chunk)
+            if not chunk or self.size > MAX_REPLY:
+                self.future.set_result(b"".join(self.chunks))
+
+
 async def _read_to_eof(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> bytes:
-    chunks = []
-    size = 0
-    while size <= MAX_REPLY:
-        chunk = await loop.sock_recv(sock, 16384)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)
+    reader = _ReadToEof(loop, sock)
+    reader.on_readable()  # the answer is often there already
+    if reader.future.done():
+        return reader.future.result()
+    fd = sock.fileno()
+    loop.add_reader(fd, reader.on_readable)
+    try:
+        return await reader.future
+    finally:
+        loop.remove_reader(fd)
 
 
 async def http_get(netns_name: str, host: str, port: int, path: str, on_connect: Callable[[str], None] | None = None) -> tuple[int, bytes]:
@@ -252,10 +299,13 @@ async def http_get(netns_name: str, host: str, port: int, path: str, on_connect:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = _new_socket(netns_name, family, socket.SOCK_STREAM)
     try:
-        await loop.sock_connect(sock, (host, port))
+        await _connect(loop, sock, (host, port))
         if on_connect is not None:
             on_connect(sock.getsockname()[0])
-        await loop.sock_sendall(sock, http_request(path, host, port))
+        request = http_request(path, host, port)
+        sent = sock.send(request)  # a fresh connection's send buffer takes it whole, normally
+        if sent < len(request):
+            await loop.sock_sendall(sock, request[sent:])
         data = await _read_to_eof(loop, sock)
     finally:
         sock.close()
