@@ -428,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pods-per-node", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=3, help="runs of each; medians are reported")
     parser.add_argument("--floor-only", action="store_true", help="skip overlaynet's apply()")
+    parser.add_argument("--pause", type=float, default=1.0, help="seconds between measurements")
     parser.add_argument("--prefix", default=f"bench-floor-{os.getpid()}.")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
@@ -442,11 +443,17 @@ def main(argv: list[str] | None = None) -> int:
         from pyroute2 import IPRoute
 
         IPRoute(groups=0).close()
-    for _ in range(args.repeat):
-        # Interleaved, so a noisy neighbour hurts both sides alike.
-        floors.append(measure_floor(args.nodes, args.pods_per_node, args.prefix))
-        if not args.floor_only:
-            applies.append(measure_apply(args.nodes, args.pods_per_node, args.prefix))
+    for i in range(args.repeat):
+        # Interleaved, and each side first in turn, so a noisy neighbour hurts both alike. The
+        # pause lets the kernel finish destroying the last run's namespaces (work it does after
+        # they are unreachable, which the timed teardown does not wait for) before the next.
+        order = ["floor", "apply"] if i % 2 == 0 else ["apply", "floor"]
+        for side in order:
+            if side == "floor":
+                floors.append(measure_floor(args.nodes, args.pods_per_node, args.prefix))
+            elif not args.floor_only:
+                applies.append(measure_apply(args.nodes, args.pods_per_node, args.prefix))
+            time.sleep(args.pause)
 
     def median(rows: list[dict], key: str) -> float:
         return round(statistics.median(r[key] for r in rows), 4)
