@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
 from collections import Counter
 from dataclasses import dataclass, replace
 
@@ -28,6 +29,7 @@ from overlaynet.topology import NodeInfo, PodInfo
 NETNS = "netns"
 AGENT = "agent"
 NETNS_ANNOTATION = "overlaynet.dev/netns"
+HOST = "_host"  # the store's name for host-wide state; never a valid cluster name
 NODE_SERVER_PORTS = ((8080, "TCP"), (8080, "UDP"))
 
 
@@ -64,6 +66,21 @@ class Runtime:
         from overlaynet.agent.client import stop_agent
 
         stop_agent(cluster, socket_path)
+
+    def host_limits(self) -> dict[str, int]:
+        from overlaynet.kernel import host
+
+        return host.current_limits()
+
+    def raise_host_limits(self) -> None:
+        from overlaynet.kernel import host
+
+        host.raise_limits()
+
+    def restore_host_limits(self, originals: dict[str, int]) -> None:
+        from overlaynet.kernel import host
+
+        host.restore(originals)
 
     def agent(self, socket_path: str):
         from overlaynet.agent.client import AgentClient
@@ -158,6 +175,7 @@ class ClusterManager:
                 )
             self.store.put_cluster(spec.name, spec.to_document(), "Creating")
             try:
+                self._raise_host_limits()
                 nodes = [self._allocate_node(spec, mode, node_spec) for node_spec in spec.nodes]
                 plan = topology.plan_cluster(spec, mode, nodes)
                 self._record_namespaces(spec.name, plan)
@@ -194,7 +212,24 @@ class ClusterManager:
 
             raise KernelError(f'cluster "{cluster}": namespaces still present after delete: {", ".join(lingering)}')
         self.store.delete_cluster(cluster)
+        self._restore_host_limits()
         return {"namespaces": len(namespaces)}
+
+    def _raise_host_limits(self) -> None:
+        """Raise host-wide limits (the shared ARP table) and remember the originals first."""
+        with self.store.cluster_lock(HOST):
+            if self.store.get_meta(HOST, "host-limits") is None:
+                self.store.set_meta(HOST, "host-limits", json.dumps(self.runtime.host_limits()))
+            self.runtime.raise_host_limits()
+
+    def _restore_host_limits(self) -> None:
+        """Put host-wide limits back once no cluster is left."""
+        with self.store.cluster_lock(HOST):
+            originals = self.store.get_meta(HOST, "host-limits")
+            if originals is None or self.store.cluster_names():
+                return
+            self.runtime.restore_host_limits(json.loads(originals))
+            self.store.delete_cluster(HOST)
 
     def _start_agent(self, cluster: str) -> None:
         socket_path = self.agent_socket(cluster)

@@ -17,7 +17,16 @@ def host_snapshot() -> dict:
         "netns": set(netns.list_names()),
         "links": {line.split(":")[1].strip().split("@")[0] for line in links.splitlines()},
         "agents": agent_processes(),
+        "sysctls": host_sysctls(),
     }
+
+
+def host_sysctls() -> dict[str, str]:
+    """Host-wide settings overlaynet may raise while a cluster exists, and must put back."""
+    from overlaynet.kernel import host
+
+    keys = list(host.NEIGHBOUR_TABLE_LIMITS) + ["net.ipv4.ip_forward"]
+    return {key: open("/proc/sys/" + key.replace(".", "/")).read().strip() for key in keys}
 
 
 def agent_processes() -> set[str]:

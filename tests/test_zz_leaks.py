@@ -13,3 +13,4 @@ def test_nothing_leaked(host_before):
     assert after["netns"] - host_before["netns"] == set(), "network namespaces left behind"
     assert after["links"] - host_before["links"] == set(), "interfaces left behind in the host namespace"
     assert agent_processes() - host_before["agents"] == set(), "agent processes left behind"
+    assert after["sysctls"] == host_before["sysctls"], "host-wide sysctls not restored"

@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""``overlaynet verify`` at scale: N pods (N x (N-1) ordered pairs over TCP, UDP and ICMP).
+
+It brings up a cluster with ``--pods`` pods spread over ``--nodes`` nodes, runs the same code
+path as ``overlaynet verify`` (probe planning, the agent's probes, the eth0 read-back, the
+judging) and prints seconds, probes per second and the verdict. For scale it also times the
+floor of one real packet exchange per pair done the cheapest way a shell user could: one
+``ping -c1`` process per pair for a sample of pairs, extrapolated to all pairs.
+
+    python3 bench/verify_scale.py --nodes 4 --pods 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from overlaynet import model, names  # noqa: E402
+from overlaynet import verify as verifying  # noqa: E402
+from overlaynet.cluster import ClusterManager  # noqa: E402
+from overlaynet.kernel import observe  # noqa: E402
+from overlaynet.manifests import parse_manifests  # noqa: E402
+from overlaynet.store import Store  # noqa: E402
+
+DEPLOYMENT = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: scale}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: scale}}}}
+  template:
+    metadata: {{labels: {{app: scale}}}}
+    spec:
+      containers: [{{name: scale, image: agnhost}}]
+"""
+
+
+def run_verify(manager: ClusterManager, cluster: str) -> tuple[float, verifying.Report, int]:
+    started = time.perf_counter()
+    node_eps, pod_eps = verifying.endpoints(cluster, manager.nodes(cluster), manager.pods(cluster))
+    probes, index = verifying.plan_probes(node_eps, pod_eps)
+    results = manager.runtime.agent(manager.agent_socket(cluster)).probe(probes, timeout=2.0)
+    own = {p.name: [a["cidr"].split("/")[0] for a in observe.observe_addresses(p.netns) if a["dev"] == "eth0"]
+           for p in pod_eps}
+    report = verifying.build_report(index, results, own)
+    return time.perf_counter() - started, report, len(probes)
+
+
+def ping_floor(cluster: str, pods: list[dict], sample: int) -> float:
+    """Seconds per pair for one `ping -c1` process per pair (sampled)."""
+    pairs = [(a, b) for a in pods for b in pods if a is not b]
+    chosen = random.Random(1).sample(pairs, min(sample, len(pairs)))
+    started = time.perf_counter()
+    for a, b in chosen:
+        ns = names.pod_netns(cluster, a["metadata"]["namespace"], a["metadata"]["name"])
+        subprocess.run(["ip", "netns", "exec", ns, "ping", "-c1", "-W1", b["status"]["podIP"]],
+                       capture_output=True, check=True)
+    return (time.perf_counter() - started) / len(chosen)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=int, default=4)
+    parser.add_argument("--pods", type=int, default=100)
+    parser.add_argument("--ping-sample", type=int, default=200)
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench/verify_scale.py: needs root", file=sys.stderr)
+        return 2
+    state = tempfile.mkdtemp(prefix="ovn-bench-", dir="/tmp")
+    manager = ClusterManager(Store(state))
+    cluster = "benchverify"
+    try:
+        manager.up(model.build_spec(name=cluster, nodes=args.nodes))
+        manager.apply(cluster, parse_manifests("bench", text=DEPLOYMENT.format(replicas=args.pods)))
+        seconds, report, probes = run_verify(manager, cluster)
+        pods = [p for p in manager.pods(cluster) if p["status"]["phase"] == "Running"]
+        per_ping = ping_floor(cluster, pods, args.ping_sample)
+    finally:
+        manager.down(cluster)
+        shutil.rmtree(state, ignore_errors=True)
+    pairs = args.pods * (args.pods - 1)
+    print(json.dumps({
+        "pods": args.pods, "nodes": args.nodes, "pod_pairs": pairs, "probes": probes,
+        "checks": len(report.checks), "passed": report.passed, "failures": len(report.failures),
+        "verify_s": round(seconds, 3), "probes_per_s": round(probes / seconds),
+        "ping_process_per_pair_s": round(per_ping, 5),
+        "ping_processes_for_all_pairs_s": round(per_ping * pairs, 1),
+        "ratio_to_ping_processes": round(seconds / (per_ping * pairs), 3),
+    }, indent=2))
+    return 0 if report.passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
