@@ -133,10 +133,14 @@ def start_agent(cluster: str, socket_path: str, log_path: str) -> int:
                 f"log {log_path}:\n{_log_tail(log_path)}"
             )
         try:
-            AgentClient(socket_path, cluster=cluster, timeout=1.0).ping()
-            return proc.pid
+            reply = AgentClient(socket_path, cluster=cluster, timeout=1.0).ping()
         except AgentError as exc:
             last_error = str(exc)
+        else:
+            if reply.get("pid") == proc.pid:
+                return proc.pid
+            # Another process answers on that path (it refuses to start then, and exits).
+            last_error = f"pid {reply.get('pid')} answers on that socket"
         time.sleep(0.02)
     _terminate([proc.pid])
     raise AgentError(
