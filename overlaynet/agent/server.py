@@ -91,6 +91,8 @@ class Agent:
             else:
                 served.hostname = hostname
                 await served.set_ports(ports)
+            log.info("serve %s in netns %s: %s", key, netns_name,
+                     " ".join(f"{p}/{proto}" for p, proto in ports) or "(no ports)")
             return {"key": served.describe()}
 
     async def _unserve(self, request: dict) -> dict:
@@ -99,6 +101,7 @@ class Agent:
             served = self.keys.pop(key, None)
             if served is not None:
                 await served.close()
+                log.info("unserve %s (netns %s)", key, served.netns)
         return {"existed": served is not None}
 
     async def _set_serving(self, request: dict) -> dict:
@@ -111,6 +114,7 @@ class Agent:
             if served is None:
                 raise AgentError(f'key "{key}": not served by this agent')
             await served.set_serving(serving)
+            log.info("%s %s", "resume" if serving else "pause", key)
             return {"key": served.describe()}
 
     async def _list(self, request: dict) -> dict:

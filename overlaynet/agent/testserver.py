@@ -39,6 +39,7 @@ from overlaynet.kernel import netns
 log = logging.getLogger("overlaynet.agent")
 
 MAX_HEAD = 8192  # bytes of request line + headers we accept before answering 431
+REQUEST_TIMEOUT = 30.0  # seconds a connection may take to send its request head
 LISTEN_BACKLOG = 1024
 DIAL_MAX_TRIES = 50
 DIAL_DEFAULT_TIMEOUT = 2.0
@@ -245,21 +246,29 @@ def check_ports(key: str, ports: object) -> tuple[tuple[int, str], ...]:
 class _HttpProtocol(asyncio.Protocol):
     """One accepted connection: read the head, answer, close."""
 
-    __slots__ = ("_served", "_transport", "_buf", "_answered")
+    __slots__ = ("_served", "_transport", "_buf", "_answered", "_timer")
 
     def __init__(self, served: ServedKey) -> None:
         self._served = served
         self._transport: asyncio.Transport | None = None
         self._buf = bytearray()
         self._answered = False
+        self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
         self._served.connections.add(transport)
+        self._timer = asyncio.get_running_loop().call_later(REQUEST_TIMEOUT, self._too_slow)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
         if self._transport is not None:
             self._served.connections.discard(self._transport)
+
+    def _too_slow(self) -> None:
+        if not self._answered:
+            self._answer(text(408, f"no complete request within {REQUEST_TIMEOUT:g} s\n"), False)
 
     def data_received(self, data: bytes) -> None:
         if self._answered:
