@@ -76,8 +76,11 @@ class Agent:
         ports = testserver.check_ports(key, request.get("ports"))
         async with self._lock:
             served = self.keys.get(key)
-            if served is not None and served.netns != netns_name:
-                await served.close()  # the key moved to another namespace: start afresh
+            if served is not None and (served.netns != netns_name
+                                       or served.identity != testserver.netns_identity(netns_name)):
+                # The key moved to another namespace, or its namespace was deleted and made
+                # again under the same name: start afresh there.
+                await served.close()
                 del self.keys[key]
                 served = None
             if served is None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import socket
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote
@@ -344,6 +345,19 @@ def _open_socket(netns_name: str, port: int, protocol: str) -> socket.socket:
     return sock
 
 
+def netns_identity(name: str) -> tuple[int, int] | None:
+    """Which namespace the name ``name`` stands for right now (None: no such name).
+
+    A pod deleted without ``unserve`` and created again under the same name is a new
+    namespace; the sockets of the old one must not be taken for it.
+    """
+    try:
+        st = os.stat(netns.path(name))
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 class ServedKey:
     """The test server of one key (a pod or a node): its sockets in one netns.
 
@@ -354,6 +368,7 @@ class ServedKey:
     def __init__(self, key: str, netns_name: str, hostname: str) -> None:
         self.key = key
         self.netns = netns_name
+        self.identity = netns_identity(netns_name)
         self.hostname = hostname
         self.ports: tuple[tuple[int, str], ...] = ()
         self.serving = True

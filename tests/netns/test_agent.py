@@ -326,6 +326,26 @@ def test_unserve_releases_the_netns(agent, pair, prefix):
     assert doomed not in ip("netns", "list")
 
 
+def test_serve_follows_a_namespace_made_again_under_the_same_name(agent, prefix):
+    client = agent[0]
+    name = f"{prefix}reborn"
+    try:
+        netns.ensure(name)
+        ip("-n", name, "link", "set", "lo", "up")
+        client.serve("reborn", name, "first", BOTH)
+        assert probe_one(client, name, "127.0.0.1", "tcp")["ok"]
+        netns.delete(name)  # deleted without unserve: the old namespace lives on in the agent
+        netns.ensure(name)
+        ip("-n", name, "link", "set", "lo", "up")
+        client.serve("reborn", name, "second", BOTH)
+        for protocol in ("tcp", "udp"):
+            assert probe_one(client, name, "127.0.0.1", protocol)["ok"], protocol
+        assert curl(name, f"http://127.0.0.1:{PORT}/hostname").stdout == "second"
+    finally:
+        client.unserve("reborn")
+        netns.delete(name)
+
+
 # -- the process ----------------------------------------------------------------------------
 
 
