@@ -337,3 +337,16 @@ def test_parse_icmp_ignores_others():
     assert probe.parse_icmp(b"\x45\x00") is None
     udp_in_unreach = struct.pack("!BBHI", 3, 3, 0, 0) + _ipv4("10.0.0.2", "10.0.0.1", 17, b"\0" * 8)
     assert probe.parse_icmp(_ipv4("10.0.0.1", "10.0.0.2", 1, udp_in_unreach)) is None
+
+
+# -- the process stays light ----------------------------------------------------------------
+
+
+def test_the_agent_process_imports_neither_pyroute2_nor_scapy():
+    import subprocess
+    import sys
+
+    code = ("import sys, overlaynet.agent.__main__, overlaynet.agent.server; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'pyroute2', 'scapy', 'yaml', 'click'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
