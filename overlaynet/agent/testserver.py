@@ -9,8 +9,10 @@ This module owns:
 
 What it never does: create or delete namespaces or addresses (kubelet and CNI do), or spawn a
 thread or process per pod. Each listening socket is created with the thread inside the pod's
-netns (``netns.inside``) and handed to asyncio; the socket stays in that netns, so one event
-loop serves every pod. A socket keeps its netns alive: ``close()`` releases all of them, so
+netns (``netns.inside``) and handed to the event loop (TCP: ``loop.create_server``; UDP: a
+reader callback, because answers must leave from the address they were sent to, which
+asyncio's datagram transport cannot do); the socket stays in that netns, so one event loop
+serves every pod. A socket keeps its netns alive: ``close()`` releases all of them, so
 the pod's netns really goes away when it is deleted afterwards.
 
 HTTP (TCP), one request per connection, always ``Connection: close``:
@@ -31,6 +33,7 @@ import json
 import logging
 import os
 import socket
+import struct
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote
 
@@ -41,6 +44,10 @@ log = logging.getLogger("overlaynet.agent")
 
 MAX_HEAD = 8192  # bytes of request line + headers we accept before answering 431
 REQUEST_TIMEOUT = 30.0  # seconds a connection may take to send its request head
+MAX_DATAGRAM = 65535
+UDP_BATCH = 64  # datagrams read per wake-up of one UDP socket
+_IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux value; the constant is missing before 3.12
+_PKTINFO_SPACE = socket.CMSG_SPACE(12)  # sizeof(struct in_pktinfo)
 LISTEN_BACKLOG = 1024
 DIAL_MAX_TRIES = 50
 DIAL_DEFAULT_TIMEOUT = 2.0
@@ -311,23 +318,50 @@ class _HttpProtocol(asyncio.Protocol):
         self._answer(dial_response(responses, errors), head_only)
 
 
-class _UdpProtocol(asyncio.DatagramProtocol):
-    __slots__ = ("_served", "_transport")
+class _UdpServer:
+    """One UDP port: answer each datagram *from the address it was sent to*.
 
-    def __init__(self, served: ServedKey) -> None:
+    Not ``loop.create_datagram_endpoint``: its transport cannot read or set ``IP_PKTINFO``,
+    and without it a reply leaves with whatever source address the route back picks. A node
+    has several (``eth0``, ``cni0``, ``flannel.1``): a pod asking the node's ``eth0`` address
+    would get its answer from ``cni0``'s, which its connected socket rightly drops.
+    """
+
+    __slots__ = ("_served", "sock", "_loop", "_fd")
+
+    def __init__(self, served: ServedKey, sock: socket.socket) -> None:
         self._served = served
-        self._transport: asyncio.DatagramTransport | None = None
+        self.sock = sock
+        sock.setsockopt(socket.IPPROTO_IP, _IP_PKTINFO, 1)
+        self._loop = asyncio.get_running_loop()
+        self._fd = sock.fileno()
+        self._loop.add_reader(self._fd, self._on_readable)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
+    def close(self) -> None:
+        self._loop.remove_reader(self._fd)
+        self.sock.close()
 
-    def datagram_received(self, data: bytes, addr: tuple) -> None:
-        reply = udp_reply(data, self._served.hostname, addr)
-        if reply is not None and self._transport is not None:
-            self._transport.sendto(reply, addr)
-
-    def error_received(self, exc: Exception) -> None:
-        pass  # an ICMP error for a reply we sent: the client went away; nothing to do
+    def _on_readable(self) -> None:
+        for _ in range(UDP_BATCH):  # then let others run; epoll reports the rest again
+            try:
+                data, ancillary, _flags, peer = self.sock.recvmsg(MAX_DATAGRAM, _PKTINFO_SPACE)
+            except BlockingIOError:
+                return
+            except OSError:
+                continue  # an error queued for an earlier reply; the next datagram may be fine
+            reply = udp_reply(data, self._served.hostname, peer)
+            if reply is None:
+                continue
+            pktinfo = [(level, kind, value) for level, kind, value in ancillary
+                       if level == socket.IPPROTO_IP and kind == _IP_PKTINFO and len(value) >= 12]
+            source = []
+            if pktinfo:
+                spec_dst = pktinfo[0][2][4:8]  # struct in_pktinfo {ifindex; spec_dst; addr}
+                source = [(socket.IPPROTO_IP, _IP_PKTINFO, struct.pack("=i4s4s", 0, spec_dst, bytes(4)))]
+            try:
+                self.sock.sendmsg([reply], source, 0, peer)
+            except OSError:
+                pass  # UDP: a reply that cannot go now is lost, as on the wire
 
 
 def _open_socket(netns_name: str, port: int, protocol: str) -> socket.socket:
@@ -374,7 +408,7 @@ class ServedKey:
         self.serving = True
         self.connections: set[asyncio.BaseTransport] = set()
         self._tcp: dict[int, asyncio.AbstractServer] = {}
-        self._udp: dict[int, asyncio.DatagramTransport] = {}
+        self._udp: dict[int, _UdpServer] = {}
         self._tasks: set[asyncio.Task] = set()
 
     def describe(self) -> dict:
@@ -437,10 +471,7 @@ class ServedKey:
                             lambda: _HttpProtocol(self), sock=sock, backlog=LISTEN_BACKLOG
                         )
                     else:
-                        transport, _ = await loop.create_datagram_endpoint(
-                            lambda: _UdpProtocol(self), sock=sock
-                        )
-                        self._udp[port] = transport
+                        self._udp[port] = _UdpServer(self, sock)
                 except BaseException:
                     sock.close()
                     raise
@@ -452,16 +483,12 @@ class ServedKey:
             raise AgentError(f'key "{self.key}": netns "{self.netns}": {exc}') from exc
 
     async def _close(self, which: set[tuple[int, str]]) -> None:
-        closed_udp = False
         for port, protocol in which:
             if protocol == "TCP":
                 server = self._tcp.pop(port, None)
                 if server is not None:
                     server.close()  # closes the listening socket now: new connections are refused
             else:
-                transport = self._udp.pop(port, None)
-                if transport is not None:
-                    transport.close()
-                    closed_udp = True
-        if closed_udp:
-            await asyncio.sleep(0)  # a datagram transport closes its socket on the next loop turn
+                udp = self._udp.pop(port, None)
+                if udp is not None:
+                    udp.close()  # now: a datagram that arrives next gets a port unreachable

@@ -29,6 +29,7 @@ pytestmark = pytest.mark.netns
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 A_IP, B_IP = "10.99.0.1", "10.99.0.2"
+B_ALT = "10.99.1.2"         # b's second address, on its lo
 NO_HOST = "10.99.0.77"      # in the subnet, nobody answers ARP
 NO_ROUTE = "10.98.7.7"      # no route at all
 PORT = 8080
@@ -47,12 +48,17 @@ def curl(name: str, url: str) -> subprocess.CompletedProcess:
     return in_netns(name, "curl", "-s", "-m", "5", url)
 
 
-def udp_ask(name: str, dst: str, port: int, message: str) -> str:
-    """A plain Python UDP client run inside ``name``, independent of the agent's own prober."""
+def udp_ask(name: str, dst: str, port: int, message: str, connected: bool = False) -> str:
+    """A plain Python UDP client run inside ``name``, independent of the agent's own prober.
+
+    ``connected``: accept the answer only from ``dst:port`` (the kernel drops any other).
+    """
     code = textwrap.dedent(f"""
         import socket
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.settimeout(3)
+        if {connected!r}:
+            s.connect(({dst!r}, {port}))
         s.sendto({message.encode()!r}, ({dst!r}, {port}))
         print(s.recv(2048).decode())
     """)
@@ -78,6 +84,10 @@ def pair(prefix):
             ip("-n", name, "addr", "add", f"{address}/24", "dev", "eth0")
             ip("-n", name, "link", "set", "eth0", "up")
             ip("-n", name, "link", "set", "lo", "up")
+        # b has a second address on another interface, reached from a through b's eth0 address:
+        # answers to it must still come from it, not from the address the route back picks.
+        ip("-n", b, "addr", "add", f"{B_ALT}/32", "dev", "lo")
+        ip("-n", a, "route", "add", f"{B_ALT}/32", "via", B_IP)
         yield a, b
     finally:
         for name in (a, b):
@@ -183,6 +193,20 @@ def test_probe_reports_the_address_the_receiver_saw(served, pair, protocol):
     assert result["ok"] and result["error"] is None
     assert result["local"] == result["seen"] == A_IP
     assert 0 < result["rtt_ms"] < 2000
+
+
+@pytest.mark.parametrize("protocol", ["tcp", "udp", "icmp"])
+def test_a_multi_homed_server_answers_from_the_address_asked(served, pair, protocol):
+    """Like a pod asking its node's eth0 address, when the node's route back leaves by cni0."""
+    a, b = pair
+    route_back = in_netns(b, "ip", "route", "get", A_IP).stdout
+    assert f"src {B_IP}" in route_back  # so an answer would leave from B_IP if nobody cared
+    result = probe_one(served, a, B_ALT, protocol)
+    assert result["ok"], result
+    assert result["local"] == A_IP
+    assert result["seen"] == (B_ALT if protocol == "icmp" else A_IP)
+    if protocol == "udp":
+        assert udp_ask(a, B_ALT, PORT, "hostname", connected=True) == "pod-b"
 
 
 def test_probe_icmp(served, pair):
