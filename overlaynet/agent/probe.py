@@ -440,7 +440,7 @@ class _IcmpSocket:
                 handle.cancel()
 
     def _on_readable(self) -> None:
-        while True:
+        for _ in range(256):  # then let others run; epoll reports the rest again
             try:
                 packet = self.sock.recv(MAX_REPLY)
             except BlockingIOError:
@@ -543,7 +543,9 @@ async def run_probes(probes: list[Probe], timeout: float, concurrency: int = PRO
             results[i] = await batch.run(probe)
 
     try:
-        await asyncio.gather(*(worker() for _ in range(min(concurrency, len(probes)))))
+        async with asyncio.TaskGroup() as group:  # a bug in one worker cancels the others
+            for _ in range(min(concurrency, len(probes))):
+                group.create_task(worker())
     finally:
         batch.close()
     return results

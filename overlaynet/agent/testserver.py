@@ -37,6 +37,7 @@ import struct
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote
 
+from overlaynet.agent import probe  # the client side of /dial lives with the probes
 from overlaynet.errors import AgentError, KernelError
 from overlaynet.kernel import netns
 
@@ -306,14 +307,14 @@ class _HttpProtocol(asyncio.Protocol):
 
     def _answer(self, resp: Response, head_only: bool) -> None:
         self._answered = True
+        if self._timer is not None:
+            self._timer.cancel()
         transport = self._transport
         if transport is not None and not transport.is_closing():
             transport.write(render_response(resp, head_only))
             transport.close()
 
     async def _dial(self, dial: Dial, head_only: bool) -> None:
-        from overlaynet.agent import probe  # the client side lives with the probes
-
         responses, errors = await probe.dial(self._served.netns, dial)
         self._answer(dial_response(responses, errors), head_only)
 
