@@ -41,11 +41,10 @@ def _argv_tail(cluster: str, socket_path: str) -> list[str]:
     return agent_argv(cluster, socket_path)[1:]
 
 
-def find_agent_pids(cluster: str, socket_path: str) -> list[int]:
-    """Pids of live processes whose argv ends with ``-m overlaynet.agent --cluster C --socket S``."""
-    tail = [arg.encode() for arg in _argv_tail(cluster, socket_path)]
+def _agent_processes() -> list[tuple[int, list[str]]]:
+    """``(pid, argv)`` of every process running ``-m overlaynet.agent`` (any cluster)."""
     me = os.getpid()
-    pids = []
+    found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == me:
             continue
@@ -54,12 +53,27 @@ def find_agent_pids(cluster: str, socket_path: str) -> list[int]:
                 raw = f.read()
         except OSError:  # gone meanwhile, or not ours to read
             continue
-        argv = raw.split(b"\0")
-        if argv and argv[-1] == b"":
+        if b"overlaynet.agent" not in raw:
+            continue
+        argv = raw.decode("utf-8", "surrogateescape").split("\0")
+        if argv and argv[-1] == "":
             argv.pop()
-        if len(argv) > len(tail) and argv[-len(tail):] == tail:
-            pids.append(int(entry))
-    return sorted(pids)
+        found.append((int(entry), argv))
+    return found
+
+
+def find_agent_pids(cluster: str, socket_path: str) -> list[int]:
+    """Pids of live processes whose argv ends with ``-m overlaynet.agent --cluster C --socket S``."""
+    tail = _argv_tail(cluster, socket_path)
+    return sorted(pid for pid, argv in _agent_processes() if len(argv) > len(tail) and argv[-len(tail):] == tail)
+
+
+def _clusters_on(socket_path: str) -> list[tuple[int, str]]:
+    """``(pid, cluster)`` of agent processes whose command line names ``socket_path``."""
+    socket_path = os.path.abspath(socket_path)
+    return sorted((pid, argv[-3]) for pid, argv in _agent_processes()
+                  if len(argv) >= 7 and argv[-6:-4] == ["-m", "overlaynet.agent"] and argv[-4] == "--cluster"
+                  and argv[-2:] == ["--socket", socket_path])
 
 
 def _alive(pid: int) -> bool:
@@ -207,6 +221,14 @@ class AgentClient:
         who = f'cluster "{self.cluster}": agent' if self.cluster else "agent"
         return f"{who} at {self.socket_path}"
 
+    def _hint(self) -> str:
+        """What the process table says about the agent of this socket (for error messages)."""
+        running = _clusters_on(self.socket_path)
+        if not running:
+            return " (no agent process runs for this socket; `overlaynet up` starts one)"
+        described = ", ".join(f'pid {pid} for cluster "{cluster}"' for pid, cluster in running)
+        return f" (an agent process runs: {described})"
+
     def call(self, op: str, params: dict[str, Any] | None = None, wait: float | None = None) -> dict:
         """Send one request, return the reply (without ``ok``); AgentError on any failure.
 
@@ -233,7 +255,7 @@ class AgentClient:
         except OSError as exc:
             self.close()  # the connection's state is unknown now: start afresh next time
             reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
-            raise AgentError(f"{self._where()} is unreachable: {op}: {reason}") from exc
+            raise AgentError(f"{self._where()} is unreachable: {op}: {reason}{self._hint()}") from exc
         raw, _, self._buf = self._buf.partition(b"\n")
         try:
             reply = json.loads(raw)

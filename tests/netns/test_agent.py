@@ -447,6 +447,21 @@ def test_unreachable_agent_names_the_cluster_and_socket(sockdir):
     with pytest.raises(AgentError) as info:
         AgentClient(path, cluster="ghost").ping()
     assert 'cluster "ghost"' in str(info.value) and path in str(info.value)
+    assert "no agent process runs for this socket" in str(info.value)
+
+
+def test_a_hung_agent_is_named_from_the_process_table(agent):
+    """A client that only knows the socket still learns which cluster's agent does not answer."""
+    _, pid, path, cluster = agent
+    os.kill(pid, 19)  # SIGSTOP: alive, listening, silent
+    try:
+        with pytest.raises(AgentError) as info:
+            AgentClient(path, timeout=0.5).ping()
+    finally:
+        os.kill(pid, 18)  # SIGCONT
+    message = str(info.value)
+    assert path in message and "timed out" in message
+    assert f'pid {pid} for cluster "{cluster}"' in message
 
 
 def test_an_agent_that_cannot_start_reports_its_log(prefix, sockdir):
