@@ -49,7 +49,7 @@ def run_verify(manager: ClusterManager, cluster: str) -> tuple[float, verifying.
     started = time.perf_counter()
     node_eps, pod_eps = verifying.endpoints(cluster, manager.nodes(cluster), manager.pods(cluster))
     probes, index = verifying.plan_probes(node_eps, pod_eps)
-    results = manager.runtime.agent(manager.agent_socket(cluster)).probe(probes, timeout=2.0)
+    results = manager.agent(cluster).probe(probes, timeout=2.0)
     own = {p.name: [a["cidr"].split("/")[0] for a in observe.observe_addresses(p.netns) if a["dev"] == "eth0"]
            for p in pod_eps}
     report = verifying.build_report(index, results, own)

@@ -82,10 +82,10 @@ class Runtime:
 
         host.restore(originals)
 
-    def agent(self, socket_path: str):
+    def agent(self, cluster: str, socket_path: str):
         from overlaynet.agent.client import AgentClient
 
-        return AgentClient(socket_path)
+        return AgentClient(socket_path, cluster=cluster)
 
 
 def _now() -> str:
@@ -164,6 +164,10 @@ class ClusterManager:
     def agent_socket(self, cluster: str) -> str:
         return self.store.runtime_path(cluster, "sock")
 
+    def agent(self, cluster: str):
+        """A client of the cluster's agent (the test servers and verify's probes)."""
+        return self.runtime.agent(cluster, self.agent_socket(cluster))
+
     # -- cluster lifecycle ----------------------------------------------------------------------
 
     def up(self, spec: ClusterSpec) -> None:
@@ -181,7 +185,7 @@ class ClusterManager:
                 self._record_namespaces(spec.name, plan)
                 self.runtime.apply(plan)
                 self._start_agent(spec.name)
-                agent = self.runtime.agent(self.agent_socket(spec.name))
+                agent = self.agent(spec.name)
                 for node in nodes:
                     agent.serve(node_key(node.name), names.node_netns(spec.name, node.name), node.name,
                                 list(NODE_SERVER_PORTS))
@@ -296,7 +300,7 @@ class ClusterManager:
             self._record_namespaces(cluster, plan)
             try:
                 self.runtime.apply(plan)
-                self.runtime.agent(self.agent_socket(cluster)).serve(
+                self.agent(cluster).serve(
                     node_key(node.name), names.node_netns(cluster, node.name), node.name, list(NODE_SERVER_PORTS))
             except BaseException:
                 self._remove_node_objects(spec, mode, node, peers)
@@ -323,7 +327,7 @@ class ClusterManager:
     def _remove_node_objects(self, spec: ClusterSpec, mode, node: NodeInfo, peers: list[NodeInfo]) -> None:
         """Undo a node: the peers' routes to it first (Flannel's lease removal), then the node."""
         try:
-            self.runtime.agent(self.agent_socket(spec.name)).unserve(node_key(node.name))
+            self.agent(spec.name).unserve(node_key(node.name))
         except Exception:  # the agent may be the thing that failed; its sockets die with the netns
             pass
         plan: Plan = ()
@@ -489,7 +493,7 @@ class ClusterManager:
             plan += mode.plan_pod(spec, node, pod)
         try:
             self.runtime.apply(plan)
-            agent = self.runtime.agent(self.agent_socket(cluster))
+            agent = self.agent(cluster)
             for pod, _, _ in scheduled:
                 agent.serve(pod_key(pod.namespace, pod.name), names.pod_netns(cluster, pod.namespace, pod.name),
                             pod.name, list(pod.ports))
@@ -547,7 +551,7 @@ class ClusterManager:
         bound = [r for r in records if r["status"].get("podIP") and r["spec"].get("nodeName") in nodes]
         if bound:
             try:
-                agent = self.runtime.agent(self.agent_socket(cluster))
+                agent = self.agent(cluster)
                 for record in bound:
                     agent.unserve(pod_key(record["metadata"]["namespace"], record["metadata"]["name"]))
             except Exception:  # an agent that is gone holds no sockets

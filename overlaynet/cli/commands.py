@@ -369,7 +369,7 @@ def verify(ctx, output, timeout, cluster):
         raise InvalidInput(f'cluster "{name}": no running pods to verify (apply some, e.g. examples/web.yaml)')
     started = time.monotonic()
     probes, index = verifying.plan_probes(node_eps, pod_eps)
-    results = manager.runtime.agent(manager.agent_socket(name)).probe(probes, timeout=timeout)
+    results = manager.agent(name).probe(probes, timeout=timeout)
     own = {pod.name: [a["cidr"].split("/")[0] for a in observe.observe_addresses(pod.netns)
                       if a["dev"] == names.POD_INTERFACE] for pod in pod_eps}
     report = verifying.build_report(index, results, own)
