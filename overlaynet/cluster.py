@@ -396,13 +396,17 @@ class ClusterManager:
         if surplus > 0:
             current.sort(key=lambda p: p["metadata"]["creationTimestamp"], reverse=True)
             deletes.extend(current[:surplus])
+        # Like a ReplicaSet, never reuse a pod name: a replacement is a new pod.
         taken = {p["metadata"]["name"] for p in owned}
-        ordinal = 0
+        counter = f"pod-ordinal/{manifest.namespace}/{manifest.name}"
+        ordinal = int(self.store.get_meta(cluster, counter, "0"))
         for _ in range(max(0, -surplus)):
             while manifest.pod_name(ordinal) in taken:
                 ordinal += 1
             taken.add(manifest.pod_name(ordinal))
             creates.append(self._deployment_pod_request(manifest, manifest.pod_name(ordinal)))
+            ordinal += 1
+        self.store.set_meta(cluster, counter, str(ordinal))
         record = {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
