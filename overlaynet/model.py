@@ -14,7 +14,7 @@ Defaults are Kubernetes' and Flannel's: 10.244.0.0/16, /24 per node, 10.96.0.0/1
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from overlaynet import names
 from overlaynet.errors import CapacityError, invalid
@@ -202,10 +202,6 @@ def check_host_overlap(spec: ClusterSpec, host_networks: list[ipaddress.IPv4Netw
                     "cluster", spec.name,
                     f"{field_name} {network} overlaps the host's network {host_network}; choose another range",
                 )
-
-
-def with_nodes(spec: ClusterSpec, nodes: tuple[NodeSpec, ...]) -> ClusterSpec:
-    return replace(spec, nodes=nodes)
 
 
 def spec_from_document(document: dict) -> ClusterSpec:

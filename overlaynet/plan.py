@@ -11,7 +11,7 @@ Addresses are strings in the forms ``ip route`` prints (``10.244.1.0/24``, ``10.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Union
 
 
@@ -132,10 +132,6 @@ def describe(step: Step) -> str:
             continue
         parts.append(f"{field.name}={value}")
     return f"{type(step).__name__} " + " ".join(parts)
-
-
-def as_dict(step: Step) -> dict:
-    return {"kind": type(step).__name__, **asdict(step)}
 
 
 def namespaces(plan: Plan) -> list[str]:

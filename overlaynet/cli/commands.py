@@ -108,7 +108,10 @@ def up(config, cluster, nodes, cni, cluster_cidr, node_cidr_mask_size, service_c
         raise HostError("this kernel has no VXLAN support (CONFIG_VXLAN): the flannel mode needs it")
     manager = _manager()
     started = time.monotonic()
-    click.echo(f'Creating cluster "{spec.name}" ({spec.cni}, {len(spec.nodes)} nodes) ...')
+    from overlaynet.modes import get_mode
+
+    click.echo(f'Creating cluster "{spec.name}": {len(spec.nodes)} nodes, cni {spec.cni} '
+               f"({get_mode(spec.cni).description}) ...")
     manager.up(spec)
     click.echo(f"✓ underlay {spec.node_network}, cluster CIDR {spec.cluster_cidr} "
                f"(/{spec.node_cidr_mask_size} per node), service CIDR {spec.service_cidr}")
@@ -215,8 +218,9 @@ def _pod_ready(pod: dict) -> str:
 
 
 def _pod_status(pod: dict) -> str:
+    """kubectl's STATUS column: ContainerCreating while being wired, else the phase."""
     status = pod["status"]
-    return status.get("reason") if status.get("phase") == "Pending" and status.get("reason") else status["phase"]
+    return "ContainerCreating" if status.get("reason") == "ContainerCreating" else status["phase"]
 
 
 @cli.command()

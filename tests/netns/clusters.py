@@ -10,6 +10,7 @@ import tempfile
 
 import yaml
 
+from overlaynet import names
 from overlaynet.kernel import netns
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -46,7 +47,7 @@ def short_state_dir() -> str:
 
 
 def namespaces_of(cluster: str) -> list[str]:
-    return [n for n in netns.list_names() if n.startswith(f"{cluster}.")]
+    return [n for n in netns.list_names() if n.startswith(names.cluster_netns_prefix(cluster))]
 
 
 def in_netns(name: str, *argv: str, timeout: float = 20) -> subprocess.CompletedProcess:
