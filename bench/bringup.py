@@ -34,17 +34,19 @@ from overlaynet.cluster import ClusterManager  # noqa: E402
 from overlaynet.manifests import parse_manifests  # noqa: E402
 from overlaynet.store import Store  # noqa: E402
 
-DEPLOYMENT = """
+def deployment_yaml(name: str, replicas: int) -> str:
+    """A Deployment of ``replicas`` test-server pods, as a user would write it."""
+    return f"""
 apiVersion: apps/v1
 kind: Deployment
-metadata: {{name: bench}}
+metadata: {{name: {name}}}
 spec:
   replicas: {replicas}
-  selector: {{matchLabels: {{app: bench}}}}
+  selector: {{matchLabels: {{app: {name}}}}}
   template:
-    metadata: {{labels: {{app: bench}}}}
+    metadata: {{labels: {{app: {name}}}}}
     spec:
-      containers: [{{name: bench, image: agnhost, ports: [{{containerPort: 8080}}]}}]
+      containers: [{{name: {name}, image: agnhost, ports: [{{containerPort: 8080}}]}}]
 """
 
 
@@ -60,7 +62,7 @@ def measure_overlaynet(nodes: int, pods_per_node: int, cluster: str) -> dict:
     state = tempfile.mkdtemp(prefix="ovn-bench-", dir="/tmp")
     manager = ClusterManager(Store(state))
     spec = model.build_spec(name=cluster, nodes=nodes, node_cidr_mask_size=24)
-    manifests = parse_manifests("bench", text=DEPLOYMENT.format(replicas=nodes * pods_per_node))
+    manifests = parse_manifests("bench", text=deployment_yaml("bench", nodes * pods_per_node))
     try:
         started = time.perf_counter()
         manager.up(spec)

@@ -23,6 +23,9 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from bringup import deployment_yaml  # noqa: E402  (bench/bringup.py)
 
 from overlaynet import model, names  # noqa: E402
 from overlaynet import verify as verifying  # noqa: E402
@@ -30,20 +33,6 @@ from overlaynet.cluster import ClusterManager  # noqa: E402
 from overlaynet.kernel import observe  # noqa: E402
 from overlaynet.manifests import parse_manifests  # noqa: E402
 from overlaynet.store import Store  # noqa: E402
-
-DEPLOYMENT = """
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: scale}}
-spec:
-  replicas: {replicas}
-  selector: {{matchLabels: {{app: scale}}}}
-  template:
-    metadata: {{labels: {{app: scale}}}}
-    spec:
-      containers: [{{name: scale, image: agnhost}}]
-"""
-
 
 def run_verify(manager: ClusterManager, cluster: str) -> tuple[float, verifying.Report, int]:
     started = time.perf_counter()
@@ -82,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     cluster = "benchverify"
     try:
         manager.up(model.build_spec(name=cluster, nodes=args.nodes))
-        manager.apply(cluster, parse_manifests("bench", text=DEPLOYMENT.format(replicas=args.pods)))
+        manager.apply(cluster, parse_manifests("bench", text=deployment_yaml("scale", args.pods)))
         seconds, report, probes = run_verify(manager, cluster)
         pods = [p for p in manager.pods(cluster) if p["status"]["phase"] == "Running"]
         per_ping = ping_floor(cluster, pods, args.ping_sample)

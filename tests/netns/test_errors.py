@@ -105,3 +105,16 @@ def test_unknown_objects(cli):
     assert_clean_error(cli.run("delete", "node", "node-1", "--name", "bad", check=False), "last node")
     assert_clean_error(cli.run("add", "node", "node-1", "--name", "bad", check=False), 'node "node-1" already exists')
     assert_clean_error(cli.run("add", "node", "Node_2", "--name", "bad", check=False), 'node "Node_2"')
+
+
+def test_kernel_without_vxlan_is_refused_before_anything_exists(cli, monkeypatch, capsys):
+    """This kernel has VXLAN; the check is forced off to see the path a learner's VM may take."""
+    from overlaynet.cli import main
+    from overlaynet.kernel import apply
+
+    monkeypatch.setenv("OVERLAYNET_STATE_DIR", cli.state_dir)
+    monkeypatch.setattr(apply, "vxlan_supported", lambda: False)
+    assert main(["up", "--name", "bad"]) != 0
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and "no VXLAN support (CONFIG_VXLAN)" in error
+    assert namespaces_of("bad") == []
