@@ -114,7 +114,7 @@ def topology(nodes: int, pods_per_node: int, prefix: str) -> Topology:
             pod = f"pod-{i + 1}-{j + 1}"
             pods.append(Pod(
                 netns=f"{prefix}pod.{K8S_NAMESPACE}.{pod}",
-                host_veth=names.pod_host_veth(K8S_NAMESPACE, pod),
+                host_veth=names.pod_host_veth(f"{K8S_NAMESPACE}/{pod}"),
                 ip=f"10.244.{i}.{j + 2}/24",
             ))
         out.append(Node(

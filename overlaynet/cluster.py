@@ -22,7 +22,7 @@ from overlaynet.errors import ConflictError, InvalidInput, NotFoundError
 from overlaynet.manifests import DeploymentManifest, Manifest, PodManifest, PodTemplate, parse_document, served_ports
 from overlaynet.model import ClusterSpec, NodeSpec, spec_from_document
 from overlaynet.modes import get_mode
-from overlaynet.plan import Plan
+from overlaynet.plan import Netns, Plan
 from overlaynet.store import Store
 from overlaynet.topology import NodeInfo, PodInfo
 
@@ -110,12 +110,14 @@ def node_info(record: dict) -> NodeInfo:
     )
 
 
-def pod_info(record: dict) -> PodInfo:
+def pod_info(cluster: str, record: dict) -> PodInfo:
+    meta = record["metadata"]
     return PodInfo(
-        namespace=record["metadata"]["namespace"],
-        name=record["metadata"]["name"],
+        namespace=meta["namespace"],
+        name=meta["name"],
         ip=ipaddress.IPv4Address(record["status"]["podIP"]),
         node=record["spec"]["nodeName"],
+        netns=names.pod_netns(cluster, meta["namespace"], meta["name"]),
     )
 
 
@@ -490,11 +492,13 @@ class ClusterManager:
                 self.store.set_meta(cluster, f"last-reserved/{node.name}", str(ip))
                 self.store.put(cluster, self._pod_record(cluster, request, node, ip, decision))
                 self.store.record(cluster, NETNS, names.pod_netns(cluster, request.namespace, request.name))
-                pod = PodInfo(request.namespace, request.name, ip, node.name, served_ports(request.template))
+                pod = PodInfo(request.namespace, request.name, ip, node.name,
+                              names.pod_netns(cluster, request.namespace, request.name),
+                              ports=served_ports(request.template))
                 scheduled.append((pod, node, request))
         plan: Plan = ()
         for pod, node, _ in scheduled:
-            plan += mode.plan_pod(spec, node, pod)
+            plan += (Netns(pod.netns),) + mode.plan_pod(spec, node, pod)
         try:
             self.runtime.apply(plan)
             agent = self.agent(cluster)
@@ -562,8 +566,8 @@ class ClusterManager:
                 pass
             plan: Plan = ()
             for record in bound:
-                pod = pod_info(record)
-                plan += mode.plan_pod(spec, nodes[pod.node], pod)
+                pod = pod_info(cluster, record)
+                plan += (Netns(pod.netns),) + mode.plan_pod(spec, nodes[pod.node], pod)
             self.runtime.remove(plan)
         with self.store.transaction():
             for record in records:

@@ -106,9 +106,9 @@ def node_underlay_port(node: str) -> str:
     return check_ifname(f"{node[:9]}-{_digest('node', node)[:5]}")
 
 
-def pod_host_veth(namespace: str, pod: str) -> str:
+def pod_host_veth(key: str) -> str:
     """The node side of a pod's veth pair: ``veth`` + 8 hex, like the CNI bridge plugin's."""
-    return check_ifname("veth" + _digest("pod", namespace, pod)[:8])
+    return check_ifname("veth" + _digest("pod", key)[:8])
 
 
 def vxlan_device(vni: int) -> str:

@@ -36,11 +36,27 @@ class NodeInfo:
 
 @dataclass(frozen=True)
 class PodInfo:
+    """One pod attachment as a CNI ADD sees it.
+
+    ``netns`` is the sandbox's network namespace, a name under /run/netns or an absolute path
+    (``CNI_NETNS``); the runtime creates it before the plugin runs and deletes it after DEL.
+    ``container_id`` and ``ifname`` are the CNI attachment key; namespace and name come from
+    ``K8S_POD_NAMESPACE``/``K8S_POD_NAME`` and may be empty outside Kubernetes.
+    """
+
     namespace: str
     name: str
     ip: ipaddress.IPv4Address
     node: str
+    netns: str
+    container_id: str = ""
+    ifname: str = "eth0"
     ports: tuple[tuple[int, str], ...] = field(default=())
+
+    @property
+    def key(self) -> str:
+        """What names the pod's host-side objects: its Kubernetes name, else its container id."""
+        return f"{self.namespace}/{self.name}" if self.name else f"{self.container_id}/{self.ifname}"
 
 
 def plan_underlay(spec: ClusterSpec) -> Plan:

@@ -24,7 +24,7 @@ import json
 
 from overlaynet import names
 from overlaynet.model import ClusterSpec
-from overlaynet.plan import Address, Bridge, FdbEntry, Neighbour, Netns, Plan, Route, VethPair, Vxlan
+from overlaynet.plan import Address, Bridge, FdbEntry, Neighbour, Plan, Route, VethPair, Vxlan
 from overlaynet.topology import NodeInfo, PodInfo
 
 VNI = 1
@@ -83,23 +83,22 @@ class FlannelMode:
         )
 
     def plan_pod(self, spec: ClusterSpec, node: NodeInfo, pod: PodInfo) -> Plan:
-        pod_ns = names.pod_netns(spec.name, pod.namespace, pod.name)
+        """The bridge delegate's part of a CNI ADD (the sandbox namespace already exists)."""
         gateway = str(node.pod_cidr.network_address + 1)
         mtu = self.pod_mtu(spec)
         return (
-            Netns(pod_ns),
             VethPair(
                 netns=names.node_netns(spec.name, node.name),
-                name=names.pod_host_veth(pod.namespace, pod.name),
-                peer_netns=pod_ns,
-                peer_name=names.POD_INTERFACE,
+                name=names.pod_host_veth(pod.key),
+                peer_netns=pod.netns,
+                peer_name=pod.ifname,
                 mtu=mtu,
                 master=BRIDGE,
                 hairpin=True,
             ),
-            Address(pod_ns, names.POD_INTERFACE, f"{pod.ip}/{node.pod_cidr.prefixlen}"),
-            Route(pod_ns, dst="0.0.0.0/0", gateway=gateway, dev=names.POD_INTERFACE),
-            Route(pod_ns, dst=str(spec.cluster_cidr), gateway=gateway, dev=names.POD_INTERFACE),
+            Address(pod.netns, pod.ifname, f"{pod.ip}/{node.pod_cidr.prefixlen}"),
+            Route(pod.netns, dst="0.0.0.0/0", gateway=gateway, dev=pod.ifname),
+            Route(pod.netns, dst=str(spec.cluster_cidr), gateway=gateway, dev=pod.ifname),
         )
 
 

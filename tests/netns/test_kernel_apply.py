@@ -64,7 +64,7 @@ def build_lab(prefix: str) -> Lab:
     macs = [names.derived_mac(prefix, "node-1"), names.derived_mac(prefix, "node-2")]
     pods = [f"{prefix}pod.default.pod-a", f"{prefix}pod.default.pod-b"]
     pod_ips = ["10.244.0.2", "10.244.1.2"]
-    host_veths = [names.pod_host_veth("default", "pod-a"), names.pod_host_veth("default", "pod-b")]
+    host_veths = [names.pod_host_veth("default/pod-a"), names.pod_host_veth("default/pod-b")]
 
     base: list = [Netns(underlay), Bridge(underlay, names.UNDERLAY_BRIDGE)]
     for i, ns in enumerate(nodes):

@@ -18,7 +18,7 @@ def test_interface_names_fit_ifnamsiz():
     assert len(names.node_underlay_port(long_node)) <= 15
     assert names.node_underlay_port(long_node) != names.node_underlay_port("n" * 62)
     assert names.node_underlay_port("node-1") == "node-1"
-    veth = names.pod_host_veth("default", "web-" + "x" * 200)
+    veth = names.pod_host_veth("default/web-" + "x" * 200)
     assert veth.startswith("veth") and len(veth) == 12
 
 
