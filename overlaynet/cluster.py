@@ -118,6 +118,7 @@ def pod_info(cluster: str, record: dict) -> PodInfo:
         ip=ipaddress.IPv4Address(record["status"]["podIP"]),
         node=record["spec"]["nodeName"],
         netns=names.pod_netns(cluster, meta["namespace"], meta["name"]),
+        host_netns=names.node_netns(cluster, record["spec"]["nodeName"]),
     )
 
 
@@ -494,7 +495,7 @@ class ClusterManager:
                 self.store.record(cluster, NETNS, names.pod_netns(cluster, request.namespace, request.name))
                 pod = PodInfo(request.namespace, request.name, ip, node.name,
                               names.pod_netns(cluster, request.namespace, request.name),
-                              ports=served_ports(request.template))
+                              names.node_netns(cluster, node.name), ports=served_ports(request.template))
                 scheduled.append((pod, node, request))
         plan: Plan = ()
         for pod, node, _ in scheduled:

@@ -86,7 +86,9 @@ class Route:
     """A route in the main table.
 
     ``type`` is ``unicast`` or ``blackhole``; ``scope`` is ``universe`` or ``link``;
-    ``onlink`` sets RTNH_F_ONLINK (the gateway need not be on a connected subnet).
+    ``onlink`` sets RTNH_F_ONLINK (the gateway need not be on a connected subnet); ``proto`` is
+    the route's origin as ``ip route`` names it (``boot`` when unset; ``bird``, or ``80`` for
+    routes Calico's Felix programs).
     """
 
     netns: str
@@ -97,6 +99,7 @@ class Route:
     scope: str = "universe"
     type: str = "unicast"
     src: str | None = None
+    proto: str | None = None
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,12 @@ class NodeInfo:
 
     name: str
     ip: ipaddress.IPv4Address
-    pod_cidr: ipaddress.IPv4Network
+    pod_cidr: ipaddress.IPv4Network | None
     annotations: tuple[tuple[str, str], ...] = ()
+    # Routed mode: the IPAM blocks this node holds (affinity) and the addresses it hosts
+    # that belong to other nodes' blocks (borrowed); empty in modes with one pod CIDR.
+    blocks: tuple[ipaddress.IPv4Network, ...] = ()
+    borrowed: tuple[ipaddress.IPv4Address, ...] = ()
 
     def annotation(self, key: str) -> str:
         return dict(self.annotations)[key]
@@ -49,6 +53,7 @@ class PodInfo:
     ip: ipaddress.IPv4Address
     node: str
     netns: str
+    host_netns: str  # where the node side goes: the runtime's namespace, in which CNI plugins run
     container_id: str = ""
     ifname: str = "eth0"
     ports: tuple[tuple[int, str], ...] = field(default=())

@@ -454,6 +454,20 @@ def ensure_address(s: Session, step: Address) -> None:
             raise
 
 
+# Route origins by the names /etc/iproute2/rt_protos gives them.
+_PROTOS = {"boot": RTPROT_BOOT, "static": 4, "bird": 12}
+
+
+def _route_proto(proto: str | None) -> int:
+    if proto is None:
+        return RTPROT_BOOT
+    if proto in _PROTOS:
+        return _PROTOS[proto]
+    if proto.isdigit() and 0 < int(proto) < 256:
+        return int(proto)
+    raise _Malformed(f"unknown route protocol {proto!r}")
+
+
 def _route_attrs(s: Session, step: Route, for_delete: bool = False) -> dict[str, Any]:
     dst, dst_len = _split_cidr(step.dst)
     if step.type not in _ROUTE_TYPES:
@@ -472,7 +486,7 @@ def _route_attrs(s: Session, step: Route, for_delete: bool = False) -> dict[str,
         attrs["scope"] = RT_SCOPE_NOWHERE  # match whatever scope the route has
     else:
         attrs["scope"] = _SCOPES[step.scope]
-        attrs["proto"] = RTPROT_BOOT
+        attrs["proto"] = _route_proto(step.proto)
         if step.src:
             attrs["prefsrc"] = step.src
     if step.type == "unicast":

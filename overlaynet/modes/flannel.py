@@ -88,7 +88,7 @@ class FlannelMode:
         mtu = self.pod_mtu(spec)
         return (
             VethPair(
-                netns=names.node_netns(spec.name, node.name),
+                netns=pod.host_netns,
                 name=names.pod_host_veth(pod.key),
                 peer_netns=pod.netns,
                 peer_name=pod.ifname,

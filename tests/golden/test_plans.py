@@ -25,7 +25,8 @@ def render_cluster(cni: str) -> str:
         nodes.append(topology.NodeInfo(node.name, ip, ipam.node_cidr_at(spec.cluster_cidr, 24, index),
                                        tuple(sorted(mode.node_annotations(spec, node.name, str(ip)).items()))))
     steps = topology.plan_cluster(spec, mode, nodes)
-    pod = topology.PodInfo("default", "web-1", ipaddress.IPv4Address("10.244.1.2"), "node-2", "lab.pod.default.web-1")
+    pod = topology.PodInfo("default", "web-1", ipaddress.IPv4Address("10.244.1.2"), "node-2", "lab.pod.default.web-1",
+                              "lab.node.node-2")
     steps += mode.plan_pod(spec, nodes[1], pod)
     return "\n".join(plan.describe(step) for step in steps) + "\n"
 
