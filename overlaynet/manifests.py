@@ -282,7 +282,8 @@ def load_cluster(path: str, name: str | None = None) -> model.ClusterSpec:
     spec = document.get("spec") or {}
     if not isinstance(spec, dict):
         raise InvalidInput(f"{path}: Cluster: spec must be a mapping")
-    known = {"nodes", "cni", "clusterCIDR", "nodeCIDRMaskSize", "serviceCIDR", "nodeNetwork", "mtu"}
+    known = {"nodes", "cni", "clusterCIDR", "nodeCIDRMaskSize", "serviceCIDR", "nodeNetwork", "mtu",
+             "blockSize", "bgp", "cniConfig"}
     unknown = sorted(set(spec) - known)
     cluster_name = name or metadata.get("name") or model.DEFAULT_CLUSTER_NAME
     if unknown:
@@ -298,6 +299,9 @@ def load_cluster(path: str, name: str | None = None) -> model.ClusterSpec:
             service_cidr=spec.get("serviceCIDR", model.DEFAULT_SERVICE_CIDR),
             node_network=spec.get("nodeNetwork", model.DEFAULT_NODE_NETWORK),
             mtu=spec.get("mtu", model.DEFAULT_UNDERLAY_MTU),
+            block_size=spec.get("blockSize", model.DEFAULT_BLOCK_SIZE),
+            bgp=spec.get("bgp", "none"),
+            cni_config=spec.get("cniConfig"),
         )
     except InvalidInput as exc:
         raise InvalidInput(f"{path}: {exc}") from None

@@ -27,6 +27,9 @@ DEFAULT_NODE_MASK = 24
 DEFAULT_SERVICE_CIDR = "10.96.0.0/12"
 DEFAULT_NODE_NETWORK = "172.20.0.0/24"
 DEFAULT_UNDERLAY_MTU = 1500
+DEFAULT_BLOCK_SIZE = 26  # Calico's IPv4 IPPool default
+DEFAULT_BGP_AS = 64512  # Calico's default node-to-node mesh AS
+BGP_MODES = ("none", "bird")
 # Node addresses start at the 11th host of the node network (172.20.0.11, .12, ...), as in
 # the usual Vagrant labs; the first ten are left for gateways and outside clients.
 FIRST_NODE_HOST = 11
@@ -56,6 +59,14 @@ class ClusterSpec:
     service_cidr: ipaddress.IPv4Network = ipaddress.IPv4Network(DEFAULT_SERVICE_CIDR)
     node_network: ipaddress.IPv4Network = ipaddress.IPv4Network(DEFAULT_NODE_NETWORK)
     underlay_mtu: int = DEFAULT_UNDERLAY_MTU
+    block_size: int = DEFAULT_BLOCK_SIZE  # routed mode: IPAM block prefix length
+    bgp: str = "none"  # routed mode: "bird" runs a BIRD 2 full mesh in every node
+    cni_config: str | None = None  # a conflist of the user's instead of ours
+
+    @property
+    def underlay_gateway(self) -> ipaddress.IPv4Address:
+        """The node network's router (the underlay bridge's address), every node's default gateway."""
+        return self.node_network.network_address + 1
 
     @property
     def node_subnet_count(self) -> int:
@@ -80,6 +91,9 @@ class ClusterSpec:
                 "serviceCIDR": str(self.service_cidr),
                 "nodeNetwork": str(self.node_network),
                 "mtu": self.underlay_mtu,
+                "blockSize": self.block_size,
+                "bgp": self.bgp,
+                **({"cniConfig": self.cni_config} if self.cni_config else {}),
             },
         }
 
@@ -117,6 +131,9 @@ def build_spec(
     service_cidr: object = DEFAULT_SERVICE_CIDR,
     node_network: object = DEFAULT_NODE_NETWORK,
     mtu: object = DEFAULT_UNDERLAY_MTU,
+    block_size: object = DEFAULT_BLOCK_SIZE,
+    bgp: object = "none",
+    cni_config: str | None = None,
 ) -> ClusterSpec:
     """Build and fully validate a ``ClusterSpec`` from raw values (flags or a document)."""
     from overlaynet.modes import canonical_mode  # the registry of CNI modes
@@ -132,9 +149,23 @@ def build_spec(
         service_cidr=parse_cidr(name, "serviceCIDR", service_cidr),
         node_network=parse_cidr(name, "nodeNetwork", node_network),
         underlay_mtu=_int_field(name, "mtu", mtu, 1280, 65535),
+        block_size=_int_field(name, "blockSize", block_size, 20, 32),
+        bgp=_choice(name, "bgp", bgp, BGP_MODES),
+        cni_config=cni_config,
     )
     check_ranges(spec)
+    if spec.bgp != "none" and spec.cni != "calico":
+        raise invalid("cluster", name, f'bgp "{spec.bgp}" needs cni "calico" (routes are learned over BGP only in the routed mode)')
+    if spec.cni == "calico" and spec.block_size < spec.cluster_cidr.prefixlen:
+        raise invalid("cluster", name, f"clusterCIDR {spec.cluster_cidr} (the IP pool) is smaller than one "
+                                       f"IPAM block of /{spec.block_size}")
     return spec
+
+
+def _choice(cluster: str, field_name: str, value: object, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise invalid("cluster", cluster, f'{field_name} "{value}" is not one of: {", ".join(allowed)}')
+    return str(value)
 
 
 def _node_specs(cluster: str, nodes: int | list) -> tuple[NodeSpec, ...]:
@@ -216,4 +247,7 @@ def spec_from_document(document: dict) -> ClusterSpec:
         service_cidr=spec["serviceCIDR"],
         node_network=spec["nodeNetwork"],
         mtu=spec["mtu"],
+        block_size=spec.get("blockSize", DEFAULT_BLOCK_SIZE),
+        bgp=spec.get("bgp", "none"),
+        cni_config=spec.get("cniConfig"),
     )

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from overlaynet import names
 from overlaynet.model import ClusterSpec
-from overlaynet.plan import Address, Bridge, Netns, Plan, Sysctl, VethPair
+from overlaynet.plan import Address, Bridge, Netns, Plan, Route, Sysctl, VethPair
 
 
 @dataclass(frozen=True)
@@ -65,8 +65,13 @@ class PodInfo:
 
 
 def plan_underlay(spec: ClusterSpec) -> Plan:
+    """The node network: a bridge whose address is the network's router, as on a real LAN."""
     netns = names.underlay_netns(spec.name)
-    return (Netns(netns), Bridge(netns, names.UNDERLAY_BRIDGE, mtu=spec.underlay_mtu))
+    return (
+        Netns(netns),
+        Bridge(netns, names.UNDERLAY_BRIDGE, mtu=spec.underlay_mtu),
+        Address(netns, names.UNDERLAY_BRIDGE, f"{spec.underlay_gateway}/{spec.node_network.prefixlen}"),
+    )
 
 
 def plan_node_base(spec: ClusterSpec, node: NodeInfo) -> Plan:
@@ -82,6 +87,8 @@ def plan_node_base(spec: ClusterSpec, node: NodeInfo) -> Plan:
             master=names.UNDERLAY_BRIDGE,
         ),
         Address(node_ns, names.NODE_UPLINK, f"{node.ip}/{spec.node_network.prefixlen}"),
+        # Every node has a default route (Calico's proxy ARP needs one, calico.md §1.3).
+        Route(node_ns, dst="0.0.0.0/0", gateway=str(spec.underlay_gateway), dev=names.NODE_UPLINK),
         Sysctl(node_ns, "net.ipv4.ip_forward", "1"),
     )
 

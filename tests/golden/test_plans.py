@@ -49,5 +49,6 @@ def test_flannel_three_node_plan():
 def test_flannel_per_peer_order_is_neigh_fdb_route():
     lines = render_cluster("flannel").splitlines()
     per_peer = [line.split()[0] for line in lines
-                if line.split()[0] in ("Neighbour", "FdbEntry", "Route") and "netns=lab.node.node-1 " in line]
+                if line.split()[0] in ("Neighbour", "FdbEntry", "Route") and "netns=lab.node.node-1 " in line
+                and "dev=flannel.1" in line]
     assert per_peer == ["Neighbour", "FdbEntry", "Route"] * 2
