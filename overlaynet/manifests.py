@@ -290,18 +290,6 @@ def load_cluster(path: str, name: str | None = None) -> model.ClusterSpec:
         raise InvalidInput(f'{path}: cluster "{cluster_name}": unknown field spec.{unknown[0]} '
                            f"(known: {', '.join(sorted(known))})")
     try:
-        return model.build_spec(
-            name=cluster_name,
-            nodes=spec.get("nodes"),
-            cni=spec.get("cni", model.DEFAULT_CNI),
-            cluster_cidr=spec.get("clusterCIDR", model.DEFAULT_CLUSTER_CIDR),
-            node_cidr_mask_size=spec.get("nodeCIDRMaskSize", model.DEFAULT_NODE_MASK),
-            service_cidr=spec.get("serviceCIDR", model.DEFAULT_SERVICE_CIDR),
-            node_network=spec.get("nodeNetwork", model.DEFAULT_NODE_NETWORK),
-            mtu=spec.get("mtu", model.DEFAULT_UNDERLAY_MTU),
-            block_size=spec.get("blockSize", model.DEFAULT_BLOCK_SIZE),
-            bgp=spec.get("bgp", "none"),
-            cni_config=spec.get("cniConfig"),
-        )
+        return model.build_spec(**model.document_arguments(cluster_name, spec))
     except InvalidInput as exc:
         raise InvalidInput(f"{path}: {exc}") from None

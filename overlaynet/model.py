@@ -235,19 +235,23 @@ def check_host_overlap(spec: ClusterSpec, host_networks: list[ipaddress.IPv4Netw
                 )
 
 
+def document_arguments(name: str, spec: dict) -> dict:
+    """``build_spec``'s keyword arguments from a Cluster document's ``spec`` (defaults filled)."""
+    return {
+        "name": name,
+        "nodes": spec.get("nodes"),
+        "cni": spec.get("cni", DEFAULT_CNI),
+        "cluster_cidr": spec.get("clusterCIDR", DEFAULT_CLUSTER_CIDR),
+        "node_cidr_mask_size": spec.get("nodeCIDRMaskSize", DEFAULT_NODE_MASK),
+        "service_cidr": spec.get("serviceCIDR", DEFAULT_SERVICE_CIDR),
+        "node_network": spec.get("nodeNetwork", DEFAULT_NODE_NETWORK),
+        "mtu": spec.get("mtu", DEFAULT_UNDERLAY_MTU),
+        "block_size": spec.get("blockSize", DEFAULT_BLOCK_SIZE),
+        "bgp": spec.get("bgp", "none"),
+        "cni_config": spec.get("cniConfig"),
+    }
+
+
 def spec_from_document(document: dict) -> ClusterSpec:
     """The spec of a stored Cluster document (the inverse of ``ClusterSpec.to_document``)."""
-    spec = document["spec"]
-    return build_spec(
-        name=document["metadata"]["name"],
-        nodes=spec["nodes"],
-        cni=spec["cni"],
-        cluster_cidr=spec["clusterCIDR"],
-        node_cidr_mask_size=spec["nodeCIDRMaskSize"],
-        service_cidr=spec["serviceCIDR"],
-        node_network=spec["nodeNetwork"],
-        mtu=spec["mtu"],
-        block_size=spec.get("blockSize", DEFAULT_BLOCK_SIZE),
-        bgp=spec.get("bgp", "none"),
-        cni_config=spec.get("cniConfig"),
-    )
+    return build_spec(**document_arguments(document["metadata"]["name"], document["spec"]))

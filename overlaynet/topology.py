@@ -94,7 +94,13 @@ def plan_node_base(spec: ClusterSpec, node: NodeInfo) -> Plan:
 
 
 def plan_node(spec: ClusterSpec, mode, node: NodeInfo, peers: list[NodeInfo]) -> Plan:
-    """One node, complete: its base, its mode's devices, then a route set per peer node."""
+    """One node, complete: its base, its mode's devices, then a route set per peer node.
+
+    With a conflist of the user's (``cniConfig``) the node is only its base: pod networking,
+    across nodes too, is then entirely the user's plugins' business.
+    """
+    if spec.cni_config:
+        return plan_node_base(spec, node)
     plan = plan_node_base(spec, node) + mode.plan_node(spec, node)
     for peer in peers:
         if peer.name != node.name:

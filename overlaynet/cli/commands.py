@@ -80,22 +80,21 @@ def cli() -> None:
 @click.option("--service-cidr", help=f"ClusterIP range (default {model.DEFAULT_SERVICE_CIDR}).")
 @click.option("--node-network", help=f"The nodes' underlay network (default {model.DEFAULT_NODE_NETWORK}).")
 @click.option("--mtu", type=int, help=f"Underlay MTU (default {model.DEFAULT_UNDERLAY_MTU}).")
-def up(config, cluster, nodes, cni, cluster_cidr, node_cidr_mask_size, service_cidr, node_network, mtu):
+@click.option("--block-size", type=int, help=f"calico: IPAM block prefix (default {model.DEFAULT_BLOCK_SIZE}).")
+@click.option("--bgp", "bgp", flag_value="bird", default=None, help="calico: learn block routes over a BIRD BGP mesh.")
+@click.option("--cni-conflist", "cni_config", type=click.Path(dir_okay=False, exists=True, resolve_path=True),
+              help="Wire pods with this network configuration list instead of ours.")
+def up(config, cluster, nodes, cni, cluster_cidr, node_cidr_mask_size, service_cidr, node_network, mtu,
+       block_size, bgp, cni_config):
     """Create a cluster: underlay, nodes, CNI devices and the test-server agent."""
     flags = {"nodes": nodes, "cni": cni, "cluster_cidr": cluster_cidr, "node_cidr_mask_size": node_cidr_mask_size,
-             "service_cidr": service_cidr, "node_network": node_network, "mtu": mtu}
+             "service_cidr": service_cidr, "node_network": node_network, "mtu": mtu, "block_size": block_size,
+             "bgp": bgp, "cni_config": cni_config}
     if config:
         spec = load_cluster(config, cluster)
         overrides = {k: v for k, v in flags.items() if v is not None}
         if overrides:
-            document_spec = spec.to_document()["spec"]
-            merged = {"nodes": overrides.get("nodes", document_spec["nodes"]), "cni": overrides.get("cni", spec.cni),
-                      "cluster_cidr": overrides.get("cluster_cidr", document_spec["clusterCIDR"]),
-                      "node_cidr_mask_size": overrides.get("node_cidr_mask_size", spec.node_cidr_mask_size),
-                      "service_cidr": overrides.get("service_cidr", document_spec["serviceCIDR"]),
-                      "node_network": overrides.get("node_network", document_spec["nodeNetwork"]),
-                      "mtu": overrides.get("mtu", spec.underlay_mtu)}
-            spec = model.build_spec(name=spec.name, **merged)
+            spec = model.build_spec(**{**model.document_arguments(spec.name, spec.to_document()["spec"]), **overrides})
     else:
         spec = model.build_spec(name=cluster or model.DEFAULT_CLUSTER_NAME,
                                 **{k: v for k, v in flags.items() if v is not None})
