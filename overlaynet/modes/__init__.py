@@ -35,7 +35,10 @@ class Mode(Protocol):
 
 
 # name -> (module, aliases)
-_MODES = {"flannel": ("overlaynet.modes.flannel", ("vxlan",))}
+_MODES = {
+    "flannel": ("overlaynet.modes.flannel", ("vxlan",)),
+    "calico": ("overlaynet.modes.calico", ("routed",)),
+}
 
 
 def canonical_mode(cluster: str, requested: str) -> str:
