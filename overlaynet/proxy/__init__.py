@@ -1,0 +1,11 @@
+"""kube-proxy (iptables mode) for overlaynet's nodes: pure rendering and tracing.
+
+- ``proxy.render``: Services + EndpointSlices -> the ``iptables-restore`` payload of one node
+  (``render.render``, full or partial sync) and the jumps from the built-in chains;
+- ``proxy.trace``: reads rule text back: a packet tracer over it, a jump-target check, and
+  the read-back normalisation that compares rendered rules with ``iptables-save`` output.
+
+Loading the payload is ``overlaynet.kernel.iptables`` (the only module with side effects).
+The submodules are imported by name (``from overlaynet.proxy import render``); nothing is
+re-exported here, so ``proxy.render`` is always the module.
+"""

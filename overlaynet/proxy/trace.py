@@ -1,0 +1,602 @@
+"""Reading iptables rule text back (pure): a parser, a packet tracer, a jump-target check and
+the read-back normalisation of reference/kube-proxy.md §8.
+
+What this module owns:
+- ``parse_tables``: ``iptables-restore`` input or ``iptables-save`` output -> tables of chains of
+  parsed ``Rule`` values (``-X`` lines delete chains, as the restore would);
+- ``Tracer``: walks a packet through the netfilter hooks the way the kernel would, over the
+  rules of one node - nat PREROUTING (arriving) or OUTPUT (sent by the node), then filter
+  INPUT/FORWARD/OUTPUT, then nat POSTROUTING - and reports every outcome with its probability:
+  the chain path, the DNAT destination, whether the source is masqueraded, or REJECT/DROP.
+  ``statistic --mode random`` rules split the walk into weighted branches, so the tracer
+  gives the exact distribution over endpoints rather than a sample (kube-proxy's own unit
+  tests trace packets the same way, pkg/proxy/iptables/proxier_test.go);
+- ``missing_targets``: every ``-j`` must name a standard target or a chain of its table;
+- ``canonical_tables``: rule text in the form ``iptables-save`` prints it (addresses with
+  ``/32``, generic options first, comments unquoted, MARK ``--set-xmark``, REJECT's default,
+  statistic probabilities as the kernel's 31-bit fraction, ``recent`` defaults), so rendered
+  and read-back rules compare equal exactly when the kernel holds what was rendered.
+
+What it never does: run iptables. It understands the matches and targets kube-proxy uses
+(comment, tcp/udp, addrtype, statistic, recent, mark, conntrack; DNAT, MASQUERADE, MARK,
+REJECT, DROP, ACCEPT, RETURN, jumps); anything else is an error, so a new rule form cannot
+slip past the tests untraced.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+
+from overlaynet.proxy.render import Jump
+
+STANDARD_TARGETS = frozenset({"ACCEPT", "DROP", "REJECT", "RETURN", "DNAT", "SNAT", "MASQUERADE", "MARK"})
+BUILTIN_CHAINS = {
+    "filter": ("INPUT", "FORWARD", "OUTPUT"),
+    "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
+    "mangle": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"),
+    "raw": ("PREROUTING", "OUTPUT"),
+}
+_TOKEN = re.compile(r'"((?:[^"\\]|\\.)*)"|(\S+)')
+_GENERIC = {"-s": "src", "--source": "src", "-d": "dst", "--destination": "dst", "-p": "proto",
+            "--protocol": "proto", "-i": "in", "--in-interface": "in", "-o": "out", "--out-interface": "out"}
+
+
+class RuleError(ValueError):
+    """Rule text this module cannot read (a test-time defect, not a user error)."""
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str  # "--dport"
+    values: tuple[str, ...]
+    negated: bool = False
+
+
+@dataclass(frozen=True)
+class Match:
+    name: str  # "tcp", "comment", ...
+    options: tuple[Option, ...]
+
+    def get(self, name: str) -> Option | None:
+        return next((o for o in self.options if o.name == name), None)
+
+
+@dataclass(frozen=True)
+class Rule:
+    chain: str
+    generic: tuple[tuple[str, str, bool], ...]  # (field, value, negated) for src/dst/proto/in/out
+    matches: tuple[Match, ...]
+    target: str | None
+    target_options: tuple[Option, ...]
+    text: str = field(default="", compare=False)
+
+    def generic_value(self, key: str) -> tuple[str, bool] | None:
+        for name, value, negated in self.generic:
+            if name == key:
+                return value, negated
+        return None
+
+    @property
+    def comment(self) -> str | None:
+        for match in self.matches:
+            if match.name == "comment":
+                option = match.get("--comment")
+                return option.values[0] if option else None
+        return None
+
+
+def tokenize(line: str) -> list[str]:
+    """Split a rule line like iptables-restore does: words, or double-quoted strings."""
+    return [m.group(1).replace('\\"', '"') if m.group(1) is not None else m.group(2)
+            for m in _TOKEN.finditer(line)]
+
+
+def parse_rule(line: str) -> Rule:
+    """One ``-A CHAIN ...`` line."""
+    tokens = tokenize(line)
+    if len(tokens) < 2 or tokens[0] not in ("-A", "--append"):
+        raise RuleError(f"not an -A rule: {line!r}")
+    chain = tokens[1]
+    generic: list[tuple[str, str, bool]] = []
+    matches: list[tuple[str, list[Option]]] = []
+    target: str | None = None
+    target_options: list[Option] = []
+    negate = False
+    i = 2
+    while i < len(tokens):
+        token = tokens[i]
+        if token == "!":
+            negate = True
+            i += 1
+            continue
+        if token in _GENERIC:
+            generic.append((_GENERIC[token], tokens[i + 1], negate))
+            negate = False
+            i += 2
+            continue
+        if token in ("-m", "--match"):
+            matches.append((tokens[i + 1], []))
+            i += 2
+            continue
+        if token in ("-j", "--jump"):
+            target = tokens[i + 1]
+            i += 2
+            continue
+        if token in ("-g", "--goto"):
+            raise RuleError(f"-g (goto) is not used by kube-proxy: {line!r}")
+        if token.startswith("--"):
+            values = []
+            j = i + 1
+            while j < len(tokens) and not tokens[j].startswith("-") and tokens[j] != "!":
+                values.append(tokens[j])
+                j += 1
+            option = Option(token, tuple(values), negate)
+            negate = False
+            if target is not None:
+                target_options.append(option)
+            else:
+                if not matches:
+                    proto = next((v for k, v, _ in generic if k == "proto"), None)
+                    if proto in ("tcp", "udp") and token in ("--dport", "--sport", "--destination-port",
+                                                             "--source-port"):
+                        matches.append((proto, []))  # the implicit protocol match
+                    else:
+                        raise RuleError(f"option {token} outside any match: {line!r}")
+                matches[-1][1].append(option)
+            i = j
+            continue
+        raise RuleError(f"cannot read {token!r} in {line!r}")
+    return Rule(chain, tuple(generic), tuple(Match(n, tuple(o)) for n, o in matches), target,
+                tuple(target_options), line)
+
+
+@dataclass
+class Tables:
+    """Parsed rule text: table -> chain -> rules, plus the declared chains in order."""
+
+    chains: dict[str, dict[str, list[Rule]]] = field(default_factory=dict)
+
+    def table(self, name: str) -> dict[str, list[Rule]]:
+        return self.chains.setdefault(name, {})
+
+
+def parse_tables(text: str, base: Tables | None = None) -> Tables:
+    """Parse restore input or save output. With ``base``, apply it as ``--noflush`` would:
+    declared chains are flushed and refilled, others kept, ``-X`` deletes."""
+    tables = base if base is not None else Tables()
+    current: dict[str, list[Rule]] | None = None
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("*"):
+            current = tables.table(line[1:])
+            continue
+        if line == "COMMIT":
+            current = None
+            continue
+        if current is None:
+            raise RuleError(f"line {number}: outside a table: {line!r}")
+        if line.startswith(":"):
+            current[line[1:].split()[0]] = []
+        elif line.startswith(("-X ", "--delete-chain ")):
+            chain = line.split()[1]
+            if current.get(chain):
+                raise RuleError(f"line {number}: -X {chain}: the chain is not empty")
+            current.pop(chain, None)
+        elif line.startswith(("-A ", "--append ")):
+            rule = parse_rule(line)
+            if rule.chain not in current:
+                raise RuleError(f"line {number}: chain {rule.chain} was not declared")
+            current[rule.chain].append(rule)
+        else:
+            raise RuleError(f"line {number}: cannot read {line!r}")
+    return tables
+
+
+def missing_targets(payload: str, jumps: Iterable[Jump] = (), existing: Mapping[str, Iterable[str]] | None = None
+                    ) -> list[str]:
+    """Every ``-j`` that names neither a standard target nor a chain of its table, as
+    ``"nat: KUBE-SVC-X -> KUBE-SEP-Y"``. ``existing`` adds chains already in the kernel (for
+    checking a partial payload); the jumps from built-in chains are checked too."""
+    tables = parse_tables(payload)
+    known = {name: set(chains) | set(BUILTIN_CHAINS.get(name, ())) | set((existing or {}).get(name, ()))
+             for name, chains in tables.chains.items()}
+    problems = []
+    for name, chains in tables.chains.items():
+        for chain, rules in chains.items():
+            for rule in rules:
+                if rule.target and rule.target not in STANDARD_TARGETS and rule.target not in known[name]:
+                    problems.append(f"{name}: {chain} -> {rule.target}")
+    for jump in jumps:
+        if jump.target not in known.get(jump.table, ()):
+            problems.append(f"{jump.table}: {jump.chain} (jump) -> {jump.target}")
+    return problems
+
+
+# --------------------------------------------------------------------------- canonical form
+
+
+def _address(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value, strict=False))
+    except ValueError:
+        return value
+
+
+def _hex(value: str) -> str:
+    if "/" in value:
+        left, right = value.split("/", 1)
+        return f"{_hex(left)}/{_hex(right)}"
+    return hex(int(value, 0))
+
+
+def _canonical_match(match: Match) -> tuple:
+    options: list[tuple] = []
+    for option in match.options:
+        values = option.values
+        if match.name == "statistic" and option.name == "--probability":
+            values = (str(round(float(values[0]) * 2 ** 31)),)  # the kernel's 31-bit fraction
+        elif match.name == "mark" and option.name == "--mark":
+            values = (_hex(values[0]),)
+        elif match.name == "conntrack" and option.name in ("--ctstate", "--ctstatus"):
+            values = (",".join(sorted(values[0].split(","))),)
+        options.append((option.name, values, option.negated))
+    if match.name == "recent":
+        names = {o[0] for o in options}
+        if "--mask" not in names:
+            options.append(("--mask", ("255.255.255.255",), False))
+        if "--rsource" not in names and "--rdest" not in names:
+            options.append(("--rsource", (), False))
+    return match.name, tuple(sorted(options))
+
+
+def _canonical_target(rule: Rule) -> tuple:
+    target = rule.target
+    options = [(o.name, o.values, o.negated) for o in rule.target_options]
+    if target == "MARK":
+        converted = []
+        for name, values, negated in options:
+            if name == "--or-mark":
+                converted.append(("--set-xmark", (f"{_hex(values[0])}/{_hex(values[0])}",), negated))
+            elif name == "--xor-mark":
+                converted.append(("--set-xmark", (f"{_hex(values[0])}/0x0",), negated))
+            elif name in ("--set-xmark", "--set-mark"):
+                value = values[0] if "/" in values[0] else f"{values[0]}/0xffffffff"
+                converted.append(("--set-xmark", (_hex(value),), negated))
+            else:
+                converted.append((name, values, negated))
+        options = converted
+    elif target == "REJECT" and not options:
+        options = [("--reject-with", ("icmp-port-unreachable",), False)]
+    return target, tuple(sorted(options))
+
+
+def canonical_rule(rule: Rule) -> tuple:
+    """The rule as iptables-save would print it, as a comparable value."""
+    order = {"src": 0, "dst": 1, "in": 2, "out": 3, "proto": 4}
+    generic = tuple(sorted(((k, _address(v) if k in ("src", "dst") else v.lower(), n) for k, v, n in rule.generic),
+                           key=lambda g: order[g[0]]))
+    return (rule.chain, generic, tuple(_canonical_match(m) for m in rule.matches), _canonical_target(rule))
+
+
+def canonical_tables(text: str, chains: Iterable[str] | None = None) -> dict[str, dict[str, list[tuple]]]:
+    """table -> chain -> canonical rules, optionally only for ``chains``."""
+    wanted = set(chains) if chains is not None else None
+    return {table: {chain: [canonical_rule(r) for r in rules] for chain, rules in table_chains.items()
+                    if wanted is None or chain in wanted}
+            for table, table_chains in parse_tables(text).chains.items()}
+
+
+def saved_chain_lines(text: str) -> dict[str, dict[str, list[str]]]:
+    """``iptables-save`` output -> table -> chain -> the rule lines exactly as printed."""
+    result: dict[str, dict[str, list[str]]] = {}
+    table: dict[str, list[str]] | None = None
+    for line in text.splitlines():
+        if line.startswith("*"):
+            table = result.setdefault(line[1:], {})
+        elif table is not None and line.startswith(":"):
+            table.setdefault(line[1:].split()[0], [])
+        elif table is not None and line.startswith("-A "):
+            table.setdefault(line.split()[1], []).append(line)
+    return result
+
+
+# --------------------------------------------------------------------------- tracing
+
+
+@dataclass(frozen=True)
+class Packet:
+    """The first packet of a connection as it reaches one node's netfilter hooks.
+
+    ``origin``: ``"pod"`` (from a pod of this node, through its veth: nat PREROUTING),
+    ``"external"`` (from the node network: nat PREROUTING too; only the source address
+    differs), or ``"node"`` (sent by a process of the node itself: nat OUTPUT)."""
+
+    src: str
+    dst: str
+    dport: int
+    proto: str = "tcp"
+    sport: int = 40000
+    origin: str = "pod"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    probability: float
+    verdict: str  # "DNAT" (to destination), "ACCEPT" (not a service: untouched), "REJECT", "DROP"
+    destination: str | None  # "ip:port" after DNAT
+    masquerade: bool
+    path: tuple[str, ...]  # "table/chain" in the order entered
+    recent_set: tuple[str, ...] = ()  # recent lists the source was added to (affinity)
+
+    @property
+    def service_chains(self) -> tuple[str, ...]:
+        """The user chains walked in nat before the packet left PREROUTING/OUTPUT: the
+        kube-proxy path (KUBE-SERVICES, KUBE-SVC-..., KUBE-SEP-...), without KUBE-MARK-MASQ."""
+        chains = []
+        for step in self.path:
+            table, chain = step.split("/", 1)
+            if table != "nat":
+                break
+            if chain not in BUILTIN_CHAINS["nat"] and chain != "KUBE-MARK-MASQ":
+                chains.append(chain)
+        return tuple(chains)
+
+
+@dataclass(frozen=True)
+class TraceResult:
+    packet: Packet
+    outcomes: tuple[Outcome, ...]
+
+    @property
+    def destinations(self) -> dict[str | None, float]:
+        """DNAT destination -> probability (``None`` for outcomes without DNAT)."""
+        result: dict[str | None, float] = {}
+        for outcome in self.outcomes:
+            result[outcome.destination] = result.get(outcome.destination, 0.0) + outcome.probability
+        return result
+
+    @property
+    def verdicts(self) -> dict[str, float]:
+        result: dict[str, float] = {}
+        for outcome in self.outcomes:
+            result[outcome.verdict] = result.get(outcome.verdict, 0.0) + outcome.probability
+        return result
+
+    @property
+    def masqueraded(self) -> bool | None:
+        """True/False when every outcome agrees, None when it depends on the branch."""
+        values = {o.masquerade for o in self.outcomes}
+        return values.pop() if len(values) == 1 else None
+
+    def only(self) -> Outcome:
+        """The single outcome of a deterministic trace."""
+        if len(self.outcomes) != 1:
+            raise AssertionError(f"{len(self.outcomes)} outcomes: {self.outcomes}")
+        return self.outcomes[0]
+
+
+@dataclass(frozen=True)
+class _State:
+    src: str
+    dst: str
+    dport: int
+    mark: int = 0
+    dnat: str | None = None
+    masquerade: bool = False
+    path: tuple[str, ...] = ()
+    recent_set: tuple[str, ...] = ()
+
+
+_Branch = tuple[float, _State, "str | None"]  # probability, state, verdict (None: continue)
+
+
+class Tracer:
+    """Traces packets through the rules of one node: ``Tracer(payload, jumps, local_addresses)``.
+
+    ``payload`` is rendered restore text (or iptables-save output); the built-in chains get
+    ``jumps`` as kube-proxy inserts them (each prepended). ``local_addresses`` are the node's
+    own addresses, for ``addrtype LOCAL`` (127.0.0.0/8 is always local)."""
+
+    MAX_DEPTH = 32
+
+    def __init__(self, payload: str, jumps: Iterable[Jump] = (), local_addresses: Iterable[str] = ()):
+        self.tables = parse_tables(payload)
+        for name, chains in BUILTIN_CHAINS.items():
+            table = self.tables.table(name)
+            for chain in chains:
+                table.setdefault(chain, [])
+        for jump in jumps:
+            self.tables.table(jump.table)[jump.chain].insert(0, parse_rule(jump.rule))
+        self.local = [ipaddress.ip_network(a, strict=False) for a in (*local_addresses, "127.0.0.0/8")]
+
+    def _is_local(self, address: str) -> bool:
+        ip = ipaddress.ip_address(address)
+        return any(ip in network for network in self.local)
+
+    def trace(self, packet: Packet, recent: Mapping[str, Iterable[str]] | None = None) -> TraceResult:
+        """Every way ``packet`` can go, with its probability. ``recent`` holds the ``recent``
+        lists (affinity) as they stand: list name -> source addresses recorded."""
+        self._packet = packet
+        self._recent = {k: set(v) for k, v in (recent or {}).items()}
+        state = _State(packet.src, packet.dst, packet.dport)
+        first = "OUTPUT" if packet.origin == "node" else "PREROUTING"
+        outcomes: list[Outcome] = []
+        for p, st, verdict in self._hook("nat", first, 1.0, state):
+            if verdict in ("DROP", "REJECT"):
+                outcomes.append(self._outcome(p, st, verdict))
+                continue
+            if packet.origin == "node":
+                filter_chain = "OUTPUT"
+            else:
+                filter_chain = "INPUT" if self._is_local(st.dst) else "FORWARD"
+            for p2, st2, verdict2 in self._hook("filter", filter_chain, p, st):
+                if verdict2 in ("DROP", "REJECT"):
+                    outcomes.append(self._outcome(p2, st2, verdict2))
+                    continue
+                if filter_chain == "INPUT":  # delivered locally: no POSTROUTING
+                    outcomes.append(self._outcome(p2, st2, "DNAT" if st2.dnat else "ACCEPT"))
+                    continue
+                for p3, st3, _ in self._hook("nat", "POSTROUTING", p2, st2):
+                    outcomes.append(self._outcome(p3, st3, "DNAT" if st3.dnat else "ACCEPT"))
+        merged: dict[tuple, Outcome] = {}
+        for outcome in outcomes:
+            key = (outcome.verdict, outcome.destination, outcome.masquerade, outcome.path, outcome.recent_set)
+            if key in merged:
+                merged[key] = replace(merged[key], probability=merged[key].probability + outcome.probability)
+            else:
+                merged[key] = outcome
+        return TraceResult(packet, tuple(merged.values()))
+
+    @staticmethod
+    def _outcome(p: float, st: _State, verdict: str) -> Outcome:
+        return Outcome(p, verdict, st.dnat, st.masquerade, st.path, st.recent_set)
+
+    def _hook(self, table: str, chain: str, p: float, st: _State) -> list[_Branch]:
+        """A built-in chain: falling off the end (or RETURN) is its policy, ACCEPT."""
+        results = []
+        for bp, bst, verdict in self._chain(table, chain, p, st, 0):
+            results.append((bp, bst, verdict if verdict not in (None, "RETURN") else "ACCEPT"))
+        return results
+
+    def _chain(self, table: str, chain: str, p: float, st: _State, depth: int) -> list[_Branch]:
+        if depth > self.MAX_DEPTH:
+            raise RuleError(f"{table}/{chain}: jumps nest deeper than {self.MAX_DEPTH} (a loop?)")
+        rules = self.tables.chains.get(table, {}).get(chain)
+        if rules is None:
+            raise RuleError(f"{table}: jump to {chain}, which does not exist")
+        st = replace(st, path=st.path + (f"{table}/{chain}",))
+        done: list[_Branch] = []
+        pending: list[tuple[float, _State]] = [(p, st)]
+        for rule in rules:
+            still: list[tuple[float, _State]] = []
+            for bp, bst in pending:
+                for fraction, matched, mst in self._match(rule, bst):
+                    if fraction == 0.0:
+                        continue
+                    if not matched:
+                        still.append((bp * fraction, mst))
+                        continue
+                    for op, ost, verdict in self._target(table, rule, bp * fraction, mst, depth):
+                        if verdict is None:
+                            still.append((op, ost))
+                        elif verdict == "RETURN":
+                            done.append((op, ost, None))
+                        else:
+                            done.append((op, ost, verdict))
+            pending = still
+            if not pending:
+                break
+        done.extend((bp, bst, None) for bp, bst in pending)
+        return done
+
+    def _target(self, table: str, rule: Rule, p: float, st: _State, depth: int) -> list[_Branch]:
+        target = rule.target
+        if target is None:
+            return [(p, st, None)]
+        if target in ("ACCEPT", "DROP", "REJECT", "RETURN"):
+            return [(p, st, target)]
+        if target == "MARK":
+            mark = st.mark
+            for option in rule.target_options:
+                value = int(option.values[0].split("/")[0], 0)
+                if option.name == "--or-mark":
+                    mark |= value
+                elif option.name == "--xor-mark":
+                    mark ^= value
+                elif option.name == "--set-xmark":
+                    mask = int(option.values[0].split("/")[1], 0) if "/" in option.values[0] else 0xFFFFFFFF
+                    mark = (mark & ~mask & 0xFFFFFFFF) ^ value
+                else:
+                    raise RuleError(f"MARK {option.name} is not understood: {rule.text!r}")
+            return [(p, replace(st, mark=mark), None)]
+        if target == "DNAT":
+            option = next((o for o in rule.target_options if o.name == "--to-destination"), None)
+            if option is None:
+                raise RuleError(f"DNAT without --to-destination: {rule.text!r}")
+            ip, _, port = option.values[0].rpartition(":")
+            return [(p, replace(st, dnat=option.values[0], dst=ip, dport=int(port)), "DNAT")]
+        if target == "MASQUERADE":
+            return [(p, replace(st, masquerade=True), "MASQUERADE")]
+        if target in STANDARD_TARGETS:
+            raise RuleError(f"target {target} is not traced: {rule.text!r}")
+        return self._chain(table, target, p, st, depth + 1)
+
+    def _match(self, rule: Rule, st: _State) -> list[tuple[float, bool, _State]]:
+        """[(fraction of the branch, matched?, state)]: one entry, or two for a random match."""
+        packet = self._packet
+        for key, value, negated in rule.generic:
+            if key in ("src", "dst"):
+                address = st.src if key == "src" else st.dst
+                hit = ipaddress.ip_address(address) in ipaddress.ip_network(value, strict=False)
+            elif key == "proto":
+                hit = value.lower() == packet.proto
+            else:
+                raise RuleError(f"interface matches are not traced: {rule.text!r}")
+            if hit == negated:
+                return [(1.0, False, st)]
+        split: float | None = None
+        for match in rule.matches:
+            name = match.name
+            if name == "comment":
+                continue
+            if name in ("tcp", "udp"):
+                if packet.proto != name:
+                    return [(1.0, False, st)]
+                for option in match.options:
+                    if option.name in ("--dport", "--destination-port"):
+                        hit = st.dport == int(option.values[0])
+                    elif option.name in ("--sport", "--source-port"):
+                        hit = packet.sport == int(option.values[0])
+                    else:
+                        raise RuleError(f"{name} {option.name} is not traced: {rule.text!r}")
+                    if hit == option.negated:
+                        return [(1.0, False, st)]
+            elif name == "addrtype":
+                for option in match.options:
+                    address = st.src if option.name == "--src-type" else st.dst
+                    if option.values[0] != "LOCAL":
+                        raise RuleError(f"addrtype {option.values[0]} is not traced: {rule.text!r}")
+                    if self._is_local(address) == option.negated:
+                        return [(1.0, False, st)]
+            elif name == "mark":
+                option = match.get("--mark")
+                value, _, mask = option.values[0].partition("/")
+                mask_value = int(mask, 0) if mask else 0xFFFFFFFF
+                hit = (st.mark & mask_value) == int(value, 0)
+                if hit == option.negated:
+                    return [(1.0, False, st)]
+            elif name == "conntrack":
+                for option in match.options:
+                    if option.name != "--ctstate":
+                        raise RuleError(f"conntrack {option.name} is not traced: {rule.text!r}")
+                    states = {"NEW"} | ({"DNAT"} if st.dnat else set())
+                    hit = bool(states & set(option.values[0].split(",")))
+                    if hit == option.negated:
+                        return [(1.0, False, st)]
+            elif name == "statistic":
+                mode = match.get("--mode")
+                if mode is None or mode.values[0] != "random":
+                    raise RuleError(f"statistic other than --mode random is not traced: {rule.text!r}")
+                split = float(match.get("--probability").values[0])
+            elif name == "recent":
+                list_name = match.get("--name").values[0]
+                if match.get("--rcheck") is not None:
+                    if st.src not in self._recent.get(list_name, ()):
+                        return [(1.0, False, st)]
+                elif match.get("--set") is not None:
+                    st = replace(st, recent_set=st.recent_set + (list_name,))
+                else:
+                    raise RuleError(f"recent without --set/--rcheck is not traced: {rule.text!r}")
+            else:
+                raise RuleError(f"match {name} is not traced: {rule.text!r}")
+        if split is not None:
+            return [(split, True, st), (1.0 - split, False, st)]
+        return [(1.0, True, st)]
