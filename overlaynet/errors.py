@@ -48,3 +48,15 @@ class AgentError(OverlaynetError):
 def invalid(kind: str, name: str, message: str) -> InvalidInput:
     """An ``InvalidInput`` that names the object: ``pod "web-1": <message>``."""
     return InvalidInput(f'{kind} "{name}": {message}')
+
+
+class CniError(OverlaynetError):
+    """A CNI operation failed; ``code`` is the CNI error code (spec: 1-7, 11, 50, 51; 999 for
+    plugin-specific failures), ``msg`` the short message and ``details`` the long one, as the
+    error object a CNI plugin prints (``{"code", "msg", "details"}``)."""
+
+    def __init__(self, code: int, msg: str, details: str = "") -> None:
+        self.code = code
+        self.msg = msg
+        self.details = details
+        super().__init__(f"{msg}: {details}" if details else msg)

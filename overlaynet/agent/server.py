@@ -10,6 +10,13 @@ order:
     {"op": "set_serving", "key", "serving": bool}
     {"op": "list"}                                          -> {"ok": true, "keys": [...]}
     {"op": "probe", "probes": [...], "timeout": 2.0}        -> {"ok": true, "results": [...]}
+    {"op": "cni", "plugin", "env": {...}, "stdin", "pid"}   -> {"ok": true, "stdout", "exit_code", "stderr"}
+
+``cni`` is the thin CNI plugins' hand-off (``overlaynet.cni.skel``): the agent runs the named
+plugin's code (``overlaynet.cni.plugins.run``) on the request's environment and stdin, in a
+worker thread — never on the event loop: it does netlink and file locking — reaching the
+runtime's netns as ``/proc/<pid>/ns/net`` of the waiting plugin process. The CNI answer
+(result or error object, exit code, logs) is the reply; only a malformed request is an error.
 
 Failures answer ``{"ok": false, "error": "<message>"}`` and leave the agent running; only
 an ``OverlaynetError`` carries a message meant for users, anything else is logged with its
@@ -23,6 +30,7 @@ kubelet serves its pods again.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import logging
 import os
@@ -37,6 +45,7 @@ from overlaynet.errors import AgentError, OverlaynetError
 log = logging.getLogger("overlaynet.agent")
 
 CONTROL_LINE_LIMIT = 64 * 1024 * 1024  # a probe request for 30,000 probes is ~3 MB
+CNI_WORKERS = 16  # CNI operations at once (netlink and IPAM locks, not CPU, bound them)
 
 
 class Agent:
@@ -47,6 +56,7 @@ class Agent:
         self._lock = asyncio.Lock()  # serve / unserve / set_serving change sockets one at a time
         self._stopped = asyncio.Event()
         self._connections: set[asyncio.Task] = set()
+        self._cni_pool: concurrent.futures.ThreadPoolExecutor | None = None  # made on first use
 
     # -- requests -------------------------------------------------------------------------
 
@@ -61,9 +71,10 @@ class Agent:
             "set_serving": self._set_serving,
             "list": self._list,
             "probe": self._probe,
+            "cni": self._cni,
         }.get(op)  # type: ignore[arg-type]
         if handler is None:
-            raise AgentError(f"unknown op {op!r}; one of ping, serve, unserve, set_serving, list, probe")
+            raise AgentError(f"unknown op {op!r}; one of ping, serve, unserve, set_serving, list, probe, cni")
         return await handler(request)
 
     async def _ping(self, request: dict) -> dict:
@@ -126,6 +137,28 @@ class Agent:
     async def _probe(self, request: dict) -> dict:
         probes, timeout = probe.parse_probes(request.get("probes"), request.get("timeout", 2.0))
         return {"results": await probe.run_probes(probes, timeout)}
+
+    async def _cni(self, request: dict) -> dict:
+        plugin = _string(request, "plugin")
+        env = request.get("env")
+        if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+            raise AgentError("cni: env must be an object of strings")
+        stdin = request.get("stdin")
+        if not isinstance(stdin, str):
+            raise AgentError("cni: stdin must be a string")
+        pid = request.get("pid")
+        if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+            raise AgentError(f"cni: pid must be a process id, not {pid!r}")
+        if not os.path.exists(f"/proc/{pid}/ns/net"):
+            raise AgentError(f"cni: process {pid} does not exist (its netns is the runtime's)")
+        if self._cni_pool is None:
+            self._cni_pool = concurrent.futures.ThreadPoolExecutor(CNI_WORKERS, thread_name_prefix="cni")
+        loop = asyncio.get_running_loop()
+        stdout, exit_code, stderr = await loop.run_in_executor(
+            self._cni_pool, _run_cni, plugin, env, stdin.encode("utf-8", "surrogateescape"), pid)
+        log.info("cni %s %s %s/%s: exit %d", plugin, env.get("CNI_COMMAND", "?"), env.get("CNI_CONTAINERID", ""),
+                 env.get("CNI_IFNAME", ""), exit_code)
+        return {"stdout": stdout, "exit_code": exit_code, "stderr": stderr}
 
     # -- the control socket -----------------------------------------------------------------
 
@@ -192,12 +225,22 @@ class Agent:
             for served in list(self.keys.values()):
                 await served.close()
             self.keys.clear()
+            if self._cni_pool is not None:  # let CNI operations in flight finish: no half-wired pod
+                await loop.run_in_executor(None, self._cni_pool.shutdown, True)
             try:
                 if os.stat(self.socket_path).st_ino == inode:
                     os.unlink(self.socket_path)
             except FileNotFoundError:
                 pass
         return 0
+
+
+def _run_cni(plugin: str, env: dict, stdin: bytes, pid: int) -> tuple[str, int, str]:
+    """In a worker thread: one CNI invocation (imports the plugin code, and pyroute2, on first use)."""
+    from overlaynet.cni import plugins
+
+    outcome = plugins.run(plugin, env, stdin, pid, in_agent=True)
+    return outcome.stdout, outcome.exit_code, outcome.stderr
 
 
 def _string(request: dict, field: str) -> str:
