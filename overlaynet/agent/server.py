@@ -236,10 +236,23 @@ class Agent:
 
 
 def _run_cni(plugin: str, env: dict, stdin: bytes, pid: int) -> tuple[str, int, str]:
-    """In a worker thread: one CNI invocation (imports the plugin code, and pyroute2, on first use)."""
+    """In a worker thread: one CNI invocation (imports the plugin code, and pyroute2, on first use).
+
+    The plugin process's netns is pinned by a descriptor for the whole operation and reached
+    as ``/proc/<agent pid>/fd/<n>`` (by this process and by delegates it execs): should the
+    plugin be killed meanwhile, a rollback still reaches the namespace, and a recycled pid
+    never points the work at another one.
+    """
     from overlaynet.cni import plugins
 
-    outcome = plugins.run(plugin, env, stdin, pid, in_agent=True)
+    try:
+        fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise AgentError(f"cni: cannot open the netns of process {pid}: {exc.strerror}") from None
+    try:
+        outcome = plugins.run(plugin, env, stdin, pid, in_agent=True, runtime_netns=f"/proc/{os.getpid()}/fd/{fd}")
+    finally:
+        os.close(fd)
     return outcome.stdout, outcome.exit_code, outcome.stderr
 
 

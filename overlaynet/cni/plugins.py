@@ -73,10 +73,10 @@ class Outcome(Record):
 
 
 class Context(Record):
-    """One invocation: ``plugin``, ``env``, ``stdin``, ``pid`` (the plugin process: its netns is
-    the runtime's, the node's), ``in_agent``, ``logs``."""
+    """One invocation: ``plugin``, ``env``, ``stdin``, ``runtime_netns`` (a path to the netns
+    the plugin process runs in: the runtime's, the node's), ``in_agent``, ``logs``."""
 
-    __slots__ = ("plugin", "env", "stdin", "pid", "in_agent", "logs")
+    __slots__ = ("plugin", "env", "stdin", "runtime_netns", "in_agent", "logs")
     _defaults = {"logs": Factory(list)}
 
     def log(self, message: str) -> None:
@@ -87,8 +87,13 @@ class Context(Record):
 
 
 def run(plugin: str, environ: Mapping[str, str], stdin: bytes, pid: int | None = None,
-        in_agent: bool = False) -> Outcome:
-    """One CNI invocation of ``plugin``: never raises; errors become the CNI error object."""
+        in_agent: bool = False, runtime_netns: str | None = None) -> Outcome:
+    """One CNI invocation of ``plugin``: never raises; errors become the CNI error object.
+
+    The runtime's netns (where the plugin process runs) is ``runtime_netns`` if given, else
+    ``/proc/<pid>/ns/net`` of ``pid`` (default: this process). The agent passes a path to a
+    descriptor it holds open, so the namespace cannot vanish, nor the pid be reused, mid-way.
+    """
     version = spec.peek_version(stdin)
     logs: list[str] = []
     try:
@@ -99,7 +104,8 @@ def run(plugin: str, environ: Mapping[str, str], stdin: bytes, pid: int | None =
             return Outcome(spec.dumps(spec.version_answer(stdin)), 0)
         conf = spec.parse_plugin_config(stdin, env.command)
         version = conf["cniVersion"]
-        ctx = Context(plugin, env, stdin, pid or os.getpid(), in_agent, logs)
+        runtime_netns = runtime_netns or f"/proc/{pid or os.getpid()}/ns/net"
+        ctx = Context(plugin, env, stdin, runtime_netns, in_agent, logs)
         result = (_ipam if plugin == IPAM else _main)(ctx, conf)
         stdout = spec.dumps(result.to_dict(version)) if result is not None else ""
         return Outcome(stdout, 0, "\n".join(logs))
@@ -326,7 +332,7 @@ def _load_mode(plugin: str) -> Any:
 
 
 def _host_netns(ctx: Context, cfg: MainConfig) -> str:
-    return cfg.node_netns or f"/proc/{ctx.pid}/ns/net"
+    return cfg.node_netns or ctx.runtime_netns
 
 
 def _ns_path(ns: str) -> str:
@@ -446,12 +452,12 @@ def delegate(ctx: Context, conf: Mapping, command: str) -> Result | None:
     env = dict(ctx.env.environ)
     env["CNI_COMMAND"] = command
     if ctx.in_agent and _is_our_ipam(executable):
-        outcome = run(IPAM, env, ctx.stdin, ctx.pid, in_agent=True)
+        outcome = run(IPAM, env, ctx.stdin, in_agent=True, runtime_netns=ctx.runtime_netns)
         stdout, code, stderr = outcome.stdout, outcome.exit_code, outcome.stderr
     else:
         argv = [executable]
         if ctx.in_agent:  # exec it where the plugin process runs, as the plugin itself would
-            argv = ["nsenter", f"--net=/proc/{ctx.pid}/ns/net", "--", executable]
+            argv = ["nsenter", f"--net={ctx.runtime_netns}", "--", executable]
         try:
             proc = subprocess.run(argv, input=ctx.stdin, capture_output=True, env=env,
                                   timeout=DELEGATE_TIMEOUT, close_fds=True)

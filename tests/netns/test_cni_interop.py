@@ -5,7 +5,9 @@
 (b) our ``overlaynet-flannel`` chained with the reference ``portmap`` and ``bandwidth``: the chain
     ADDs, portmap's DNAT rule is in the node's nat table and a connection from outside to the
     node's host port reaches a server in the sandbox, bandwidth's ifb and qdiscs exist; DEL in
-    reverse order removes them. Debian's portmap needs ``disableCheck`` (cni.md §12.2).
+    reverse order removes them. Debian's portmap needs ``disableCheck`` (cni.md §12.2);
+(c) our ``overlaynet-flannel`` delegating to the reference ``host-local``, standalone and through
+    the agent (which execs the delegate in the plugin's netns).
 
 The plugins run in the node netns (``nsenter``), with ``CNI_PATH=<repo>/cni_plugins:/usr/lib/cni``.
 These tests need the Debian package installed (scripts/setup); without it they fail.
@@ -18,6 +20,8 @@ import os
 import socket
 import subprocess
 import threading
+
+import pytest
 
 from overlaynet.cni.runtime import CniRuntime
 from overlaynet.kernel import apply as kapply
@@ -61,6 +65,23 @@ def test_reference_bridge_and_host_local_through_our_runtime(lab):
     rt.delete("ctr-b", b, "eth0")
     assert sorted(os.listdir(os.path.join(lab.data_dir, "refnet"))) == ["last_reserved_ip.0", "lock"]
     assert set(lab.links(lab.prefix + "a")) == {"lo"}
+
+
+@pytest.mark.parametrize("path", ["standalone", "thin"])
+def test_our_plugin_delegates_to_the_reference_host_local(lab, path):
+    ipam = {"type": "host-local", "ranges": [[{"subnet": "10.244.1.0/24"}]], "dataDir": lab.data_dir}
+    extra = {"agentSocket": lab.start_agent()} if path == "thin" else {}
+    rt = lab.runtime(lab.conflist(lab.flannel(ipam=ipam, **extra)))
+    a = lab.sandbox("a")
+    result = rt.add("ctr-a", a, "eth0", k8s_args("a"))
+    assert result["ips"] == [{"interface": 1, "address": "10.244.1.2/24", "gateway": "10.244.1.1"}]
+    with open(os.path.join(lab.data_dir, "podnet", "10.244.1.2"), "rb") as handle:
+        assert handle.read() == b"ctr-a\r\neth0"  # written by Debian's host-local
+    rt.check("ctr-a", a, "eth0")
+    rt.delete("ctr-a", a, "eth0")
+    assert lab.allocations() == []
+    if extra:
+        assert "cni overlaynet-flannel DEL ctr-a/eth0: exit 0" in lab.agent_log(extra["agentSocket"])
 
 
 def _serve_once(ns: str, port: int) -> tuple[socket.socket, threading.Thread, list]:
