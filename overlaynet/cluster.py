@@ -14,21 +14,26 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import json
+import os
+import shutil
 from collections import Counter
 from dataclasses import dataclass, replace
 
-from overlaynet import ipam, names, scheduler, topology
-from overlaynet.errors import ConflictError, InvalidInput, NotFoundError
+from overlaynet import bgpsync, ipam, kubelet, names, scheduler, topology
+from overlaynet.errors import ConflictError, InvalidInput, KernelError, NotFoundError
+from overlaynet.kernel import netns
 from overlaynet.manifests import DeploymentManifest, Manifest, PodManifest, PodTemplate, parse_document, served_ports
 from overlaynet.model import ClusterSpec, NodeSpec, spec_from_document
 from overlaynet.modes import get_mode
 from overlaynet.plan import Netns, Plan
 from overlaynet.store import Store
-from overlaynet.topology import NodeInfo, PodInfo
+from overlaynet.topology import NodeInfo
 
 NETNS = "netns"
 AGENT = "agent"
+PATH = "path"  # a file or directory the cluster owns (agent log, CNI configuration and caches, BIRD files)
 NETNS_ANNOTATION = "overlaynet.dev/netns"
+CONTAINER_ANNOTATION = "overlaynet.dev/container-id"  # the sandbox id CNI calls are keyed by
 HOST = "_host"  # the store's name for host-wide state; never a valid cluster name
 NODE_SERVER_PORTS = ((8080, "TCP"), (8080, "UDP"))
 
@@ -56,6 +61,22 @@ class Runtime:
         for name in netns_names:
             netns.delete(name)
         return netns.wait_gone(netns_names)
+
+    def cni_add(self, state_dir: str, cluster: str, sandboxes: list) -> dict:
+        return kubelet.add_all(state_dir, cluster, sandboxes)
+
+    def cni_delete(self, state_dir: str, cluster: str, sandboxes: list) -> None:
+        kubelet.delete_all(state_dir, cluster, sandboxes)
+
+    def write_conflist(self, paths: kubelet.NodePaths, conflist: dict) -> None:
+        kubelet.write_conflist(paths, conflist)
+
+    def remove_path(self, path: str) -> None:
+        """Remove a file or a directory tree; gone already is fine."""
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        elif os.path.lexists(path):
+            os.remove(path)
 
     def start_agent(self, cluster: str, socket_path: str, log_path: str) -> int:
         from overlaynet.agent.client import start_agent
@@ -110,16 +131,12 @@ def node_info(record: dict) -> NodeInfo:
     )
 
 
-def pod_info(cluster: str, record: dict) -> PodInfo:
+def sandbox_of(cluster: str, record: dict) -> kubelet.Sandbox:
+    """The CNI attachment of a scheduled pod, as recorded when its sandbox was made."""
     meta = record["metadata"]
-    return PodInfo(
-        namespace=meta["namespace"],
-        name=meta["name"],
-        ip=ipaddress.IPv4Address(record["status"]["podIP"]),
-        node=record["spec"]["nodeName"],
-        netns=names.pod_netns(cluster, meta["namespace"], meta["name"]),
-        host_netns=names.node_netns(cluster, record["spec"]["nodeName"]),
-    )
+    return kubelet.Sandbox(meta["namespace"], meta["name"], record["spec"]["nodeName"],
+                           netns.path(names.pod_netns(cluster, meta["namespace"], meta["name"])),
+                           meta["annotations"][CONTAINER_ANNOTATION])
 
 
 @dataclass
@@ -190,9 +207,11 @@ class ClusterManager:
                 self._start_agent(spec.name)
                 agent = self.agent(spec.name)
                 for node in nodes:
+                    self._configure_node_cni(spec, node.name)
                     agent.serve(node_key(node.name), names.node_netns(spec.name, node.name), node.name,
                                 list(NODE_SERVER_PORTS))
                     self._set_node_ready(spec.name, node.name)
+                self._sync_routes(spec)
                 self.store.set_phase(spec.name, "Running")
             except BaseException:
                 self._teardown(spec.name)
@@ -201,7 +220,8 @@ class ClusterManager:
     def down(self, cluster: str) -> dict:
         """Remove everything ``cluster`` owns; return what was removed."""
         with self.store.cluster_lock(cluster):
-            if self.store.get_cluster(cluster) is None and not self.store.owned(cluster, NETNS):
+            if self.store.get_cluster(cluster) is None and not any(
+                    self.store.owned(cluster, kind) for kind in (NETNS, AGENT, PATH)):
                 raise NotFoundError(f'cluster "{cluster}" does not exist')
             return self._teardown(cluster)
 
@@ -209,15 +229,17 @@ class ClusterManager:
         socket_path = self.agent_socket(cluster)
         self.runtime.stop_agent(cluster, socket_path)
         self.store.forget(cluster, AGENT, socket_path)
+        bgpsync.stop_all(self, cluster)  # a BIRD would outlive its namespace's name
         namespaces = self.store.owned(cluster, NETNS)  # newest first: pods, then nodes, underlay
         lingering = self.runtime.delete_namespaces(namespaces)
         for name in namespaces:
             if name not in lingering:
                 self.store.forget(cluster, NETNS, name)
         if lingering:
-            from overlaynet.errors import KernelError
-
             raise KernelError(f'cluster "{cluster}": namespaces still present after delete: {", ".join(lingering)}')
+        for path in self.store.owned(cluster, PATH):
+            self.runtime.remove_path(path)
+            self.store.forget(cluster, PATH, path)
         self.store.delete_cluster(cluster)
         self._restore_host_limits()
         return {"namespaces": len(namespaces)}
@@ -238,10 +260,23 @@ class ClusterManager:
             self.runtime.restore_host_limits(json.loads(originals))
             self.store.delete_cluster(HOST)
 
+    def _configure_node_cni(self, spec: ClusterSpec, node: str) -> None:
+        """Write the node's CNI configuration, as a CNI DaemonSet installs it on a real node."""
+        root = kubelet.cni_root(self.store.directory, spec.name)
+        self.store.record(spec.name, PATH, root)
+        if spec.cni_config:
+            conflist = kubelet.load_user_conflist(spec.cni_config)
+        else:
+            conflist = kubelet.render_conflist(spec, self.node(spec.name, node), self.store.directory,
+                                               self.agent_socket(spec.name))
+        self.runtime.write_conflist(kubelet.node_paths(self.store.directory, spec.name, node), conflist)
+
     def _start_agent(self, cluster: str) -> None:
         socket_path = self.agent_socket(cluster)
+        log_path = self.store.runtime_path(cluster, "agent.log")
         self.store.record(cluster, AGENT, socket_path)
-        self.runtime.start_agent(cluster, socket_path, self.store.runtime_path(cluster, "agent.log"))
+        self.store.record(cluster, PATH, log_path)
+        self.runtime.start_agent(cluster, socket_path, log_path)
 
     def _record_namespaces(self, cluster: str, plan: Plan) -> None:
         from overlaynet.plan import namespaces
@@ -303,6 +338,7 @@ class ClusterManager:
             self._record_namespaces(cluster, plan)
             try:
                 self.runtime.apply(plan)
+                self._configure_node_cni(spec, node.name)
                 self.agent(cluster).serve(
                     node_key(node.name), names.node_netns(cluster, node.name), node.name, list(NODE_SERVER_PORTS))
             except BaseException:
@@ -326,9 +362,17 @@ class ClusterManager:
             self._remove_node_objects(spec, mode, node, peers)
             self._update_document(cluster, replace(spec, nodes=tuple(n for n in spec.nodes if n.name != name)))
             self._reconcile_deployments(spec)
+            self._sync_routes(spec)
 
     def _remove_node_objects(self, spec: ClusterSpec, mode, node: NodeInfo, peers: list[NodeInfo]) -> None:
         """Undo a node: the peers' routes to it first (Flannel's lease removal), then the node."""
+        if spec.bgp == "bird":
+            bgpsync.stop_node(self, spec.name, node.name)
+        if spec.cni == "calico" and not spec.cni_config:
+            from overlaynet.blocks import BlockIPAM
+
+            BlockIPAM(self.store, spec.name, spec.cluster_cidr, spec.block_size).release_node(node.name)
+            self.store.set_meta(spec.name, f"routes/{node.name}", "[]")
         try:
             self.agent(spec.name).unserve(node_key(node.name))
         except Exception:  # the agent may be the thing that failed; its sockets die with the netns
@@ -337,6 +381,7 @@ class ClusterManager:
         for peer in peers:
             plan += mode.plan_peer(spec, peer, node)
         self.runtime.remove(plan + topology.plan_node(spec, mode, node, []))
+        self.runtime.remove_path(os.path.dirname(kubelet.node_paths(self.store.directory, spec.name, node.name).conf_dir))
         self.store.forget(spec.name, NETNS, names.node_netns(spec.name, node.name))
         self.store.delete(spec.name, "Node", node.name)
 
@@ -458,66 +503,88 @@ class ClusterManager:
     # -- the kubelet's part: pods in and out of the kernel ---------------------------------------
 
     def _create_pods(self, spec: ClusterSpec, requests: list[_PodRequest]) -> None:
+        """Schedule, create each sandbox, run the node's CNI chain, start the test server.
+
+        A pod whose CNI ADD fails stays ContainerCreating with the plugin's message, its
+        sandbox removed (the runtime already sent DEL), as a kubelet leaves it.
+        """
         if not requests:
             return
         cluster = spec.name
-        mode = get_mode(spec.cni)
         nodes = {n["metadata"]["name"]: n for n in self.nodes(cluster)}
-        live = [p for p in self.pods(cluster) if p["status"].get("podIP")]
-        placed = Counter(p["spec"]["nodeName"] for p in live)
-        used_ips: dict[str, set] = {name: set() for name in nodes}
-        for p in live:
-            used_ips.setdefault(p["spec"]["nodeName"], set()).add(ipaddress.IPv4Address(p["status"]["podIP"]))
-        scheduled: list[tuple[PodInfo, NodeInfo, _PodRequest]] = []
+        placed = Counter(p["spec"]["nodeName"] for p in self.pods(cluster) if p["spec"].get("nodeName"))
+        sandboxes: list[tuple[kubelet.Sandbox, _PodRequest]] = []
         with self.store.transaction():
             for request in requests:
                 candidates = [
                     scheduler.Candidate(
                         name=name, labels=record["metadata"].get("labels", {}),
                         ready=record["status"]["conditions"][0]["status"] == "True",
-                        free_ips=ipam.pod_capacity(node_info(record).pod_cidr) - len(used_ips[name]),
-                        pods=placed[name],
+                        free_ips=self._pod_capacity(spec, record) - placed[name], pods=placed[name],
                     )
                     for name, record in nodes.items()
                 ]
                 decision = scheduler.schedule(request.template.node_name, dict(request.template.node_selector), candidates)
                 if decision.node is None:
-                    self.store.put(cluster, self._pod_record(cluster, request, None, None, decision))
+                    self.store.put(cluster, self._pod_record(cluster, request, None, "", decision))
                     continue
-                node = node_info(nodes[decision.node])
-                last = self.store.get_meta(cluster, f"last-reserved/{node.name}")
-                ip = ipam.allocate_pod_ip(node.name, node.pod_cidr, used_ips[node.name],
-                                          ipaddress.IPv4Address(last) if last else None)
-                used_ips[node.name].add(ip)
-                placed[node.name] += 1
-                self.store.set_meta(cluster, f"last-reserved/{node.name}", str(ip))
-                self.store.put(cluster, self._pod_record(cluster, request, node, ip, decision))
+                placed[decision.node] += 1
+                sandbox = kubelet.Sandbox(request.namespace, request.name, decision.node,
+                                          netns.path(names.pod_netns(cluster, request.namespace, request.name)),
+                                          kubelet.new_container_id())
+                self.store.put(cluster, self._pod_record(cluster, request, node_info(nodes[decision.node]),
+                                                         sandbox.container_id, decision))
                 self.store.record(cluster, NETNS, names.pod_netns(cluster, request.namespace, request.name))
-                pod = PodInfo(request.namespace, request.name, ip, node.name,
-                              names.pod_netns(cluster, request.namespace, request.name),
-                              names.node_netns(cluster, node.name), ports=served_ports(request.template))
-                scheduled.append((pod, node, request))
-        plan: Plan = ()
-        for pod, node, _ in scheduled:
-            plan += (Netns(pod.netns),) + mode.plan_pod(spec, node, pod)
+                sandboxes.append((sandbox, request))
         try:
-            self.runtime.apply(plan)
-            agent = self.agent(cluster)
-            for pod, _, _ in scheduled:
-                agent.serve(pod_key(pod.namespace, pod.name), names.pod_netns(cluster, pod.namespace, pod.name),
-                            pod.name, list(pod.ports))
+            self.runtime.apply(tuple(Netns(names.pod_netns(cluster, s.namespace, s.name)) for s, _ in sandboxes))
+            outcomes = self.runtime.cni_add(self.store.directory, cluster, [s for s, _ in sandboxes])
         except BaseException:
-            self._delete_pods(spec, [self.pod(cluster, p.namespace, p.name) for p, _, _ in scheduled])
+            self._delete_pods(spec, [self.pod(cluster, s.namespace, s.name) for s, _ in sandboxes])
             for request in requests:  # and the Pending ones this request wrote
                 self.store.delete(cluster, "Pod", request.name, request.namespace)
             raise
+        failed = [(s, outcome) for s, outcome in outcomes.items() if not isinstance(outcome, dict)]
+        if failed:
+            lingering = self.runtime.delete_namespaces([names.pod_netns(cluster, s.namespace, s.name) for s, _ in failed])
         with self.store.transaction():
-            for pod, _, _ in scheduled:
-                record = self.pod(cluster, pod.namespace, pod.name)
+            for sandbox, outcome in outcomes.items():
+                record = self.pod(cluster, sandbox.namespace, sandbox.name)
+                if isinstance(outcome, dict):
+                    ip = kubelet.pod_ip(outcome)
+                    record["status"].update(podIP=ip, podIPs=[{"ip": ip}])
+                else:
+                    record["status"]["message"] = f"FailedCreatePodSandBox: {outcome}"
+                    netns_name = names.pod_netns(cluster, sandbox.namespace, sandbox.name)
+                    if netns_name not in lingering:
+                        self.store.forget(cluster, NETNS, netns_name)
+                self.store.put(cluster, record)
+        started = [(s, r) for s, r in sandboxes if isinstance(outcomes[s], dict)]
+        try:
+            agent = self.agent(cluster)
+            for sandbox, request in started:
+                agent.serve(pod_key(sandbox.namespace, sandbox.name),
+                            names.pod_netns(cluster, sandbox.namespace, sandbox.name),
+                            sandbox.name, list(served_ports(request.template)))
+        except BaseException:
+            self._delete_pods(spec, [self.pod(cluster, s.namespace, s.name) for s, _ in started])
+            raise
+        self._sync_routes(spec)
+        with self.store.transaction():
+            for sandbox, _ in started:
+                record = self.pod(cluster, sandbox.namespace, sandbox.name)
                 self._mark_running(record)
                 self.store.put(cluster, record)
 
-    def _pod_record(self, cluster: str, request: _PodRequest, node: NodeInfo | None, ip, decision: scheduler.Decision) -> dict:
+    @staticmethod
+    def _pod_capacity(spec: ClusterSpec, node: dict) -> int:
+        """Pods a node can take: its pod CIDR's addresses, or the pool's when IPAM is in blocks."""
+        if spec.cni == "flannel" and not spec.cni_config:
+            return ipam.pod_capacity(ipaddress.IPv4Network(node["spec"]["podCIDR"]))
+        return spec.cluster_cidr.num_addresses
+
+    def _pod_record(self, cluster: str, request: _PodRequest, node: NodeInfo | None, container_id: str,
+                    decision: scheduler.Decision) -> dict:
         spec = dict(request.template.spec)
         metadata = {"name": request.name, "namespace": request.namespace, "labels": dict(request.template.labels),
                     "creationTimestamp": _now()}
@@ -529,9 +596,9 @@ class ClusterManager:
                                       "message": decision.message}]}
         else:
             spec["nodeName"] = node.name
-            metadata["annotations"] = {NETNS_ANNOTATION: names.pod_netns(cluster, request.namespace, request.name)}
+            metadata["annotations"] = {NETNS_ANNOTATION: names.pod_netns(cluster, request.namespace, request.name),
+                                       CONTAINER_ANNOTATION: container_id}
             status = {"phase": "Pending", "reason": "ContainerCreating", "hostIP": str(node.ip),
-                      "podIP": str(ip), "podIPs": [{"ip": str(ip)}],
                       "conditions": [{"type": "PodScheduled", "status": "True"}]}
         return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec, "status": status}
 
@@ -552,12 +619,12 @@ class ClusterManager:
         ]
 
     def _delete_pods(self, spec: ClusterSpec, records: list[dict]) -> None:
+        """Stop the test server, CNI DEL, delete the sandbox, forget the pod."""
         if not records:
             return
         cluster = spec.name
-        mode = get_mode(spec.cni)
-        nodes = {n["metadata"]["name"]: node_info(n) for n in self.nodes(cluster)}
-        bound = [r for r in records if r["status"].get("podIP") and r["spec"].get("nodeName") in nodes]
+        # Attached pods only: a pod whose ADD failed was given its DEL then, and has no sandbox.
+        bound = [r for r in records if r["status"].get("podIP")]
         if bound:
             try:
                 agent = self.agent(cluster)
@@ -565,16 +632,25 @@ class ClusterManager:
                     agent.unserve(pod_key(record["metadata"]["namespace"], record["metadata"]["name"]))
             except Exception:  # an agent that is gone holds no sockets
                 pass
-            plan: Plan = ()
-            for record in bound:
-                pod = pod_info(cluster, record)
-                plan += (Netns(pod.netns),) + mode.plan_pod(spec, nodes[pod.node], pod)
-            self.runtime.remove(plan)
+            self.runtime.cni_delete(self.store.directory, cluster, [sandbox_of(cluster, r) for r in bound])
+            lingering = self.runtime.delete_namespaces(
+                [names.pod_netns(cluster, r["metadata"]["namespace"], r["metadata"]["name"]) for r in bound])
+            if lingering:
+                raise KernelError(f'cluster "{cluster}": pod namespaces still present after delete: {", ".join(lingering)}')
         with self.store.transaction():
             for record in records:
                 meta = record["metadata"]
                 self.store.forget(cluster, NETNS, names.pod_netns(cluster, meta["namespace"], meta["name"]))
                 self.store.delete(cluster, "Pod", meta["name"], meta["namespace"])
+        self._sync_routes(spec)
+
+    def _sync_routes(self, spec: ClusterSpec) -> None:
+        """The routed mode's Felix/BIRD part: block routes follow the IPAM blocks on every node."""
+        if spec.cni != "calico" or spec.cni_config:
+            return
+        from overlaynet.routing import sync_routes
+
+        sync_routes(self, spec)
 
     def _schedule_pending(self, spec: ClusterSpec) -> None:
         """Give Pending pods another chance (a node joined or capacity was freed)."""

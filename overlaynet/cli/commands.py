@@ -103,8 +103,12 @@ def up(config, cluster, nodes, cni, cluster_cidr, node_cidr_mask_size, service_c
     from overlaynet.kernel.apply import vxlan_supported
 
     model.check_host_overlap(spec, observe.host_networks())
-    if spec.cni == "flannel" and not vxlan_supported():
+    if spec.cni == "flannel" and not spec.cni_config and not vxlan_supported():
         raise HostError("this kernel has no VXLAN support (CONFIG_VXLAN): the flannel mode needs it")
+    if spec.bgp == "bird":
+        from overlaynet.kernel import bird
+
+        bird.bird_version()  # refuses, naming the package, when BIRD is not installed
     manager = _manager()
     started = time.monotonic()
     from overlaynet.modes import get_mode
@@ -116,6 +120,11 @@ def up(config, cluster, nodes, cni, cluster_cidr, node_cidr_mask_size, service_c
                f"(/{spec.node_cidr_mask_size} per node), service CIDR {spec.service_cidr}")
     for node in manager.nodes(spec.name):
         click.echo(f"✓ {node['metadata']['name']:<12} {_internal_ip(node):<15} podCIDR {node['spec']['podCIDR']}")
+    if spec.bgp == "bird":
+        from overlaynet import bgpsync
+
+        report = bgpsync.mesh_report(manager, spec, timeout=10.0)
+        click.echo(f"{'✓' if report.ok else '!'} BIRD mesh (AS {model.DEFAULT_BGP_AS}): {report}")
     click.echo(f'Cluster "{spec.name}" is up in {time.monotonic() - started:.2f}s. Try:\n'
                "  overlaynet apply -f examples/web.yaml\n  overlaynet get pods -o wide\n  overlaynet verify")
 
@@ -263,10 +272,18 @@ def get(resource, object_name, output, namespace, all_namespaces, cluster):
     wide = output == "wide"
     cni = manager.spec(name).cni
     if kind == "node":
-        header = ["NAME", "STATUS", "ROLES", "AGE"] + (["INTERNAL-IP", "POD-CIDR", "CNI", "NETNS"] if wide else [])
+        spec = manager.spec(name)
+        if spec.cni == "calico" and not spec.cni_config and wide:
+            from overlaynet.routing import node_infos
+
+            blocks = {n.name: ",".join(map(str, n.blocks)) or "<none>" for n in node_infos(manager, spec)}
+            ranges, range_header = [blocks[o["metadata"]["name"]] for o in objects], "BLOCKS"
+        else:
+            ranges, range_header = [o["spec"]["podCIDR"] for o in objects], "POD-CIDR"
+        header = ["NAME", "STATUS", "ROLES", "AGE"] + (["INTERNAL-IP", range_header, "CNI", "NETNS"] if wide else [])
         rows = [[o["metadata"]["name"], _node_status(o), "<none>", age(o["metadata"].get("creationTimestamp"))]
-                + ([_internal_ip(o), o["spec"]["podCIDR"], cni, names.node_netns(name, o["metadata"]["name"])]
-                   if wide else []) for o in objects]
+                + ([_internal_ip(o), pod_range, cni, names.node_netns(name, o["metadata"]["name"])]
+                   if wide else []) for o, pod_range in zip(objects, ranges)]
     elif kind == "pod":
         header = ["NAME", "READY", "STATUS", "RESTARTS", "AGE"] + (["IP", "NODE", "NETNS"] if wide else [])
         rows = [[o["metadata"]["name"], _pod_ready(o), _pod_status(o), "0", age(o["metadata"].get("creationTimestamp"))]

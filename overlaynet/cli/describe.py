@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 
-from overlaynet import names
+from overlaynet import kubelet, names
 from overlaynet.cli.output import age
+from overlaynet.cluster import CONTAINER_ANNOTATION
 
 
 def _section(title: str, lines: list[str]) -> list[str]:
@@ -61,8 +62,25 @@ def describe_node(manager, cluster: str, node_name: str) -> str:
     lines += _section("Conditions", [f"{c['type']}={c['status']} ({c.get('reason', '')})" for c in status["conditions"]])
     lines += _section(f"Pods ({len(pods)})", [
         f"{p['metadata']['namespace']}/{p['metadata']['name']:<32} {p['status'].get('podIP', '<none>')}" for p in pods])
+    if spec.cni == "calico" and not spec.cni_config:
+        from overlaynet.routing import node_infos
+
+        info = next(n for n in node_infos(manager, spec) if n.name == node_name)
+        lines += _section("IPAM blocks (affinity)", [str(b) for b in info.blocks])
+        lines += _section("Borrowed addresses", [str(a) for a in info.borrowed])
+    if spec.bgp == "bird":
+        from overlaynet import bgpsync
+
+        lines += _section("BGP sessions (birdc show protocols)", [
+            f"{s['name']:<24} {s['state']:<6} {s.get('info', '')}" for s in bgpsync.sessions(manager, spec, node_name)])
     lines += _section("Devices (ip -d link / ip addr)", _device_lines(netns))
     lines += _section("Routes (ip route)", observe.format_routes(observe.observe_routes(netns)).splitlines())
+    paths = kubelet.node_paths(manager.store.directory, cluster, node_name)
+    try:
+        conflist = json.dumps(kubelet.read_conflist(paths), indent=2).splitlines()
+    except OSError:
+        conflist = []
+    lines += _section(f"CNI configuration ({paths.conflist})", conflist)
     vxlan = [link["name"] for link in observe.observe_links(netns) if link.get("kind") == "vxlan"]
     for device in vxlan:
         neighbours = [f"{n['ip']} lladdr {n['mac']} {n['state']}" for n in observe.observe_neighbours(netns, device)
@@ -100,6 +118,13 @@ def describe_pod(manager, cluster: str, namespace: str, pod_name: str) -> str:
         lines.append(f"Network namespace:  {netns}   (try: ip netns exec {netns} ip addr)")
         lines += _section("Devices (ip -d link / ip addr)", _device_lines(netns))
         lines += _section("Routes (ip route)", observe.format_routes(observe.observe_routes(netns)).splitlines())
+    container_id = meta.get("annotations", {}).get(CONTAINER_ANNOTATION)
+    if container_id:
+        result = kubelet.cached_result(manager.store.directory, cluster, spec["nodeName"], container_id,
+                                       names.POD_INTERFACE)
+        lines.append(f"Sandbox:            {container_id[:12]}… (CNI_CONTAINERID)")
+        lines += _section("CNI result (ADD, as cached by the runtime)",
+                          json.dumps(result, indent=2).splitlines() if result else [])
     lines += _section("Conditions", [f"{c['type']}={c['status']}" + (f" ({c['reason']})" if c.get("reason") else "")
                                      for c in status.get("conditions", [])])
     if meta.get("annotations"):

@@ -1,0 +1,59 @@
+"""Route distribution for the routed (Calico-like) mode: what Felix and BIRD do on each node.
+
+IPAM blocks are claimed by nodes on demand, so the routes between nodes change as pods come
+and go: each node needs a blackhole for its own blocks, a route via the owning node for every
+other node's block, and a /32 via the borrowing node for every borrowed address. By default
+overlaynet programs these itself (``proto 80``, Felix's route protocol), remembering in the
+store what it applied to each node so that stale routes are removed; with ``bgp: bird`` it
+only writes each node's BIRD configuration and BIRD learns the routes over BGP.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, replace
+
+from overlaynet.model import ClusterSpec
+from overlaynet.modes import get_mode
+from overlaynet.plan import Plan, Route
+from overlaynet.topology import NodeInfo
+
+
+def node_infos(manager, spec: ClusterSpec) -> list[NodeInfo]:
+    """Every node with the blocks it holds and the addresses it borrowed, from the IPAM state."""
+    from overlaynet.blocks import BlockIPAM
+    from overlaynet.cluster import node_info
+
+    ipam = BlockIPAM(manager.store, spec.name, spec.cluster_cidr, spec.block_size)
+    return [replace(node_info(record), blocks=ipam.node_blocks(record["metadata"]["name"]),
+                    borrowed=ipam.borrowed(record["metadata"]["name"]))
+            for record in manager.nodes(spec.name)]
+
+
+def plan_routes(spec: ClusterSpec, node: NodeInfo, nodes: list[NodeInfo]) -> Plan:
+    """All routes one node needs for the blocks of the whole cluster (pure)."""
+    mode = get_mode(spec.cni)
+    plan = mode.plan_blocks(spec, node)
+    for peer in nodes:
+        if peer.name != node.name:
+            plan += mode.plan_peer(spec, node, peer)
+    return plan
+
+
+def sync_routes(manager, spec: ClusterSpec) -> None:
+    nodes = node_infos(manager, spec)
+    if spec.bgp == "bird":
+        from overlaynet import bgpsync
+
+        bgpsync.sync(manager, spec, nodes)
+        return
+    for node in nodes:
+        key = f"routes/{node.name}"
+        previous = tuple(Route(**entry) for entry in json.loads(manager.store.get_meta(spec.name, key, "[]")))
+        desired = plan_routes(spec, node, nodes)
+        stale = tuple(route for route in previous if route not in desired)
+        if stale:
+            manager.runtime.remove(stale)
+        if desired != previous:
+            manager.runtime.apply(desired)
+            manager.store.set_meta(spec.name, key, json.dumps([asdict(route) for route in desired]))
