@@ -32,6 +32,7 @@ import base64
 import json
 import os
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterable, Mapping
 
@@ -95,6 +96,9 @@ class CniRuntime:
     def _env(self, command: str, container_id: str = "", netns: str = "", ifname: str = "",
              args: Mapping[str, str] | None = None) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CNI_")}
+        # Our plugins start with `#!/usr/bin/env python3`: let that be the interpreter running
+        # this runtime (a virtualenv's, with overlaynet's dependencies), not the system one.
+        env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", os.defpath)])
         env["CNI_COMMAND"] = command
         env["CNI_PATH"] = os.pathsep.join(self.cni_path)
         if container_id:
