@@ -58,10 +58,10 @@ def agent_rss_kib(manager: ClusterManager, cluster: str) -> int:
         return int(next(line for line in status if line.startswith("VmRSS:")).split()[1])
 
 
-def measure_overlaynet(nodes: int, pods_per_node: int, cluster: str) -> dict:
+def measure_overlaynet(nodes: int, pods_per_node: int, cluster: str, cni: str = "flannel") -> dict:
     state = tempfile.mkdtemp(prefix="ovn-bench-", dir="/tmp")
     manager = ClusterManager(Store(state))
-    spec = model.build_spec(name=cluster, nodes=nodes, node_cidr_mask_size=24)
+    spec = model.build_spec(name=cluster, nodes=nodes, node_cidr_mask_size=24, cni=cni)
     manifests = parse_manifests("bench", text=deployment_yaml("bench", nodes * pods_per_node))
     try:
         started = time.perf_counter()
@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pods-per-node", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--rss-pods", type=int, default=0, help="also serve this many pods and report agent RSS")
+    parser.add_argument("--cni", default="flannel", help="the CNI mode of overlaynet's side (flannel or calico)")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("bench/bringup.py: needs root (it creates network namespaces)", file=sys.stderr)
@@ -104,13 +105,13 @@ def main(argv: list[str] | None = None) -> int:
     floors, ours = [], []
     for run in range(args.repeat):
         floors.append(floor.measure_floor(args.nodes, args.pods_per_node, prefix))
-        ours.append(measure_overlaynet(args.nodes, args.pods_per_node, f"bench{run}"))
+        ours.append(measure_overlaynet(args.nodes, args.pods_per_node, f"bench{run}", args.cni))
 
     def median(rows, key):
         return round(statistics.median(r[key] for r in rows), 4)
 
     result = {
-        "nodes": args.nodes, "pods": args.nodes * args.pods_per_node, "repeat": args.repeat,
+        "cni": args.cni, "nodes": args.nodes, "pods": args.nodes * args.pods_per_node, "repeat": args.repeat,
         "floor_up_s": median(floors, "floor_up_s"), "floor_down_s": median(floors, "floor_down_s"),
         "overlaynet_up_s": median(ours, "up_s"), "overlaynet_down_s": median(ours, "down_s"),
         "overlaynet_cluster_up_s": median(ours, "cluster_up_s"), "overlaynet_pods_up_s": median(ours, "pods_up_s"),
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     result["down_ratio"] = round(result["overlaynet_down_s"] / result["floor_down_s"], 2)
     if args.rss_pods:
         per_node = -(-args.rss_pods // args.nodes)
-        big = measure_overlaynet(args.nodes, per_node, "benchrss")
+        big = measure_overlaynet(args.nodes, per_node, "benchrss", args.cni)
         result["rss_scenario"] = {"pods": args.nodes * per_node, "agent_rss_mib": round(big["agent_rss_kib"] / 1024, 1),
                                   "up_s": big["up_s"], "down_s": big["down_s"]}
     print(json.dumps(result, indent=2))
