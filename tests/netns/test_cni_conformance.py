@@ -338,9 +338,10 @@ def test_bad_add_returns_the_right_code_and_leaves_nothing(lab, case, plugin):
 # -- concurrency, exhaustion, half-way failures -------------------------------------------
 
 
-def test_fifty_concurrent_adds_get_fifty_distinct_addresses(lab):
+@pytest.mark.parametrize("path", ["standalone", "thin"])
+def test_fifty_concurrent_adds_get_fifty_distinct_addresses(lab, path):
     sandboxes = [lab.sandbox(f"p{i}") for i in range(50)]
-    rt = lab.runtime()
+    rt = lab.runtime(lab.conflist(lab.flannel(**({"agentSocket": lab.start_agent()} if path == "thin" else {}))))
 
     def add(i):
         return rt.add(f"ctr-{i}", sandboxes[i], "eth0", k8s_args(f"p{i}"))
@@ -356,6 +357,8 @@ def test_fifty_concurrent_adds_get_fifty_distinct_addresses(lab):
         list(pool.map(lambda i: rt.delete(f"ctr-{i}", sandboxes[i], "eth0", k8s_args(f"p{i}")), range(50)))
     assert lab.allocations() == []
     assert not [n for n in lab.links() if n.startswith("veth")]
+    if path == "thin":
+        assert lab.agent_log(rt.config.plugins[0]["agentSocket"]).count("cni overlaynet-flannel ADD") == 50
 
 
 def test_exhausted_range_names_the_range(lab):
