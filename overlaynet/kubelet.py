@@ -160,15 +160,10 @@ def add_all(state_dir: str, cluster: str, sandboxes: list[Sandbox]) -> dict[Sand
 
     def add(sandbox: Sandbox) -> dict | OverlaynetError:
         runtime = _runtime(node_paths(state_dir, cluster, sandbox.node), names.node_netns(cluster, sandbox.node))
-        try:
+        try:  # a failed ADD is followed by DEL, as runtimes do (cni.md §4)
             return runtime.add(sandbox.container_id, sandbox.netns_path, sandbox.ifname,
-                               cni_args(sandbox.namespace, sandbox.name, sandbox.container_id))
+                               cni_args(sandbox.namespace, sandbox.name, sandbox.container_id), cleanup=True)
         except OverlaynetError as error:
-            try:  # runtimes send DEL after a failed ADD (cni.md §4)
-                runtime.delete(sandbox.container_id, sandbox.netns_path, sandbox.ifname,
-                               cni_args(sandbox.namespace, sandbox.name, sandbox.container_id))
-            except OverlaynetError:
-                pass
             return error
 
     with ThreadPoolExecutor(max_workers=PARALLEL_ADDS) as pool:

@@ -60,8 +60,10 @@ class PodInfo:
 
     @property
     def key(self) -> str:
-        """What names the pod's host-side objects: its Kubernetes name, else its container id."""
-        return f"{self.namespace}/{self.name}" if self.name else f"{self.container_id}/{self.ifname}"
+        """What names the attachment's host-side objects: the sandbox (container id and
+        interface) when there is one, so a stale DEL of an older sandbox of the same pod
+        cannot touch the new one's; else the pod's Kubernetes name."""
+        return f"{self.container_id}/{self.ifname}" if self.container_id else f"{self.namespace}/{self.name}"
 
 
 def plan_underlay(spec: ClusterSpec) -> Plan:

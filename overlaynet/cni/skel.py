@@ -118,6 +118,10 @@ def main(plugin_name: str) -> int:
         if answer is None and environ.get("CNI_COMMAND") == "VERSION":
             answer = _version(stdin)
         if answer is None:
+            if sys.flags.no_site:  # started with -S for speed: the standalone path needs site-packages
+                import site
+
+                site.main()
             from overlaynet.cni import plugins
 
             outcome = plugins.run(plugin_name, environ, stdin, os.getpid())
