@@ -94,3 +94,14 @@ def test_host_overlap_names_both():
 def test_document_round_trip():
     spec = model.build_spec(name="lab", nodes=[{"name": "a", "labels": {"zone": "x"}}, "b"], mtu=9000)
     assert model.spec_from_document(spec.to_document()) == spec
+
+
+def test_routed_mode_pool_smaller_than_a_block():
+    with pytest.raises(InvalidInput, match=r"clusterCIDR 10.244.0.0/28 \(the IP pool\) is smaller than one IPAM block of /26"):
+        model.build_spec(cni="calico", cluster_cidr="10.244.0.0/28", node_cidr_mask_size=30, nodes=2)
+
+
+def test_bgp_needs_the_routed_mode():
+    with pytest.raises(InvalidInput, match='bgp "bird" needs cni "calico"'):
+        model.build_spec(bgp="bird")
+    assert model.build_spec(cni="calico", bgp="bird").bgp == "bird"
