@@ -98,9 +98,12 @@ def restore(netns: str, payload: str, backend_name: str, noflush: bool = True, c
 
     ``--noflush`` (the default, as kube-proxy) leaves undeclared chains alone and flushes and
     refills every declared one; the whole payload commits atomically per table or not at all.
+    An empty payload (a minimal partial sync with nothing to write) runs nothing.
     """
     if _netns_missing(netns):
         raise KernelError(f'netns "{netns}": does not exist')
+    if not payload:
+        return
     argv = [command("iptables-restore", backend_name), *WAIT]
     if noflush:
         argv.append("--noflush")

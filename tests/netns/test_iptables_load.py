@@ -128,6 +128,27 @@ def test_partial_sync_after_one_endpoint_change(node_ns, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_minimal_partial_sync_touches_only_the_changed_service(node_ns, backend):
+    first = render_all()
+    kip.restore(node_ns, first.payload, backend)
+    before = saved_chain_lines(kip.save(node_ns, backend))
+    pods = [p for p in PODS if p["metadata"]["name"] != "sticky-2"] + [pod("sticky-3", "10.244.2.40", "node-3",
+                                                                           {"app": "sticky"})]
+    second = render_all(pods=pods, previous=first, changed={"default/sticky"}, minimal=True)
+    assert not second.top_level_written and "*filter" not in second.payload
+    kip.restore(node_ns, second.payload, backend)
+    after = saved_chain_lines(kip.save(node_ns, backend))
+    mine = {c for c, owner in {**first.chain_owners(), **second.chain_owners()}.items()
+            if owner == "default/sticky:http"}
+    for table in ("filter", "nat"):
+        for chain in set(before[table]) | set(after[table]):
+            if chain not in mine:
+                assert after[table].get(chain) == before[table].get(chain), f"{table} {chain} was rewritten"
+    full = render_all(pods=pods)
+    assert_kernel_holds(kip.save(node_ns, backend), full.payload, ())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_restore_error_names_the_netns_the_line_and_changes_nothing(node_ns, backend):
     good = render_all()
     kip.restore(node_ns, good.payload, backend)

@@ -336,6 +336,20 @@ def test_partial_sync_deletes_a_removed_service_and_adds_a_new_one():
     assert set(partial.stale_chains) == {c for c, owner in first.chain_owners().items() if owner == "default/b:http"}
 
 
+def test_minimal_partial_sync_leaves_unchanged_top_level_chains_alone():
+    services, slices = three_services()
+    first = R.render(NODE, services, slices)
+    slices[1] = slice_(services[1], [ep("10.244.2.1"), ep("10.244.2.3")])
+    minimal = R.render(NODE, services, slices, first, changed={"default/b"}, minimal=True)
+    assert not minimal.top_level_written and minimal.payload.startswith("*nat\n")
+    assert "*filter" not in minimal.payload and "KUBE-SERVICES" not in minimal.payload
+    assert f"-X {R.sep_chain('default/b:http', 'tcp', '10.244.2.2:8080')}" in lines(minimal)
+    assert R.render(NODE, services, slices, minimal, changed=set(), minimal=True).payload == ""  # nothing to do
+    slices[1] = slice_(services[1], [])  # no endpoints: its KUBE-SERVICES rule becomes a REJECT
+    emptied = R.render(NODE, services, slices, minimal, changed={"default/b"}, minimal=True)
+    assert emptied.top_level_written and emptied.payload.startswith("*filter\n")
+
+
 def test_a_changed_node_configuration_or_mode_forces_a_full_sync():
     services, slices = three_services()
     first = R.render(NODE, services, slices)
@@ -389,9 +403,10 @@ def test_partial_sync_leaves_what_a_full_sync_would(before, data):
     changed = {f"default/s{i}" for i, (a, b) in enumerate(zip(before, after)) if a != b}
     expected = kube_chains(apply(parse_tables(""), R.render(NODE, new_services, new_slices).payload))
     for hint in (changed, None):
-        partial = R.render(NODE, new_services, new_slices, first, changed=hint)
-        kernel = apply(apply(parse_tables(""), first.payload), partial.payload)
-        assert kube_chains(kernel) == expected
+        for minimal in (False, True):
+            partial = R.render(NODE, new_services, new_slices, first, changed=hint, minimal=minimal)
+            kernel = apply(apply(parse_tables(""), first.payload), partial.payload)
+            assert kube_chains(kernel) == expected
 
 
 def test_check_node_refuses_bad_configuration():
