@@ -19,13 +19,14 @@ import shutil
 from collections import Counter
 from dataclasses import dataclass, replace
 
-from overlaynet import bgpsync, ipam, kubelet, names, scheduler, topology
+from overlaynet import bgpsync, ipam, kubelet, kubeproxy, names, scheduler, topology
 from overlaynet.errors import ConflictError, InvalidInput, KernelError, NotFoundError
 from overlaynet.kernel import netns
 from overlaynet.manifests import DeploymentManifest, Manifest, PodManifest, PodTemplate, parse_document, served_ports
 from overlaynet.model import ClusterSpec, NodeSpec, spec_from_document
 from overlaynet.modes import get_mode
 from overlaynet.plan import Netns, Plan
+from overlaynet.services import EndpointSlice, Service
 from overlaynet.store import Store
 from overlaynet.topology import NodeInfo
 
@@ -347,6 +348,7 @@ class ClusterManager:
             self._set_node_ready(cluster, node.name)
             self._update_document(cluster, grown)
             self._schedule_pending(spec)
+            kubeproxy.sync(self, spec)
             return self.node(cluster, node.name)
 
     def remove_node(self, cluster: str, name: str) -> None:
@@ -363,6 +365,7 @@ class ClusterManager:
             self._update_document(cluster, replace(spec, nodes=tuple(n for n in spec.nodes if n.name != name)))
             self._reconcile_deployments(spec)
             self._sync_routes(spec)
+            kubeproxy.sync(self, spec)
 
     def _remove_node_objects(self, spec: ClusterSpec, mode, node: NodeInfo, peers: list[NodeInfo]) -> None:
         """Undo a node: the peers' routes to it first (Flannel's lease removal), then the node."""
@@ -399,19 +402,24 @@ class ClusterManager:
             creates: list[_PodRequest] = []
             deletes: list[dict] = []
             deployments: list[dict] = []
+            service_lines, service_documents = kubeproxy.plan_services(
+                self, spec, [m for m in manifests if isinstance(m, Service)],
+                [m for m in manifests if isinstance(m, EndpointSlice)])
             for manifest in manifests:
                 if isinstance(manifest, PodManifest):
                     report.append(self._plan_pod_apply(cluster, manifest, creates))
-                else:
+                elif isinstance(manifest, DeploymentManifest):
                     line, record = self._plan_deployment_apply(cluster, manifest, creates, deletes)
                     report.append(line)
                     deployments.append(record)
+            kubeproxy.store(self, spec, service_documents)
             self._delete_pods(spec, deletes)
             self._create_pods(spec, creates)
             for record in deployments:
                 self.store.put(cluster, record)
             self._refresh_deployment_status(cluster)
-            return report
+            kubeproxy.sync(self, spec)
+            return report + service_lines
 
     def _plan_pod_apply(self, cluster: str, manifest: PodManifest, creates: list[_PodRequest]) -> str:
         existing = self.store.get(cluster, "Pod", manifest.name, manifest.namespace)
@@ -490,6 +498,7 @@ class ClusterManager:
             self._delete_pods(spec, [self.pod(cluster, namespace, name)])
             self._reconcile_deployments(spec)
             self._schedule_pending(spec)
+            kubeproxy.sync(self, spec)
 
     def delete_deployment(self, cluster: str, namespace: str, name: str) -> None:
         with self.store.cluster_lock(cluster):
@@ -499,6 +508,13 @@ class ClusterManager:
             self._delete_pods(spec, self._owned_pods(cluster, namespace, name))
             self.store.delete(cluster, "Deployment", name, namespace)
             self._schedule_pending(spec)
+            kubeproxy.sync(self, spec)
+
+    def delete_service(self, cluster: str, namespace: str, name: str) -> None:
+        with self.store.cluster_lock(cluster):
+            spec = self.spec(cluster)
+            kubeproxy.delete_service(self, spec, namespace, name)
+            kubeproxy.sync(self, spec)
 
     # -- the kubelet's part: pods in and out of the kernel ---------------------------------------
 

@@ -1,6 +1,7 @@
 """Kubernetes YAML in, validated manifest values out (pure: the only I/O is reading the file).
 
-Accepted kinds: ``Pod`` (v1), ``Deployment`` (apps/v1), ``List`` of those, and our own
+Accepted kinds: ``Pod`` (v1), ``Deployment`` (apps/v1), ``Service`` (v1) and ``EndpointSlice``
+(discovery.k8s.io/v1, parsed by ``overlaynet.services``), ``List`` of those, and our own
 ``Cluster`` document (for ``up -f``). Multi-document files are read in order. Fields that
 cannot apply to an emulated network (``image``, ``command``, ``resources``, probes for now)
 are accepted and ignored, so the YAML of a real cluster applies unchanged; fields that would
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from overlaynet import model, names
+from overlaynet import model, names, services
 from overlaynet.errors import InvalidInput
 
 DEFAULT_NAMESPACE = "default"
@@ -73,7 +74,7 @@ class DeploymentManifest:
         return f"{self.name}-{self.template_hash}-{_safe_encode(digest, 5)}"
 
 
-Manifest = PodManifest | DeploymentManifest
+Manifest = PodManifest | DeploymentManifest | services.Service | services.EndpointSlice
 
 
 def _safe_encode(digest: bytes, length: int) -> str:
@@ -133,11 +134,15 @@ def parse_document(document: dict, source: str, namespace: str | None = None, in
         return _parse_pod(document, where, namespace)
     if kind == "Deployment":
         return _parse_deployment(document, where, namespace)
+    if kind == "Service":
+        return services.parse_service_document(document, source, namespace)
+    if kind == "EndpointSlice":
+        return services.parse_endpointslice_document(document, source, namespace)
     if kind == "Cluster":
         raise where.error("a Cluster document describes a cluster: use `overlaynet up -f`, not apply")
     if not kind:
         raise where.error("kind is missing")
-    raise where.error(f'kind "{kind}" is not supported (supported: Pod, Deployment, List)')
+    raise where.error(f'kind "{kind}" is not supported (supported: Pod, Deployment, Service, EndpointSlice, List)')
 
 
 def _metadata(document: dict, where: _Where, namespace: str | None) -> tuple[str, str, dict]:

@@ -180,7 +180,7 @@ def apply(files, namespace, cluster):
 
 @cli.command()
 @click.argument("kind", required=False, type=click.Choice(
-    ["pod", "pods", "po", "deployment", "deployments", "deploy", "node", "nodes", "no"]))
+    ["pod", "pods", "po", "deployment", "deployments", "deploy", "node", "nodes", "no", "service", "services", "svc"]))
 @click.argument("object_names", nargs=-1)
 @click.option("-f", "--filename", "files", multiple=True, type=click.Path(dir_okay=False))
 @click.option("-n", "--namespace", help="The objects' namespace.")
@@ -192,17 +192,21 @@ def delete(kind, object_names, files, namespace, cluster):
     require_privileges("overlaynet delete")
     manager = _manager()
     name = _resolve_cluster(manager, cluster)
-    targets = [("pod" if kind.startswith("po") else "deployment" if kind.startswith("deploy") else "node", n,
-                namespace or DEFAULT_NAMESPACE) for n in object_names] if kind else []
+    canonical = {"po": "pod", "de": "deployment", "no": "node", "se": "service", "sv": "service"}
+    targets = [(canonical[kind[:2]], n, namespace or DEFAULT_NAMESPACE) for n in object_names] if kind else []
     for path in files:
         for manifest in parse_manifests(path, namespace):
-            targets.append(("pod" if type(manifest).__name__ == "PodManifest" else "deployment",
-                            manifest.name, manifest.namespace))
+            manifest_kind = {"PodManifest": "pod", "DeploymentManifest": "deployment", "Service": "service"}.get(
+                type(manifest).__name__)
+            if manifest_kind:
+                targets.append((manifest_kind, manifest.name, manifest.namespace))
     for target_kind, target, target_namespace in targets:
         if target_kind == "pod":
             manager.delete_pod(name, target_namespace, target)
         elif target_kind == "deployment":
             manager.delete_deployment(name, target_namespace, target)
+        elif target_kind == "service":
+            manager.delete_service(name, target_namespace, target)
         else:
             manager.remove_node(name, target)
         click.echo(f'{"deployment.apps" if target_kind == "deployment" else target_kind}/{target} deleted')
@@ -233,7 +237,9 @@ def _pod_status(pod: dict) -> str:
 
 @cli.command()
 @click.argument("resource", type=click.Choice(["nodes", "node", "no", "pods", "pod", "po", "deployments",
-                                               "deployment", "deploy", "clusters", "cluster"]))
+                                               "deployment", "deploy", "services", "service", "svc",
+                                               "endpointslices", "endpointslice", "endpoints", "ep",
+                                               "clusters", "cluster"]))
 @click.argument("object_name", required=False)
 @click.option("-o", "--output", type=OUTPUT_FORMATS, help="wide, json, yaml or name.")
 @click.option("-n", "--namespace", help="Only this namespace (default: default).")
@@ -252,6 +258,10 @@ def get(resource, object_name, output, namespace, all_namespaces, cluster):
         kind, objects = "node", manager.nodes(name)
     elif resource in ("pods", "pod", "po"):
         kind, objects = "pod", manager.pods(name, scope)
+    elif resource in ("services", "service", "svc"):
+        kind, objects = "service", manager.store.list(name, "Service", scope)
+    elif resource in ("endpointslices", "endpointslice", "endpoints", "ep"):
+        kind, objects = "endpointslice.discovery.k8s.io", manager.store.list(name, "EndpointSlice", scope)
     else:
         kind, objects = "deployment.apps", manager.deployments(name, scope)
     if object_name:
@@ -290,6 +300,19 @@ def get(resource, object_name, output, namespace, all_namespaces, cluster):
                 + ([o["status"].get("podIP", "<none>"), o["spec"].get("nodeName", "<none>"),
                     names.pod_netns(name, o["metadata"]["namespace"], o["metadata"]["name"])
                     if o["status"].get("podIP") else "<none>"] if wide else []) for o in objects]
+    elif kind == "service":
+        header = ["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)"] + (["SELECTOR"] if wide else [])
+        rows = [[o["metadata"]["name"], o["spec"]["type"], o["spec"].get("clusterIP", "<none>"), "<none>",
+                 ",".join(f"{p['port']}{':' + str(p['nodePort']) if p.get('nodePort') else ''}/{p['protocol']}"
+                          for p in o["spec"]["ports"])]
+                + ([",".join(f"{k}={v}" for k, v in (o["spec"].get("selector") or {}).items()) or "<none>"]
+                   if wide else []) for o in objects]
+    elif kind.startswith("endpointslice"):
+        header = ["NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS"]
+        rows = [[o["metadata"]["name"], o.get("addressType", "IPv4"),
+                 ",".join(str(p.get("port")) for p in o.get("ports") or []) or "<unset>",
+                 ",".join(a for e in o.get("endpoints") or [] for a in e.get("addresses", [])
+                          if (e.get("conditions") or {}).get("ready", True)) or "<none>"] for o in objects]
     else:
         header = ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"] + (["SELECTOR"] if wide else [])
         rows = [[o["metadata"]["name"], f"{o['status'].get('readyReplicas', 0)}/{o['spec']['replicas']}",
@@ -338,6 +361,36 @@ def describe(kind, object_name, namespace, cluster):
         click.echo(describing.describe_node(manager, name, object_name))
     else:
         click.echo(describing.describe_pod(manager, name, namespace, object_name))
+
+
+# -- rules ------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("node_name")
+@click.option("--table", type=click.Choice(["nat", "filter"]), help="Only this table (default: nat and filter).")
+@cluster_option
+def rules(node_name, table, cluster):
+    """The live iptables rules of a node's namespace, with the Service each chain belongs to."""
+    from overlaynet import kubeproxy
+    from overlaynet.kernel import iptables
+    from overlaynet.proxy.render import NodeConfig, render
+
+    require_privileges("overlaynet rules")
+    manager = _manager()
+    name = _resolve_cluster(manager, cluster)
+    spec = manager.spec(name)
+    node = manager.node(name, node_name)
+    backend = manager.store.get_meta(name, "kube-proxy-backend") or iptables.backend()
+    config = NodeConfig(name=node_name, ips=(_internal_ip(node),), cluster_cidr=str(spec.cluster_cidr))
+    owners = render(config, kubeproxy.stored_services(manager, name), kubeproxy.stored_slices(manager, name),
+                    full=True).chain_owners()
+    netns = names.node_netns(name, node_name)
+    click.echo(f"# node {node_name} (netns {netns}), iptables backend: {backend}")
+    for table_name in [table] if table else ["nat", "filter"]:
+        for line in iptables.save(netns, backend, table_name).splitlines():
+            chain = line[1:].split()[0] if line.startswith(":") else None
+            click.echo(f"{line}   # service {owners[chain]}" if chain in owners else line)
 
 
 # -- exec / verify -------------------------------------------------------------------------------

@@ -1,0 +1,127 @@
+"""Services in a running cluster: what the API server, the EndpointSlice controller and
+kube-proxy do with them.
+
+This module owns applying Services and hand-written EndpointSlices (ClusterIP and NodePort
+allocation against what other Services hold), keeping the controller's EndpointSlices in step
+with the pods, and kube-proxy's sync: the node's rule set rendered by ``overlaynet.proxy``
+(pure) and loaded into the node's namespace with one ``iptables-restore`` after the jumps
+from the built-in chains are in place, stale service chains deleted. Every sync is a full
+one (each command is a short-lived process with no previous render to diff against); the
+partial sync lives in ``overlaynet.proxy.render`` for a long-running proxy.
+
+A pod is ready when its test server runs (phase Running); probes come later.
+"""
+
+from __future__ import annotations
+
+from overlaynet import names
+from overlaynet.endpoints import build_endpoint_slices
+from overlaynet.model import ClusterSpec
+from overlaynet.services import (
+    EndpointSlice,
+    Service,
+    allocate,
+    carry_over,
+    parse_endpointslice_document,
+    parse_service_document,
+)
+
+SERVICE = "Service"
+SLICE = "EndpointSlice"
+MANAGED_BY = "endpointslice.kubernetes.io/managed-by"
+CONTROLLER = "endpointslice-controller.k8s.io"
+
+
+def stored_services(manager, cluster: str) -> list[Service]:
+    return [parse_service_document(doc, "store") for doc in manager.store.list(cluster, SERVICE)]
+
+
+def stored_slices(manager, cluster: str) -> list[EndpointSlice]:
+    return [parse_endpointslice_document(doc, "store") for doc in manager.store.list(cluster, SLICE)]
+
+
+def plan_services(manager, spec: ClusterSpec, services: list[Service],
+                  slices: list[EndpointSlice]) -> tuple[list[str], list[dict]]:
+    """Allocate Services and check slices against what is stored, without writing anything:
+    kubectl-style lines and the documents to store (``store`` writes them)."""
+    existing = {s.key: s for s in stored_services(manager, spec.name)}
+    updated = [carry_over(service, existing.get(service.key)) for service in services]
+    keys = {s.key for s in updated}
+    others = [s for key, s in existing.items() if key not in keys]
+    used_ips = {s.cluster_ip: s.key for s in others if s.cluster_ip and not s.headless}
+    used_ports = {p.node_port: s.key for s in others for p in s.ports if p.node_port}
+    lines, documents = [], []
+    for service in allocate(updated, spec.service_cidr, used_ips, used_ports) if updated else []:
+        old = existing.get(service.key)
+        document = service.to_document()
+        verb = "created" if old is None else ("unchanged" if old.to_document() == document else "configured")
+        lines.append(f"service/{service.name} {verb}")
+        documents.append(document)
+    for endpoint_slice in slices:
+        document = endpoint_slice.to_document()
+        meta = document["metadata"]
+        old = manager.store.get(spec.name, SLICE, meta["name"], meta["namespace"])
+        verb = "created" if old is None else ("unchanged" if old == document else "configured")
+        lines.append(f"endpointslice.discovery.k8s.io/{meta['name']} {verb}")
+        documents.append(document)
+    return lines, documents
+
+
+def store(manager, spec: ClusterSpec, documents: list[dict]) -> None:
+    with manager.store.transaction():
+        for document in documents:
+            manager.store.put(spec.name, document)
+
+
+def delete_service(manager, spec: ClusterSpec, namespace: str, name: str) -> None:
+    from overlaynet.errors import NotFoundError
+
+    if manager.store.get(spec.name, SERVICE, name, namespace) is None:
+        raise NotFoundError(f'service "{name}" not found in namespace "{namespace}" of cluster "{spec.name}"')
+    manager.store.delete(spec.name, SERVICE, name, namespace)
+
+
+def _controller_slices(manager, spec: ClusterSpec, services: list[Service]) -> list[EndpointSlice]:
+    """The EndpointSlice controller: slices for every Service with a selector, stored for `get`."""
+    pods = manager.pods(spec.name)
+    slices = []
+    with manager.store.transaction():
+        for document in manager.store.list(spec.name, SLICE):
+            if document["metadata"].get("labels", {}).get(MANAGED_BY) == CONTROLLER:
+                manager.store.delete(spec.name, SLICE, document["metadata"]["name"], document["metadata"]["namespace"])
+        for service in services:
+            for endpoint_slice in build_endpoint_slices(service, pods).slices:
+                manager.store.put(spec.name, endpoint_slice.to_document())
+                slices.append(endpoint_slice)
+    return slices
+
+
+def sync(manager, spec: ClusterSpec) -> None:
+    """Endpoints from pods, then kube-proxy's rules into every node (a full sync)."""
+    services = stored_services(manager, spec.name)
+    if not services and manager.store.get_meta(spec.name, "kube-proxy-backend") is None:
+        return  # a cluster that never had a Service has no kube-proxy rules to keep
+    from overlaynet.kernel import iptables
+    from overlaynet.proxy.render import NodeConfig, is_service_chain, render
+
+    _controller_slices(manager, spec, services)
+    slices = stored_slices(manager, spec.name)
+    backend = manager.store.get_meta(spec.name, "kube-proxy-backend") or iptables.backend()
+    manager.store.set_meta(spec.name, "kube-proxy-backend", backend)
+    for node in manager.nodes(spec.name):
+        node_name = node["metadata"]["name"]
+        ip = next(a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP")
+        netns = names.node_netns(spec.name, node_name)
+        config = NodeConfig(name=node_name, ips=(ip,), cluster_cidr=str(spec.cluster_cidr))
+        existing = [c for c in iptables.chains(netns, backend, "nat") if is_service_chain(c)]
+        ruleset = render(config, services, slices, existing_chains=existing, full=True)
+        # kube-proxy sets route_localnet for NodePorts on 127.0.0.1 (--iptables-localhost-nodeports).
+        manager.runtime.apply((_route_localnet(netns),))
+        iptables.ensure_jumps(netns, ruleset.jumps, backend)
+        iptables.restore(netns, ruleset.payload, backend)
+
+
+def _route_localnet(netns: str):
+    from overlaynet.plan import Sysctl
+
+    return Sysctl(netns, "net.ipv4.conf.all.route_localnet", "1")

@@ -1,0 +1,113 @@
+"""Services in a real cluster: ClusterIP and NodePort through kube-proxy's iptables rules in
+every node, endpoints following the pods, checked with real connections."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import pytest
+
+from tests.netns.clusters import Cli, in_netns, pod, short_state_dir, write_manifest
+
+CLUSTER = "svc"
+
+
+def service(name: str, selector: dict, ports: list[dict], **spec) -> dict:
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
+            "spec": {"selector": selector, "ports": ports, **spec}}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    state = short_state_dir()
+    cli = Cli(state)
+    try:
+        cli.run("up", "--name", CLUSTER, "--nodes", "2")
+        web = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+               "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}},
+                        "template": {"metadata": {"labels": {"app": "web"}},
+                                     "spec": {"containers": [{"name": "web", "image": "agnhost", "ports": [
+                                         {"containerPort": 8080, "name": "http"},
+                                         {"containerPort": 9090, "protocol": "UDP", "name": "dns"}]}]}}}}
+        manifest = write_manifest(state, "app.yaml", [
+            web, pod("client", nodeName="node-1"),
+            service("web", {"app": "web"}, [{"name": "http", "port": 80, "targetPort": "http"},
+                                            {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 9090}]),
+            service("web-np", {"app": "web"}, [{"port": 80, "targetPort": 8080}], type="NodePort"),
+            service("nobody", {"app": "nobody"}, [{"port": 80, "targetPort": 8080}]),
+        ])
+        out = cli.run("apply", "-f", manifest, "--name", CLUSTER).stdout
+        assert "service/web created" in out and "service/web-np created" in out
+        yield cli
+    finally:
+        cli.down_quietly(CLUSTER)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def services(cli) -> dict[str, dict]:
+    return {s["metadata"]["name"]: s for s in cli.json("get", "svc", "--name", CLUSTER)["items"]}
+
+
+def curl(netns: str, url: str) -> str:
+    return in_netns(netns, "curl", "-s", "-m", "3", url).stdout
+
+
+def test_cluster_ips_and_node_ports_are_allocated(cluster):
+    svcs = services(cluster)
+    assert svcs["web"]["spec"]["clusterIP"].startswith("10.96.0.")
+    assert svcs["web"]["spec"]["clusterIP"] != "10.96.0.1"  # kubernetes.default's
+    assert 30000 <= svcs["web-np"]["spec"]["ports"][0]["nodePort"] <= 32767
+    table = cluster.run("get", "svc", "--name", CLUSTER).stdout
+    assert "NodePort" in table and "80:" in table
+
+
+def test_cluster_ip_reaches_every_endpoint_without_snat(cluster):
+    pods = cluster.pods(CLUSTER)
+    web_names = {n for n in pods if n.startswith("web-")}
+    ip = services(cluster)["web"]["spec"]["clusterIP"]
+    seen = {curl("svc.pod.default.client", f"http://{ip}/hostname") for _ in range(40)}
+    assert seen == web_names
+    client_ip = curl("svc.pod.default.client", f"http://{ip}/clientip").rsplit(":", 1)[0]
+    assert client_ip == pods["client"]["status"]["podIP"]
+
+
+def test_udp_service(cluster):
+    ip = services(cluster)["web"]["spec"]["clusterIP"]
+    reply = in_netns("svc.pod.default.client", "python3", "-c",
+                     "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3);"
+                     f"s.sendto(b'hostname', ('{ip}', 53)); print(s.recv(100).decode())").stdout.strip()
+    assert reply.startswith("web-")
+
+
+def test_node_port_on_every_node(cluster):
+    node_port = services(cluster)["web-np"]["spec"]["ports"][0]["nodePort"]
+    for node_ip in ("172.20.0.11", "172.20.0.12"):
+        assert curl("svc.node.node-1", f"http://{node_ip}:{node_port}/hostname").startswith("web-")
+
+
+def test_service_without_endpoints_refuses_at_once(cluster):
+    ip = services(cluster)["nobody"]["spec"]["clusterIP"]
+    started = time.monotonic()
+    result = in_netns("svc.pod.default.client", "curl", "-s", "-m", "5", f"http://{ip}/")
+    assert result.returncode == 7  # curl: failed to connect (refused), not 28 (timeout)
+    assert time.monotonic() - started < 2
+
+
+def test_rules_show_kube_proxys_chains_with_their_service(cluster):
+    text = cluster.run("rules", "node-2", "--name", CLUSTER).stdout
+    assert "iptables backend:" in text
+    assert "-A KUBE-SERVICES" in text and "KUBE-MARK-MASQ" in text and "KUBE-NODEPORTS" in text
+    assert "# service default/web:http" in text
+    assert "-j REJECT" in text  # the service without endpoints, in the filter table
+
+
+def test_endpoints_follow_the_pods(cluster):
+    slices = cluster.json("get", "endpointslices", "--name", CLUSTER)["items"]
+    web = [s for s in slices if s["metadata"]["labels"]["kubernetes.io/service-name"] == "web"]
+    assert sum(len(s["endpoints"]) for s in web) == 3
+    victim = next(n for n in cluster.pods(CLUSTER) if n.startswith("web-"))
+    cluster.run("delete", "pod", victim, "--name", CLUSTER)
+    ip = services(cluster)["web"]["spec"]["clusterIP"]
+    seen = {curl("svc.pod.default.client", f"http://{ip}/hostname") for _ in range(40)}
+    assert victim not in seen and len(seen) == 3
