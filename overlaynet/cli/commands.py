@@ -347,50 +347,126 @@ def _get_clusters(manager, object_name, output) -> None:
 
 
 @cli.command()
-@click.argument("kind", type=click.Choice(["node", "nodes", "no", "pod", "pods", "po"]))
+@click.argument("kind", type=click.Choice(["node", "nodes", "no", "pod", "pods", "po", "service", "services", "svc"]))
 @click.argument("object_name")
 @click.option("-n", "--namespace", default=DEFAULT_NAMESPACE, show_default=True)
 @cluster_option
 def describe(kind, object_name, namespace, cluster):
-    """Show a node or pod with the kernel state behind it (devices, routes, VXLAN peers)."""
+    """Show a node, pod or service with the state behind it (devices, routes, peers, endpoints)."""
     from overlaynet.cli import describe as describing
 
     manager = _manager()
     name = _resolve_cluster(manager, cluster)
     if kind.startswith("no"):
         click.echo(describing.describe_node(manager, name, object_name))
-    else:
+    elif kind.startswith("po"):
         click.echo(describing.describe_pod(manager, name, namespace, object_name))
+    else:
+        click.echo(describing.describe_service(manager, name, namespace, object_name))
 
 
 # -- rules ------------------------------------------------------------------------------------
 
 
+def _render_node(spec, node: dict, services, slices):
+    from overlaynet.proxy.render import NodeConfig, render
+
+    config = NodeConfig(name=node["metadata"]["name"], ips=(_internal_ip(node),), cluster_cidr=str(spec.cluster_cidr))
+    return render(config, services, slices, full=True)
+
+
+def _table_sections(payload: str, tables: list[str]) -> list[str]:
+    """The lines of the chosen tables of a restore payload or an iptables-save text."""
+    lines, keep = [], False
+    for line in payload.splitlines():
+        if line.startswith("*"):
+            keep = line[1:] in tables
+        if keep:
+            lines.append(line)
+        if line == "COMMIT":
+            keep = False
+    return lines
+
+
 @cli.command()
 @click.argument("node_name")
 @click.option("--table", type=click.Choice(["nat", "filter"]), help="Only this table (default: nat and filter).")
+@click.option("--diff", is_flag=True, help="Compare the live rules with what overlaynet would load now.")
 @cluster_option
-def rules(node_name, table, cluster):
+def rules(node_name, table, diff, cluster):
     """The live iptables rules of a node's namespace, with the Service each chain belongs to."""
     from overlaynet import kubeproxy
     from overlaynet.kernel import iptables
-    from overlaynet.proxy.render import NodeConfig, render
 
     require_privileges("overlaynet rules")
     manager = _manager()
     name = _resolve_cluster(manager, cluster)
     spec = manager.spec(name)
-    node = manager.node(name, node_name)
+    rendered = _render_node(spec, manager.node(name, node_name), kubeproxy.stored_services(manager, name),
+                            kubeproxy.stored_slices(manager, name))
     backend = manager.store.get_meta(name, "kube-proxy-backend") or iptables.backend()
-    config = NodeConfig(name=node_name, ips=(_internal_ip(node),), cluster_cidr=str(spec.cluster_cidr))
-    owners = render(config, kubeproxy.stored_services(manager, name), kubeproxy.stored_slices(manager, name),
-                    full=True).chain_owners()
     netns = names.node_netns(name, node_name)
+    tables = [table] if table else ["nat", "filter"]
+    live = iptables.save(netns, backend)
     click.echo(f"# node {node_name} (netns {netns}), iptables backend: {backend}")
-    for table_name in [table] if table else ["nat", "filter"]:
-        for line in iptables.save(netns, backend, table_name).splitlines():
-            chain = line[1:].split()[0] if line.startswith(":") else None
-            click.echo(f"{line}   # service {owners[chain]}" if chain in owners else line)
+    if diff:
+        click.echo("\n".join(_rules_diff(live, rendered.payload, tables)) or "# live rules match the rendered ones")
+        return
+    owners = rendered.chain_owners()
+    for line in _table_sections(live, tables):
+        chain = line[1:].split()[0] if line.startswith(":") else None
+        click.echo(f"{line}   # service {owners[chain]}" if chain in owners else line)
+
+
+def _rules_diff(live: str, rendered: str, tables: list[str]) -> list[str]:
+    """A unified diff of kube-proxy's chains, live against rendered, after iptables-save's
+    normalisations (address forms, match order, defaults) so only real differences show."""
+    import difflib
+
+    from overlaynet.proxy.trace import canonical_tables
+
+    def lines(text: str) -> list[str]:
+        canonical = canonical_tables(text)
+        return [f"{table} {chain}: {rule}" for table in tables
+                for chain, rules in sorted(canonical.get(table, {}).items()) if chain.startswith("KUBE-")
+                for rule in rules]
+
+    return list(difflib.unified_diff(lines(live), lines(rendered), "live", "rendered", lineterm=""))
+
+
+@cli.command("render")
+@click.option("-f", "--filename", "files", multiple=True, required=True, type=click.Path(dir_okay=False),
+              help="A Cluster document and application manifests (repeatable).")
+@click.option("--node", "node_name", required=True, help="The node whose rules to print.")
+@click.option("--table", type=click.Choice(["nat", "filter"]), help="Only this table (default: nat and filter).")
+def render_rules(files, node_name, table):
+    """The kube-proxy rules a node would get, without root and without a cluster."""
+    from overlaynet import dryrun
+    from overlaynet.endpoints import build_endpoint_slices
+    from overlaynet.manifests import load_documents, parse_document
+    from overlaynet.services import EndpointSlice, Service, allocate
+
+    spec, manifests = model.build_spec(), []
+    for path in files:
+        for index, document in enumerate(load_documents(path), 1):
+            if document.get("kind") == "Cluster":
+                spec = load_cluster(path)
+            else:
+                manifests.append(parse_document(document, path, None, index))
+    nodes, pods = dryrun.simulate(spec, manifests)
+    node = next((n for n in nodes if n["metadata"]["name"] == node_name), None)
+    if node is None:
+        raise NotFoundError(f'node "{node_name}" is not in cluster "{spec.name}" '
+                            f"(nodes: {', '.join(n['metadata']['name'] for n in nodes)})")
+    services = allocate([m for m in manifests if isinstance(m, Service)], spec.service_cidr)
+    slices = [m for m in manifests if isinstance(m, EndpointSlice)]
+    slices += [s for service in services for s in build_endpoint_slices(service, pods).slices]
+    ruleset = _render_node(spec, node, services, slices)
+    click.echo(f"# kube-proxy (iptables mode) for node {node_name} ({_internal_ip(node)}) of cluster "
+               f'"{spec.name}": {len(services)} services; load with iptables-restore --noflush')
+    for jump in ruleset.jumps:
+        click.echo(f"# and, outside the restore, if missing: iptables -t {jump.table} {jump.rule.replace('-A', '-I', 1)}")
+    click.echo("\n".join(_table_sections(ruleset.payload, [table] if table else ["nat", "filter"])))
 
 
 # -- exec / verify -------------------------------------------------------------------------------

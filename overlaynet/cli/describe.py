@@ -131,3 +131,36 @@ def describe_pod(manager, cluster: str, namespace: str, pod_name: str) -> str:
         lines += _section("Annotations", [f"{k}: {json.dumps(v) if not isinstance(v, str) else v}"
                                           for k, v in sorted(meta["annotations"].items())])
     return "\n".join(lines)
+
+
+def describe_service(manager, cluster: str, namespace: str, name: str) -> str:
+    from overlaynet import kubeproxy
+    from overlaynet.endpoints import build_endpoint_slices
+    from overlaynet.errors import NotFoundError
+
+    service = next((s for s in kubeproxy.stored_services(manager, cluster)
+                    if s.namespace == namespace and s.name == name), None)
+    if service is None:
+        raise NotFoundError(f'service "{name}" not found in namespace "{namespace}" of cluster "{cluster}"')
+    result = build_endpoint_slices(service, manager.pods(cluster))
+    slices = result.slices if service.selector is not None else [
+        s for s in kubeproxy.stored_slices(manager, cluster) if s.service_name == name and s.namespace == namespace]
+    ready = [f"{address}" for s in slices for e in s.endpoints if e.conditions.is_ready for address in e.addresses]
+    lines = [
+        f"Name:               {name}",
+        f"Namespace:          {namespace}",
+        f"Selector:           {', '.join(_pairs(service.selector_dict)) if service.selector is not None else '<none>'}",
+        f"Type:               {service.type}",
+        f"IP:                 {service.cluster_ip}",
+        f"Session Affinity:   {service.session_affinity}",
+    ]
+    if service.type == "NodePort":
+        lines.append(f"External Traffic Policy: {service.external_traffic_policy}")
+    lines += _section("Ports", [f"{p.name or '<unset>'} {p.port}/{p.protocol} -> targetPort {p.target_port}"
+                                + (f", nodePort {p.node_port}" if p.node_port else "") for p in service.ports])
+    lines += _section("Endpoints (ready)", ready)
+    notes = result.describe() if service.selector is not None else []
+    if service.selector is not None and not ready:
+        notes.append("no ready endpoints: connections to this Service are rejected (kube-proxy's REJECT rule)")
+    lines += _section("Why endpoints are missing", notes) if notes else []
+    return "\n".join(lines)

@@ -36,6 +36,7 @@ def cluster():
                                             {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 9090}]),
             service("web-np", {"app": "web"}, [{"port": 80, "targetPort": 8080}], type="NodePort"),
             service("nobody", {"app": "nobody"}, [{"port": 80, "targetPort": 8080}]),
+            service("misnamed", {"app": "web"}, [{"port": 80, "targetPort": "metrics"}]),
         ])
         out = cli.run("apply", "-f", manifest, "--name", CLUSTER).stdout
         assert "service/web created" in out and "service/web-np created" in out
@@ -111,3 +112,17 @@ def test_endpoints_follow_the_pods(cluster):
     ip = services(cluster)["web"]["spec"]["clusterIP"]
     seen = {curl("svc.pod.default.client", f"http://{ip}/hostname") for _ in range(40)}
     assert victim not in seen and len(seen) == 3
+
+
+def test_live_rules_match_what_render_computes(cluster):
+    assert "# live rules match the rendered ones" in cluster.run("rules", "node-1", "--diff", "--name", CLUSTER).stdout
+
+
+def test_describe_service_says_why_endpoints_are_missing(cluster):
+    web = cluster.run("describe", "svc", "web", "--name", CLUSTER).stdout
+    assert "Type:               ClusterIP" in web and "http 80/TCP -> targetPort http" in web
+    assert web.count("10.244.") >= 3
+    nobody = cluster.run("describe", "svc", "nobody", "--name", CLUSTER).stdout
+    assert "no ready endpoints" in nobody and "REJECT" in nobody
+    misnamed = cluster.run("describe", "svc", "misnamed", "--name", CLUSTER).stdout
+    assert "metrics" in misnamed and "Why endpoints are missing" in misnamed
