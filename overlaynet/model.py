@@ -64,6 +64,11 @@ class ClusterSpec:
     cni_config: str | None = None  # a conflist of the user's instead of ours
 
     @property
+    def external_client(self) -> ipaddress.IPv4Address:
+        """The outside client's address on the node network (NodePorts are tried from there)."""
+        return self.node_network.network_address + 2
+
+    @property
     def underlay_gateway(self) -> ipaddress.IPv4Address:
         """The node network's router (the underlay bridge's address), every node's default gateway."""
         return self.node_network.network_address + 1

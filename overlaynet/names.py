@@ -11,6 +11,7 @@ map of the cluster and no two clusters (or roles) can collide:
     <cluster>.underlay                 the node network (one bridge)
     <cluster>.node.<node>              a node
     <cluster>.pod.<namespace>.<pod>    a pod
+    <cluster>.external                 a client on the node network outside the cluster
 
 Interfaces live inside those namespaces, so their names only need to be unique within one
 namespace; they are derived deterministically so that a later command (or ``down`` after a
@@ -86,6 +87,14 @@ def underlay_netns(cluster: str) -> str:
     return f"{cluster}.underlay"
 
 
+def external_netns(cluster: str) -> str:
+    return f"{cluster}.external"
+
+
+EXTERNAL_PORT = "external"  # its uplink's name on the underlay bridge (node names never clash: nodes are
+                            # named after themselves, and a node called "external" gets a hashed name)
+
+
 def node_netns(cluster: str, node: str) -> str:
     return f"{cluster}.node.{node}"
 
@@ -101,7 +110,7 @@ def cluster_netns_prefix(cluster: str) -> str:
 
 def node_underlay_port(node: str) -> str:
     """The underlay side of a node's ``eth0``: the node's name where it fits, else name + hash."""
-    if len(node) <= IFNAME_MAX and node != UNDERLAY_BRIDGE:
+    if len(node) <= IFNAME_MAX and node not in (UNDERLAY_BRIDGE, EXTERNAL_PORT):
         return check_ifname(node)
     return check_ifname(f"{node[:9]}-{_digest('node', node)[:5]}")
 

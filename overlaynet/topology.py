@@ -67,12 +67,20 @@ class PodInfo:
 
 
 def plan_underlay(spec: ClusterSpec) -> Plan:
-    """The node network: a bridge whose address is the network's router, as on a real LAN."""
+    """The node network: a bridge whose address is the network's router, as on a real LAN,
+    and one machine on it that is not a node (where a user outside the cluster would be)."""
     netns = names.underlay_netns(spec.name)
+    external = names.external_netns(spec.name)
+    prefix = spec.node_network.prefixlen
     return (
         Netns(netns),
         Bridge(netns, names.UNDERLAY_BRIDGE, mtu=spec.underlay_mtu),
-        Address(netns, names.UNDERLAY_BRIDGE, f"{spec.underlay_gateway}/{spec.node_network.prefixlen}"),
+        Address(netns, names.UNDERLAY_BRIDGE, f"{spec.underlay_gateway}/{prefix}"),
+        Netns(external),
+        VethPair(netns=netns, name=names.EXTERNAL_PORT, peer_netns=external, peer_name=names.NODE_UPLINK,
+                 mtu=spec.underlay_mtu, master=names.UNDERLAY_BRIDGE),
+        Address(external, names.NODE_UPLINK, f"{spec.external_client}/{prefix}"),
+        Route(external, dst="0.0.0.0/0", gateway=str(spec.underlay_gateway), dev=names.NODE_UPLINK),
     )
 
 

@@ -12,6 +12,7 @@ probes themselves run in the cluster's agent, from inside each source namespace,
 
 from __future__ import annotations
 
+import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
@@ -194,3 +195,170 @@ def matrix(report: Report, pod_eps: list[Endpoint], limit: int = 16) -> tuple[li
         rows.append(row)
     header = ["FROM \\ TO"] + short
     return header, rows
+
+
+# -- Services ---------------------------------------------------------------------------------
+
+SERVICE_RULES = {
+    "svc-endpoints": "(d) ClusterIP reaches every ready endpoint",
+    "svc-no-snat": "(d) pod -> ClusterIP keeps the pod's IP",
+    "svc-hairpin": "(d) a pod reaches its own Service",
+    "svc-nodeport": "(d) NodePort from outside the cluster",
+    "svc-refused": "(d) no endpoints: refused at once",
+}
+
+
+@dataclass(frozen=True)
+class ServicePortTarget:
+    """One port of one Service, with the endpoints kube-proxy should balance it over."""
+
+    service: str  # namespace/name:port-name
+    protocol: str  # tcp | udp
+    cluster_ip: str
+    port: int
+    node_port: int | None
+    affinity: bool
+    local_only: bool  # externalTrafficPolicy: Local
+    endpoints: tuple[tuple[str, str, str], ...]  # (pod name, pod IP, node) of ready endpoints
+
+    def endpoint(self) -> Endpoint:
+        return Endpoint("service", self.service, "", f"{self.cluster_ip}:{self.port}", "")
+
+
+def service_targets(services: list, slices: list, pods: list[dict]) -> list[ServicePortTarget]:
+    """Every port of every Service with a ClusterIP, and its ready endpoints (by pod)."""
+    by_ip = {p["status"]["podIP"]: p for p in pods if p["status"].get("podIP")}
+    targets = []
+    for service in services:
+        if service.headless or not service.cluster_ip:
+            continue
+        for port in service.ports:
+            ready = set()
+            for endpoint_slice in slices:
+                if endpoint_slice.service_name != service.name or endpoint_slice.namespace != service.namespace:
+                    continue
+                if not any((p.name or "") == (port.name or "") for p in endpoint_slice.ports):
+                    continue
+                for endpoint in endpoint_slice.endpoints:
+                    if endpoint.conditions.is_ready:
+                        for address in endpoint.addresses:
+                            pod = by_ip.get(address)
+                            if pod is not None:
+                                ready.add((pod["metadata"]["name"], address, pod["spec"]["nodeName"]))
+            targets.append(ServicePortTarget(
+                service=service.port_name_string(port), protocol=port.protocol.lower(),
+                cluster_ip=service.cluster_ip, port=port.port, node_port=port.node_port,
+                affinity=service.session_affinity == "ClientIP",
+                local_only=service.external_traffic_policy == "Local", endpoints=tuple(sorted(ready))))
+    return targets
+
+
+def requests_to_hit_all(endpoints: int, miss_probability: float = 1e-6) -> int:
+    """How many random requests reach each of ``endpoints`` with all but ``miss_probability``
+    certainty (kube-proxy picks uniformly): the union bound k(1-1/k)^n <= p, solved for n."""
+    if endpoints <= 1:
+        return 1
+    return min(500, math.ceil(math.log(endpoints / miss_probability) / -math.log(1 - 1 / endpoints)))
+
+
+def plan_service_probes(targets: list[ServicePortTarget], node_eps: list[Endpoint], pod_eps: list[Endpoint],
+                        external: Endpoint, first_id: int) -> tuple[list[dict], dict]:
+    """From one pod on every node: repeated ``hostname`` requests (which endpoints answer) and a
+    ``clientip`` one (which source they saw); a hairpin from an endpoint; NodePorts from outside."""
+    probes, index = [], {}
+
+    def add(rule, source: Endpoint, target: ServicePortTarget, dst: str, port: int, request: str,
+            node: Endpoint | None = None) -> None:
+        probe_id = first_id + len(probes)
+        probes.append({"id": probe_id, "netns": source.netns, "dst": dst, "port": port,
+                       "protocol": target.protocol, "request": request})
+        index[probe_id] = (rule, source, target, node)
+
+    for target in targets:
+        endpoint_ips = {ip for _, ip, _ in target.endpoints}
+        clients: dict[str, Endpoint] = {}
+        for pod in pod_eps:  # one client per node, not an endpoint of this Service where possible
+            if pod.node not in clients or (clients[pod.node].ip in endpoint_ips and pod.ip not in endpoint_ips):
+                clients[pod.node] = pod
+        for client in clients.values():
+            repeats = 8 if target.affinity else requests_to_hit_all(len(target.endpoints))
+            for _ in range(repeats if target.endpoints else 1):
+                add("svc-endpoints" if target.endpoints else "svc-refused", client, target,
+                    target.cluster_ip, target.port, "hostname")
+            if target.endpoints and client.ip not in endpoint_ips:
+                # (an endpoint reaching its own Service may land on itself: that hairpin is
+                # masqueraded by design, and checked below on its own)
+                add("svc-no-snat", client, target, target.cluster_ip, target.port, "clientip")
+        hairpin = next((p for p in pod_eps if target.endpoints and p.ip == target.endpoints[0][1]), None)
+        if hairpin is not None:
+            add("svc-hairpin", hairpin, target, target.cluster_ip, target.port, "clientip")
+        if target.node_port:
+            for node in node_eps:
+                add("svc-nodeport", external, target, node.ip, target.node_port, "clientip", node)
+    return probes, index
+
+
+def judge_services(index: dict, results: list[dict]) -> list[Check]:
+    checks: list[Check] = []
+    answers: dict[tuple, list[dict]] = defaultdict(list)
+    for result in results:
+        rule, source, target, node = index[result["id"]]
+        if rule in ("svc-endpoints", "svc-refused"):
+            answers[(rule, source, target)].append(result)
+            continue
+        if rule == "svc-nodeport":
+            checks.append(_judge_node_port(source, target, node, result))
+            continue
+        expected = source.ip if rule == "svc-no-snat" else "any"
+        seen = result.get("seen")
+        if not result.get("ok"):
+            checks.append(Check(rule, source, target.endpoint(), target.protocol, FAIL, expected, seen,
+                                result.get("error")))
+        elif rule == "svc-no-snat" and seen != source.ip:
+            checks.append(Check(rule, source, target.endpoint(), target.protocol, NAT, expected, seen))
+        else:
+            checks.append(Check(rule, source, target.endpoint(), target.protocol, OK, expected, seen))
+    for (rule, source, target), group in answers.items():
+        checks.append(_judge_spread(rule, source, target, group))
+    return checks
+
+
+def _judge_spread(rule: str, source: Endpoint, target: ServicePortTarget, group: list[dict]) -> Check:
+    if rule == "svc-refused":
+        result = group[0]
+        refused = not result.get("ok") and (target.protocol == "udp" or result.get("error") == "connection refused")
+        return Check(rule, source, target.endpoint(), target.protocol, OK if refused else FAIL,
+                     "connection refused", result.get("error") or result.get("answer"),
+                     None if refused else "expected an immediate refusal")
+    expected = sorted(name for name, _, _ in target.endpoints)
+    answered = sorted({r["answer"] for r in group if r.get("ok") and r.get("answer")})
+    failed = [r.get("error") for r in group if not r.get("ok")]
+    wanted = expected[:1] if target.affinity else expected
+    if target.affinity:
+        good = not failed and len(answered) == 1 and answered[0] in expected
+        why = "ClientIP affinity: every request should reach the same endpoint"
+    else:
+        good = not failed and answered == wanted
+        why = f"reached {', '.join(answered) or 'nothing'}"
+    return Check(rule, source, target.endpoint(), target.protocol, OK if good else FAIL,
+                 "one endpoint" if target.affinity else ",".join(wanted), ",".join(answered),
+                 None if good else (failed[0] if failed else why))
+
+
+def _judge_node_port(external: Endpoint, target: ServicePortTarget, node_ep: Endpoint, result: dict) -> Check:
+    node = Endpoint("node", f"{node_ep.name} {node_ep.ip}:{target.node_port}", node_ep.netns, node_ep.ip, node_ep.name)
+    seen = result.get("seen")
+    if target.local_only:
+        has_local = any(node_name == node_ep.name for _, _, node_name in target.endpoints)
+        if not has_local:  # Local policy: a node without a local endpoint drops the traffic
+            status = OK if not result.get("ok") else FAIL
+            return Check("svc-nodeport", external, node, target.protocol, status, "no answer (no local endpoint)",
+                         seen, None if status == OK else "answered without a local endpoint")
+        good = result.get("ok") and seen == external.ip
+        return Check("svc-nodeport", external, node, target.protocol, OK if good else (NAT if result.get("ok") else FAIL),
+                     external.ip, seen, None if result.get("ok") else result.get("error"))
+    if not result.get("ok"):
+        return Check("svc-nodeport", external, node, target.protocol, FAIL, "masqueraded", seen, result.get("error"))
+    masqueraded = seen != external.ip
+    return Check("svc-nodeport", external, node, target.protocol, OK if masqueraded else FAIL,
+                 "a node address (masqueraded)", seen, None if masqueraded else "the client IP was not masqueraded")

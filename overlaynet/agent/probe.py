@@ -85,6 +85,10 @@ class Probe:
     port: int
     protocol: str
     family: int
+    request: str = "clientip"  # what to ask the test server: "clientip" (-> seen) or "hostname" (-> answer)
+
+
+REQUESTS = ("clientip", "hostname")
 
 
 def parse_probes(raw: object, timeout: object) -> tuple[list[Probe], float]:
@@ -116,7 +120,11 @@ def parse_probes(raw: object, timeout: object) -> tuple[list[Probe], float]:
         port = item.get("port", 0)
         if protocol != "icmp" and (not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535):
             raise InvalidInput(f"probe {i}: port {port!r} is out of range 1-65535")
-        probes.append(Probe(item.get("id"), source, str(address), port if protocol != "icmp" else 0, protocol, family))
+        request = item.get("request", "clientip")
+        if request not in REQUESTS:
+            raise InvalidInput(f"probe {i}: request {request!r} is not one of {', '.join(REQUESTS)}")
+        probes.append(Probe(item.get("id"), source, str(address), port if protocol != "icmp" else 0, protocol, family,
+                            request))
     return probes, float(timeout)
 
 
@@ -502,15 +510,22 @@ class _Batch:
         return set_local
 
     async def _tcp(self, probe: Probe, result: dict) -> None:
-        status, body = await http_get(probe.netns, probe.dst, probe.port, "/clientip", self._set_local(result))
+        status, body = await http_get(probe.netns, probe.dst, probe.port, f"/{probe.request}", self._set_local(result))
         if status != 200:
             result["error"] = f"http {status}" if status else "not an HTTP answer"
             return
-        self._seen(result, body)
+        self._answer(probe, result, body)
 
     async def _udp(self, probe: Probe, result: dict) -> None:
-        body = await udp_exchange(probe.netns, probe.dst, probe.port, b"clientip", self._set_local(result))
-        self._seen(result, body)
+        body = await udp_exchange(probe.netns, probe.dst, probe.port, probe.request.encode(), self._set_local(result))
+        self._answer(probe, result, body)
+
+    def _answer(self, probe: Probe, result: dict, body: bytes) -> None:
+        """``clientip`` answers fill ``seen``; any other request's answer is ``answer``."""
+        if probe.request == "clientip":
+            self._seen(result, body)
+        else:
+            result["answer"] = body.decode("utf-8", "replace").strip()
 
     def _seen(self, result: dict, body: bytes) -> None:
         seen = parse_addr(body.decode("utf-8", "replace"))

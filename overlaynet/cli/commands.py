@@ -478,12 +478,16 @@ def render_rules(files, node_name, table):
 @click.option("-n", "--namespace", default=DEFAULT_NAMESPACE, show_default=True)
 @cluster_option
 def exec(target, command, namespace, cluster):  # noqa: A001 - kubectl's verb
-    """Run a command inside a pod's (or node/NAME's) network namespace."""
+    """Run a command inside a pod's network namespace, a node's (node/NAME), or the outside
+    client's on the node network (external); a pod named "external" is pod/external."""
     require_privileges("overlaynet exec")
     manager = _manager()
     name = _resolve_cluster(manager, cluster)
     if target.startswith("node/"):
         netns = names.node_netns(name, manager.node(name, target[5:])["metadata"]["name"])
+    elif target == "external":
+        manager.spec(name)
+        netns = names.external_netns(name)
     else:
         pod_name = target[4:] if target.startswith("pod/") else target
         record = manager.pod(name, namespace, pod_name)
@@ -506,6 +510,7 @@ def exec(target, command, namespace, cluster):  # noqa: A001 - kubectl's verb
 @click.pass_context
 def verify(ctx, output, timeout, cluster):
     """Prove the Kubernetes network model pair by pair: no NAT anywhere."""
+    from overlaynet import kubeproxy
     from overlaynet import verify as verifying
     from overlaynet.kernel import observe
 
@@ -518,10 +523,15 @@ def verify(ctx, output, timeout, cluster):
         raise InvalidInput(f'cluster "{name}": no running pods to verify (apply some, e.g. examples/web.yaml)')
     started = time.monotonic()
     probes, index = verifying.plan_probes(node_eps, pod_eps)
-    results = manager.agent(name).probe(probes, timeout=timeout)
+    targets = verifying.service_targets(kubeproxy.stored_services(manager, name),
+                                        kubeproxy.stored_slices(manager, name), manager.pods(name))
+    external = verifying.Endpoint("external", "client", names.external_netns(name), str(spec.external_client), "")
+    service_probes, service_index = verifying.plan_service_probes(targets, node_eps, pod_eps, external, len(probes))
+    results = manager.agent(name).probe(probes + service_probes, timeout=timeout)
     own = {pod.name: [a["cidr"].split("/")[0] for a in observe.observe_addresses(pod.netns)
                       if a["dev"] == names.POD_INTERFACE] for pod in pod_eps}
-    report = verifying.build_report(index, results, own)
+    report = verifying.build_report(index, results[:len(probes)], own)
+    report.checks += verifying.judge_services(service_index, results[len(probes):])
     elapsed = time.monotonic() - started
     if output == "json":
         click.echo(json.dumps({"cluster": name, "cni": spec.cni, "passed": report.passed, "seconds": round(elapsed, 3),
@@ -533,9 +543,12 @@ def verify(ctx, output, timeout, cluster):
 
 def _print_report(verifying, report, pod_eps, node_eps, elapsed, cluster, cni) -> None:
     titles = {"pod-pod": "(a) pod -> pod, no NAT", "node-pod": "(b) node -> pod, no NAT",
-              "pod-node": "(b) pod -> node, no NAT", "self": "(c) pod's own IP == IP others see == podIP"}
-    click.echo(f'Verifying cluster "{cluster}" ({cni}): {len(pod_eps)} pods on {len(node_eps)} nodes, '
-               f"{len(report.checks)} checks over TCP, UDP and ICMP")
+              "pod-node": "(b) pod -> node, no NAT", "self": "(c) pod's own IP == IP others see == podIP",
+              **verifying.SERVICE_RULES}
+    services = len({c.target.name.split(":")[0] for c in report.checks if c.rule.startswith("svc-")})
+    click.echo(f'Verifying cluster "{cluster}" ({cni}): {len(pod_eps)} pods on {len(node_eps)} nodes'
+               + (f", {services} service ports" if services else "")
+               + f", {len(report.checks)} checks over TCP, UDP and ICMP")
     summary = report.summary()
     rows = [[titles[rule], str(c["ok"]), str(c["nat"]), str(c["fail"]), "PASS" if c["ok"] == sum(c.values()) else "FAIL"]
             for rule, c in summary.items()]

@@ -62,7 +62,7 @@ def test_bad_cluster_name(cli):
 def test_up_of_an_existing_cluster(cli):
     cli.run("up", "--name", "bad", "--nodes", "1")
     assert_clean_error(cli.run("up", "--name", "bad", check=False), 'cluster "bad" already exists')
-    assert len(namespaces_of("bad")) == 2
+    assert len(namespaces_of("bad")) == 3  # underlay, external client, node-1
 
 
 def test_apply_with_no_cluster(cli, tmp_path):
@@ -86,7 +86,7 @@ def test_bad_manifests_change_nothing(cli, tmp_path):
     duplicate = write_manifest(str(tmp_path), "d.yaml", [pod("twin"), pod("twin")])
     assert_clean_error(cli.run("apply", "-f", duplicate, check=False), 'pod "twin": defined twice')
     assert cli.json("get", "pods", "--name", "bad")["items"] == []
-    assert namespaces_of("bad") == ["bad.node.node-1", "bad.underlay"]
+    assert namespaces_of("bad") == ["bad.external", "bad.node.node-1", "bad.underlay"]
 
 
 def test_not_root_names_the_missing_capabilities(cli):

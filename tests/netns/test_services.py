@@ -37,6 +37,14 @@ def cluster():
             service("web-np", {"app": "web"}, [{"port": 80, "targetPort": 8080}], type="NodePort"),
             service("nobody", {"app": "nobody"}, [{"port": 80, "targetPort": 8080}]),
             service("misnamed", {"app": "web"}, [{"port": 80, "targetPort": "metrics"}]),
+            service("sticky", {"app": "web"}, [{"port": 80, "targetPort": 8080}], sessionAffinity="ClientIP"),
+            {**web, "metadata": {"name": "solo"}, "spec": {**web["spec"], "replicas": 1,
+                                                          "selector": {"matchLabels": {"app": "solo"}},
+                                                          "template": {"metadata": {"labels": {"app": "solo"}},
+                                                                       "spec": {**web["spec"]["template"]["spec"],
+                                                                                "nodeName": "node-1"}}}},
+            service("solo-local", {"app": "solo"}, [{"port": 80, "targetPort": 8080}], type="NodePort",
+                    externalTrafficPolicy="Local"),
         ])
         out = cli.run("apply", "-f", manifest, "--name", CLUSTER).stdout
         assert "service/web created" in out and "service/web-np created" in out
@@ -126,3 +134,30 @@ def test_describe_service_says_why_endpoints_are_missing(cluster):
     assert "no ready endpoints" in nobody and "REJECT" in nobody
     misnamed = cluster.run("describe", "svc", "misnamed", "--name", CLUSTER).stdout
     assert "metrics" in misnamed and "Why endpoints are missing" in misnamed
+
+
+def test_verify_covers_services(cluster):
+    import json
+
+    result = cluster.run("verify", "--name", CLUSTER, "-o", "json", check=False)
+    report = json.loads(result.stdout)
+    failures = [c for c in report["checks"] if c["status"] != "ok"]
+    assert result.returncode == 0 and report["passed"], json.dumps(failures)
+    rules = {c["rule"] for c in report["checks"]}
+    assert {"svc-endpoints", "svc-no-snat", "svc-hairpin", "svc-nodeport", "svc-refused"} <= rules
+    local = [c for c in report["checks"] if c["rule"] == "svc-nodeport" and c["to"].startswith(("node-1", "node-2"))
+             and "solo" not in c["to"]]
+    assert local  # the NodePort checks name the node they tried
+    solo = {c["toKind"] + " " + c["to"]: c for c in report["checks"] if c["rule"] == "svc-nodeport"
+            and c["observedSource"] in ("172.20.0.2", None)}
+    assert any(c["observedSource"] == "172.20.0.2" for c in solo.values())  # Local policy keeps the client IP
+    assert any(c["observedSource"] is None for c in solo.values())  # and a node without an endpoint drops it
+    sticky = [c for c in report["checks"] if c["rule"] == "svc-endpoints" and c["to"].startswith("default/sticky")]
+    assert sticky and all(len(c["observedSource"].split(",")) == 1 for c in sticky)
+
+
+def test_exec_in_the_external_client(cluster):
+    node_port = services(cluster)["web-np"]["spec"]["ports"][0]["nodePort"]
+    out = cluster.run("exec", "external", "--name", CLUSTER, "--", "curl", "-s", "-m", "3",
+                      f"http://172.20.0.12:{node_port}/clientip").stdout
+    assert out and not out.startswith("172.20.0.2:")  # masqueraded to a node address
