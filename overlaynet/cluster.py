@@ -22,7 +22,8 @@ from dataclasses import dataclass, replace
 from overlaynet import bgpsync, ipam, kubelet, kubeproxy, names, scheduler, topology
 from overlaynet.errors import ConflictError, InvalidInput, KernelError, NotFoundError
 from overlaynet.kernel import netns
-from overlaynet.manifests import DeploymentManifest, Manifest, PodManifest, PodTemplate, parse_document, served_ports
+from overlaynet.manifests import (DeploymentManifest, Manifest, PodManifest, PodTemplate, parse_document, pod_probes,
+                                  served_ports)
 from overlaynet.model import ClusterSpec, NodeSpec, spec_from_document
 from overlaynet.modes import get_mode
 from overlaynet.plan import Netns, Plan
@@ -579,9 +580,12 @@ class ClusterManager:
         try:
             agent = self.agent(cluster)
             for sandbox, request in started:
-                agent.serve(pod_key(sandbox.namespace, sandbox.name),
-                            names.pod_netns(cluster, sandbox.namespace, sandbox.name),
-                            sandbox.name, list(served_ports(request.template)))
+                pod_netns = names.pod_netns(cluster, sandbox.namespace, sandbox.name)
+                probes = pod_probes(request.template.spec)
+                health = {"specs": [p.as_dict() for p in probes], "podIP": kubelet.pod_ip(outcomes[sandbox]),
+                          "nodeNetns": names.node_netns(cluster, sandbox.node), "podNetns": pod_netns} if probes else None
+                agent.serve(pod_key(sandbox.namespace, sandbox.name), pod_netns, sandbox.name,
+                            list(served_ports(request.template)), health)
         except BaseException:
             self._delete_pods(spec, [self.pod(cluster, s.namespace, s.name) for s, _ in started])
             raise
@@ -620,19 +624,50 @@ class ClusterManager:
 
     @staticmethod
     def _mark_running(record: dict) -> None:
+        """Running; Ready at once, or (with a readiness probe) once the probe first passes."""
         now = _now()
+        ready = not any(p.kind == "readiness" for p in pod_probes(record["spec"]))
         status = record["status"]
         status.pop("reason", None)
         status.update(phase="Running", startTime=now, conditions=[
             {"type": "PodScheduled", "status": "True"},
             {"type": "Initialized", "status": "True"},
-            {"type": "ContainersReady", "status": "True"},
-            {"type": "Ready", "status": "True", "lastTransitionTime": now},
         ])
         status["containerStatuses"] = [
-            {"name": c.get("name"), "ready": True, "restartCount": 0, "state": {"running": {"startedAt": now}}}
+            {"name": c.get("name"), "ready": ready, "restartCount": 0, "state": {"running": {"startedAt": now}}}
             for c in record["spec"].get("containers", [])
         ]
+        ClusterManager._set_ready(record, ready, now)
+
+    @staticmethod
+    def _set_ready(record: dict, ready: bool, now: str) -> None:
+        conditions = [c for c in record["status"]["conditions"] if c["type"] not in ("ContainersReady", "Ready")]
+        value = "True" if ready else "False"
+        reason = {} if ready else {"reason": "ContainersNotReady"}
+        conditions += [{"type": "ContainersReady", "status": value, **reason},
+                       {"type": "Ready", "status": value, "lastTransitionTime": now, **reason}]
+        record["status"]["conditions"] = conditions
+        for container in record["status"].get("containerStatuses", []):
+            container["ready"] = ready
+
+    def pod_health(self, cluster: str, namespace: str, name: str, kind: str, ok: bool) -> None:
+        """What the agent's prober found: readiness moves the pod in and out of its Services'
+        endpoints; a failed liveness probe counts a restart (the agent restarted the server)."""
+        with self.store.cluster_lock(cluster):
+            record = self.store.get(cluster, "Pod", name, namespace)
+            if record is None or record["status"].get("phase") != "Running":
+                return
+            if kind == "liveness":
+                if not ok:
+                    for container in record["status"].get("containerStatuses", []):
+                        container["restartCount"] = container.get("restartCount", 0) + 1
+                    self.store.put(cluster, record)
+                return
+            self._set_ready(record, ok, _now())
+            self.store.put(cluster, record)
+            spec = self.spec(cluster)
+            self._refresh_deployment_status(cluster)
+            kubeproxy.sync(self, spec)
 
     def _delete_pods(self, spec: ClusterSpec, records: list[dict]) -> None:
         """Stop the test server, CNI DEL, delete the sandbox, forget the pod."""
@@ -696,7 +731,8 @@ class ClusterManager:
             for record in self.deployments(cluster):
                 meta = record["metadata"]
                 pods = self._owned_pods(cluster, meta["namespace"], meta["name"])
-                ready = sum(1 for p in pods if p["status"].get("phase") == "Running")
+                ready = sum(1 for p in pods if any(c["type"] == "Ready" and c["status"] == "True"
+                                                   for c in p["status"].get("conditions", [])))
                 record["status"] = {"replicas": len(pods), "readyReplicas": ready,
                                     "availableReplicas": ready, "updatedReplicas": len(pods)}
                 self.store.put(cluster, record)

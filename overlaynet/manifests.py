@@ -3,8 +3,8 @@
 Accepted kinds: ``Pod`` (v1), ``Deployment`` (apps/v1), ``Service`` (v1) and ``EndpointSlice``
 (discovery.k8s.io/v1, parsed by ``overlaynet.services``), ``List`` of those, and our own
 ``Cluster`` document (for ``up -f``). Multi-document files are read in order. Fields that
-cannot apply to an emulated network (``image``, ``command``, ``resources``, probes for now)
-are accepted and ignored, so the YAML of a real cluster applies unchanged; fields that would
+cannot apply to an emulated network (``image``, ``command``, ``resources``) are accepted and
+ignored; readiness and liveness probes are validated here and run by the agent, so the YAML of a real cluster applies unchanged; fields that would
 change networking in ways not emulated (``hostNetwork``, SCTP) are refused by name.
 
 Errors name the file, the object and the field: ``web.yaml: Pod "web-1": spec.containers[0]
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from overlaynet import model, names, services
+from overlaynet import health, model, names, services
 from overlaynet.errors import InvalidInput
 
 DEFAULT_NAMESPACE = "default"
@@ -200,6 +200,10 @@ def _parse_template(spec, labels: dict[str, str], where: _Where, field_path: str
         for p_index, port in enumerate(declared):
             p_path = f"{c_path}.ports[{p_index}]"
             ports.append(_parse_port(port, where, p_path, port_names))
+        try:
+            health.container_probes(c_path, container)
+        except InvalidInput as exc:
+            raise where.error(str(exc)) from None
     node_name = spec.get("nodeName")
     if node_name is not None:
         _check(where, lambda: names.check_label("node", node_name, f"{field_path}.nodeName"))
@@ -267,6 +271,12 @@ def _parse_deployment(document: dict, where: _Where, namespace: str | None) -> D
         selector=tuple(sorted(match_labels.items())),
         template=_parse_template(template.get("spec"), template_labels, where, "spec.template.spec"),
     )
+
+
+def pod_probes(spec: dict) -> list[health.ProbeSpec]:
+    """The readiness and liveness probes of a (validated) pod spec, every container's."""
+    return [probe for index, container in enumerate(spec.get("containers") or [])
+            for probe in health.container_probes(f"spec.containers[{index}]", container)]
 
 
 def served_ports(template: PodTemplate) -> tuple[tuple[int, str], ...]:

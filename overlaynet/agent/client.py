@@ -269,9 +269,15 @@ class AgentClient:
     def ping(self) -> dict:
         return self.call("ping")
 
-    def serve(self, key: str, netns: str, hostname: str, ports: list[tuple[int, str]]) -> dict:
-        """Serve ``ports`` (``[(8080, "TCP"), ...]``) for ``key`` inside ``netns``; replaces its previous set."""
-        return self.call("serve", {"key": key, "netns": netns, "hostname": hostname, "ports": [list(p) for p in ports]})["key"]
+    def serve(self, key: str, netns: str, hostname: str, ports: list[tuple[int, str]],
+              health: dict | None = None) -> dict:
+        """Serve ``ports`` (``[(8080, "TCP"), ...]``) for ``key`` inside ``netns``; replaces its previous set.
+
+        ``health`` (``{"specs", "podIP", "nodeNetns", "podNetns"}``) starts the pod's probes."""
+        request = {"key": key, "netns": netns, "hostname": hostname, "ports": [list(p) for p in ports]}
+        if health:
+            request["health"] = health
+        return self.call("serve", request)["key"]
 
     def unserve(self, key: str) -> bool:
         """Close every socket of ``key``; True if it was served. Call before deleting its netns."""

@@ -48,11 +48,25 @@ CONTROL_LINE_LIMIT = 64 * 1024 * 1024  # a probe request for 30,000 probes is ~3
 CNI_WORKERS = 16  # CNI operations at once (netlink and IPAM locks, not CPU, bound them)
 
 
+def _report_health(cluster: str, socket_path: str, key: str, kind: str, ok: bool) -> None:
+    """Tell the controller (through the store beside our socket) what a probe found."""
+    from overlaynet.cluster import ClusterManager
+    from overlaynet.store import Store
+
+    _, namespace, name = key.split("/", 2)
+    manager = ClusterManager(Store(os.path.dirname(socket_path)))
+    try:
+        manager.pod_health(cluster, namespace, name, kind, ok)
+    finally:
+        manager.store.close()
+
+
 class Agent:
     def __init__(self, cluster: str, socket_path: str) -> None:
         self.cluster = cluster
         self.socket_path = socket_path
         self.keys: dict[str, testserver.ServedKey] = {}
+        self.probers: dict = {}  # key -> agent.prober.Prober, for pods with probes
         self._lock = asyncio.Lock()  # serve / unserve / set_serving change sockets one at a time
         self._stopped = asyncio.Event()
         self._connections: set[asyncio.Task] = set()
@@ -107,10 +121,35 @@ class Agent:
                 await served.set_ports(ports)
             log.info("serve %s in netns %s: %s", key, netns_name,
                      " ".join(f"{p}/{proto}" for p, proto in ports) or "(no ports)")
+            await self._start_probes(key, request.get("health"))
             return {"key": served.describe()}
+
+    async def _start_probes(self, key: str, health: object) -> None:
+        """Run the kubelet's probes for ``key`` ({"specs", "podIP", "nodeNetns", "podNetns"})."""
+        old = self.probers.pop(key, None)
+        if old is not None:
+            await old.stop()
+        if not health:
+            return
+        from overlaynet.agent.prober import Prober
+        from overlaynet.health import ProbeSpec
+
+        specs = [ProbeSpec.from_dict(spec) for spec in health["specs"]]
+
+        async def on_change(kind: str, ok: bool) -> None:
+            if kind == "liveness" and not ok and key in self.keys:  # restart the "container"
+                await self.keys[key].set_serving(False)
+                await self.keys[key].set_serving(True)
+            await asyncio.get_running_loop().run_in_executor(None, _report_health, self.cluster,
+                                                             self.socket_path, key, kind, ok)
+
+        prober = Prober(key, specs, health["nodeNetns"], health["podNetns"], health["podIP"], on_change)
+        self.probers[key] = prober
+        prober.start()
 
     async def _unserve(self, request: dict) -> dict:
         key = _string(request, "key")
+        await self._start_probes(key, None)
         async with self._lock:
             served = self.keys.pop(key, None)
             if served is not None:

@@ -296,7 +296,9 @@ def get(resource, object_name, output, namespace, all_namespaces, cluster):
                    if wide else []) for o, pod_range in zip(objects, ranges)]
     elif kind == "pod":
         header = ["NAME", "READY", "STATUS", "RESTARTS", "AGE"] + (["IP", "NODE", "NETNS"] if wide else [])
-        rows = [[o["metadata"]["name"], _pod_ready(o), _pod_status(o), "0", age(o["metadata"].get("creationTimestamp"))]
+        rows = [[o["metadata"]["name"], _pod_ready(o), _pod_status(o),
+                 str(sum(c.get("restartCount", 0) for c in o["status"].get("containerStatuses", []))),
+                 age(o["metadata"].get("creationTimestamp"))]
                 + ([o["status"].get("podIP", "<none>"), o["spec"].get("nodeName", "<none>"),
                     names.pod_netns(name, o["metadata"]["namespace"], o["metadata"]["name"])
                     if o["status"].get("podIP") else "<none>"] if wide else []) for o in objects]
@@ -363,6 +365,36 @@ def describe(kind, object_name, namespace, cluster):
         click.echo(describing.describe_pod(manager, name, namespace, object_name))
     else:
         click.echo(describing.describe_service(manager, name, namespace, object_name))
+
+
+@cli.command()
+@click.argument("action", type=click.Choice(["stop", "start", "status"]))
+@click.argument("pod_name", required=False)
+@click.option("-n", "--namespace", help="The pod's namespace (default: default).")
+@cluster_option
+def testserver(action, pod_name, namespace, cluster):
+    """Stop or start a pod's test server (its sockets close: TCP is refused, probes fail).
+
+    Inside `overlaynet exec POD -- ...` the pod is implied:
+    `overlaynet exec web-1 -- overlaynet testserver stop`."""
+    from overlaynet.cluster import pod_key
+
+    manager = _manager()
+    name = cluster or os.environ.get("OVERLAYNET_CLUSTER") or _resolve_cluster(manager, None)
+    if pod_name is None:
+        implied = os.environ.get("OVERLAYNET_POD")
+        if not implied:
+            raise InvalidInput("testserver needs a POD (or run it inside `overlaynet exec POD -- ...`)")
+        namespace, pod_name = implied.split("/", 1)
+    namespace = namespace or DEFAULT_NAMESPACE
+    manager.pod(name, namespace, pod_name)
+    agent = manager.agent(name)
+    if action == "status":
+        served = next(k for k in agent.list() if k["key"] == pod_key(namespace, pod_name))
+        click.echo(f"pod/{pod_name}: test server {'serving' if served['serving'] else 'stopped'}")
+        return
+    agent.set_serving(pod_key(namespace, pod_name), action == "start")
+    click.echo(f"pod/{pod_name}: test server {'started' if action == 'start' else 'stopped'}")
 
 
 # -- rules ------------------------------------------------------------------------------------
@@ -494,6 +526,9 @@ def exec(target, command, namespace, cluster):  # noqa: A001 - kubectl's verb
         if not record["status"].get("podIP"):
             raise InvalidInput(f'pod "{pod_name}": is {_pod_status(record)}, it has no network namespace yet')
         netns = names.pod_netns(name, namespace, pod_name)
+        # What `overlaynet testserver stop|start` run inside needs to find this pod's server.
+        os.environ.update(OVERLAYNET_CLUSTER=name, OVERLAYNET_POD=f"{namespace}/{pod_name}",
+                          OVERLAYNET_STATE_DIR=manager.store.directory)
     argv = ["ip", "netns", "exec", netns, *command]
     sys.stdout.flush()
     sys.stderr.flush()

@@ -1,0 +1,84 @@
+"""The kubelet's prober, inside the agent: each pod's readiness and liveness probes on their
+periods, from the pod's node (like the kubelet, which probes a pod from the node it runs on).
+
+This module owns the probe loops of one served key. It reports transitions through a
+callback and never decides what they mean: the controller marks the pod (not) Ready and
+resyncs Services, and a failed liveness probe restarts the test server (closing and
+reopening its sockets, as a container restart would).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+
+from overlaynet.agent import probe
+from overlaynet.health import ProbeSpec, Tracker
+
+log = logging.getLogger("overlaynet.agent")
+
+
+async def run_once(spec: ProbeSpec, node_netns: str, pod_netns: str, pod_ip: str) -> bool:
+    """One probe attempt: True for success (HTTP 200-399, a TCP connect, exit status 0)."""
+    try:
+        async with asyncio.timeout(spec.timeout):
+            if spec.action == "http":
+                status, _ = await probe.http_get(node_netns, pod_ip, spec.port, spec.path)
+                return 200 <= status < 400
+            if spec.action == "tcp":
+                sock = probe._new_socket(node_netns, socket.AF_INET, socket.SOCK_STREAM)
+                try:
+                    await probe._connect(asyncio.get_running_loop(), sock, (pod_ip, spec.port))
+                finally:
+                    sock.close()
+                return True
+            process = await asyncio.create_subprocess_exec(
+                "ip", "netns", "exec", pod_netns, *spec.command,
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+            try:
+                return await process.wait() == 0
+            except asyncio.CancelledError:
+                process.kill()
+                raise
+    except (OSError, TimeoutError):
+        return False
+
+
+class Prober:
+    """The probe loops of one pod; ``on_change(kind, ok)`` is awaited on each transition."""
+
+    def __init__(self, key: str, specs: list[ProbeSpec], node_netns: str, pod_netns: str, pod_ip: str,
+                 on_change: Callable[[str, bool], Awaitable[None]]):
+        self.key = key
+        self.specs = specs
+        self.node_netns, self.pod_netns, self.pod_ip = node_netns, pod_netns, pod_ip
+        self.on_change = on_change
+        self.tasks: list[asyncio.Task] = []
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.tasks = [loop.create_task(self._loop(spec)) for spec in self.specs]
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.tasks = []
+
+    async def _loop(self, spec: ProbeSpec) -> None:
+        tracker = Tracker(spec)
+        await asyncio.sleep(spec.initial_delay)
+        while True:
+            ok = await run_once(spec, self.node_netns, self.pod_netns, self.pod_ip)
+            changed = tracker.record(ok)
+            if changed is not None:
+                log.info("%s probe of %s: %s", spec.kind, self.key, "success" if changed else "failure")
+                try:
+                    await self.on_change(spec.kind, changed)
+                except Exception:  # a report that fails is retried on the next transition
+                    log.exception("reporting the %s of %s failed", spec.kind, self.key)
+                if spec.kind == "liveness" and not changed:
+                    tracker = Tracker(spec)  # the container restarted: count afresh
+            await asyncio.sleep(spec.period)
