@@ -5,14 +5,17 @@ This module owns applying Services and hand-written EndpointSlices (ClusterIP an
 allocation against what other Services hold), keeping the controller's EndpointSlices in step
 with the pods, and kube-proxy's sync: the node's rule set rendered by ``overlaynet.proxy``
 (pure) and loaded into the node's namespace with one ``iptables-restore`` after the jumps
-from the built-in chains are in place, stale service chains deleted. Every sync is a full
-one (each command is a short-lived process with no previous render to diff against); the
-partial sync lives in ``overlaynet.proxy.render`` for a long-running proxy.
+from the built-in chains are in place, stale service chains deleted. The
+previous sync of each node is remembered in the store, so a change re-renders that state and
+loads a partial sync (KEP-3453): only the changed services' chains plus the top-level ones.
 
-A pod is ready when its test server runs (phase Running); probes come later.
+A pod is an endpoint when its Ready condition is True: at once, or, with a readiness probe,
+as the agent's prober reports (``ClusterManager.pod_health``).
 """
 
 from __future__ import annotations
+
+import json
 
 from overlaynet import names
 from overlaynet.endpoints import build_endpoint_slices
@@ -108,17 +111,40 @@ def sync(manager, spec: ClusterSpec) -> None:
     slices = stored_slices(manager, spec.name)
     backend = manager.store.get_meta(spec.name, "kube-proxy-backend") or iptables.backend()
     manager.store.set_meta(spec.name, "kube-proxy-backend", backend)
+    synced = json.loads(manager.store.get_meta(spec.name, "kube-proxy-synced", "{}"))
     for node in manager.nodes(spec.name):
         node_name = node["metadata"]["name"]
         ip = next(a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP")
         netns = names.node_netns(spec.name, node_name)
         config = NodeConfig(name=node_name, ips=(ip,), cluster_cidr=str(spec.cluster_cidr))
+        previous = _previous_render(config, synced.get(node_name))
         existing = [c for c in iptables.chains(netns, backend, "nat") if is_service_chain(c)]
-        ruleset = render(config, services, slices, existing_chains=existing, full=True)
-        # kube-proxy sets route_localnet for NodePorts on 127.0.0.1 (--iptables-localhost-nodeports).
-        manager.runtime.apply((_route_localnet(netns),))
-        iptables.ensure_jumps(netns, ruleset.jumps, backend)
-        iptables.restore(netns, ruleset.payload, backend)
+        ruleset = render(config, services, slices, previous, existing_chains=existing)
+        if ruleset.full:
+            # kube-proxy sets route_localnet for NodePorts on 127.0.0.1 (--iptables-localhost-nodeports).
+            manager.runtime.apply((_route_localnet(netns),))
+            iptables.ensure_jumps(netns, ruleset.jumps, backend)
+        try:
+            iptables.restore(netns, ruleset.payload, backend)
+        except Exception:
+            synced.pop(node_name, None)  # the next sync of this node is a full one, as kube-proxy does
+            manager.store.set_meta(spec.name, "kube-proxy-synced", json.dumps(synced))
+            raise
+        synced[node_name] = {"services": [s.to_document() for s in services],
+                             "slices": [s.to_document() for s in slices]}
+        manager.store.set_meta(spec.name, "kube-proxy-synced", json.dumps(synced))
+
+
+def _previous_render(config, state: dict | None):
+    """What this node was last synced to, rendered again (pure): the base of a partial sync
+    that rewrites only the chains of services whose Service or endpoints changed."""
+    if state is None:
+        return None
+    from overlaynet.proxy.render import render
+
+    services = [parse_service_document(doc, "store") for doc in state["services"]]
+    slices = [parse_endpointslice_document(doc, "store") for doc in state["slices"]]
+    return render(config, services, slices, full=True)
 
 
 def _route_localnet(netns: str):

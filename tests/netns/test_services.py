@@ -161,3 +161,28 @@ def test_exec_in_the_external_client(cluster):
     out = cluster.run("exec", "external", "--name", CLUSTER, "--", "curl", "-s", "-m", "3",
                       f"http://172.20.0.12:{node_port}/clientip").stdout
     assert out and not out.startswith("172.20.0.2:")  # masqueraded to a node address
+
+
+def test_an_endpoint_change_rewrites_only_that_services_chains(cluster):
+    """A partial sync (KEP-3453): chains of services that did not change keep their packet
+    counters, because iptables-restore --noflush leaves undeclared chains alone."""
+    import re
+    import subprocess
+
+    from overlaynet.proxy.render import svc_chain
+
+    ip = services(cluster)["web"]["spec"]["clusterIP"]
+    for _ in range(5):
+        curl("svc.pod.default.client", f"http://{ip}/hostname")
+    chain = svc_chain("default/web:http", "tcp")
+
+    def counters() -> int:
+        saved = subprocess.run(["ip", "netns", "exec", "svc.node.node-1", "iptables-save", "-c", "-t", "nat"],
+                               capture_output=True, text=True, check=True).stdout
+        return sum(int(m.group(1)) for m in re.finditer(rf"^\[(\d+):\d+\] -A {chain} ", saved, re.M))
+
+    before = counters()
+    assert before >= 5
+    solo = next(n for n in cluster.pods(CLUSTER) if n.startswith("solo-"))
+    cluster.run("delete", "pod", solo, "--name", CLUSTER)  # solo-local's endpoints change, web's do not
+    assert counters() == before
