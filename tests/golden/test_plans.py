@@ -10,20 +10,14 @@ import pathlib
 
 import pytest
 
-from overlaynet import ipam, model, plan, topology
-from overlaynet.modes import get_mode
+from overlaynet import plan, topology
+from tests.golden.test_modes_side_by_side import cluster
 
 HERE = pathlib.Path(__file__).parent
 
 
 def render_cluster(cni: str) -> str:
-    spec = model.build_spec(name="lab", cni=cni)
-    mode = get_mode(spec.cni)
-    nodes = []
-    for index, node in enumerate(spec.nodes):
-        ip = spec.node_network.network_address + model.FIRST_NODE_HOST + index
-        nodes.append(topology.NodeInfo(node.name, ip, ipam.node_cidr_at(spec.cluster_cidr, 24, index),
-                                       tuple(sorted(mode.node_annotations(spec, node.name, str(ip)).items()))))
+    spec, mode, nodes, _ = cluster(cni)  # the nodes as the side-by-side golden test addresses them
     steps = topology.plan_cluster(spec, mode, nodes)
     pod = topology.PodInfo("default", "web-1", ipaddress.IPv4Address("10.244.1.2"), "node-2", "lab.pod.default.web-1",
                               "lab.node.node-2")
