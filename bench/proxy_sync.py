@@ -58,6 +58,15 @@ from overlaynet.services import (  # noqa: E402
 NODE = R.NodeConfig("node-1", ("172.20.0.11",), "10.244.0.0/16")
 
 
+
+def move_first_endpoint(slices: list, index: int, address: str) -> list:
+    """The slices with the first endpoint of slice ``index`` moved to ``address`` (one change)."""
+    old = slices[index]
+    moved = dataclasses.replace(old.endpoints[0], addresses=(address,))
+    changed = list(slices)
+    changed[index] = dataclasses.replace(old, endpoints=(moved, *old.endpoints[1:]))
+    return changed
+
 def cluster(count: int, endpoints: int) -> tuple[list[Service], list[EndpointSlice]]:
     services, slices = [], []
     first_ip = int(ipaddress.IPv4Address("10.96.0.2"))
@@ -149,10 +158,7 @@ def measure(size: int, endpoints: int, backend: str, repeat: int, spaces: Namesp
     if partial:
         # One endpoint of one service moves to another address.
         changed_index = size // 2
-        old = slices[changed_index]
-        moved = dataclasses.replace(old.endpoints[0], addresses=("10.99.0.1",))
-        new_slices = list(slices)
-        new_slices[changed_index] = dataclasses.replace(old, endpoints=(moved, *old.endpoints[1:]))
+        new_slices = move_first_endpoint(slices, changed_index, "10.99.0.1")
         key = services[changed_index].key
         render_times = []
         partial_ruleset = None
@@ -172,10 +178,7 @@ def measure(size: int, endpoints: int, backend: str, repeat: int, spaces: Namesp
         }
         # The same kind of change again, as a minimal partial sync (top-level chains left alone).
         other = size // 3
-        old = new_slices[other]
-        moved = dataclasses.replace(old.endpoints[0], addresses=("10.99.0.2",))
-        newer_slices = list(new_slices)
-        newer_slices[other] = dataclasses.replace(old, endpoints=(moved, *old.endpoints[1:]))
+        newer_slices = move_first_endpoint(new_slices, other, "10.99.0.2")
         key = services[other].key
         render_time, minimal = timed(lambda: R.render(NODE, services, newer_slices, partial_ruleset, changed={key},
                                                       minimal=True))
