@@ -41,6 +41,10 @@ class KernelError(OverlaynetError):
     """The kernel refused an operation overlaynet asked for."""
 
 
+class BirdError(HostError):
+    """A BIRD daemon did not start, is unreachable through its control socket, or refused."""
+
+
 class AgentError(OverlaynetError):
     """The per-cluster agent process is unreachable or answered with an error."""
 

@@ -25,17 +25,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from overlaynet import bgp
-from overlaynet.errors import HostError, InvalidInput, KernelError
+from overlaynet.errors import BirdError, HostError, InvalidInput, KernelError
 from overlaynet.kernel import netns as netns_mod
 
 BIRD = "/usr/sbin/bird"
 BIRDC = "/usr/sbin/birdc"
 NSENTER = "nsenter"
 _PACKAGE = "BIRD 2 (Debian package bird2)"
-
-
-class BirdError(HostError):
-    """A BIRD daemon did not start, is unreachable through its control socket, or refused."""
 
 
 # --------------------------------------------------------------------------- binaries
