@@ -529,6 +529,8 @@ def exec(target, command, namespace, cluster):  # noqa: A001 - kubectl's verb
         # What `overlaynet testserver stop|start` run inside needs to find this pod's server.
         os.environ.update(OVERLAYNET_CLUSTER=name, OVERLAYNET_POD=f"{namespace}/{pod_name}",
                           OVERLAYNET_STATE_DIR=manager.store.directory)
+    # `overlaynet` and `python3` inside mean this installation's, as in an activated venv.
+    os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", os.defpath)])
     argv = ["ip", "netns", "exec", netns, *command]
     sys.stdout.flush()
     sys.stderr.flush()
@@ -536,6 +538,33 @@ def exec(target, command, namespace, cluster):  # noqa: A001 - kubectl's verb
         os.execvp(argv[0], argv)
     except OSError as exc:
         raise HostError(f"cannot run {argv[0]}: {exc.strerror}") from None
+
+
+@cli.group()
+def cni() -> None:
+    """overlaynet's CNI plugins, for a container runtime or cnitool of your own."""
+
+
+@cni.command("install")
+@click.option("--dir", "directory", default="/opt/cni/bin", show_default=True, type=click.Path(file_okay=False),
+              help="Where to write the plugins (a CNI_PATH directory).")
+def cni_install(directory):
+    """Write overlaynet-flannel, -calico and -ipam into DIR, bound to the Python overlaynet runs
+    in, so any runtime can exec them whatever its PATH.
+
+    \b
+    Example:
+      overlaynet cni install --dir /opt/cni/bin
+      echo '{"cniVersion": "1.0.0"}' | CNI_COMMAND=VERSION /opt/cni/bin/overlaynet-flannel
+    """
+    from overlaynet.cni import launch
+
+    try:
+        written = launch.install_plugins(directory)
+    except OSError as exc:
+        raise HostError(f'cni install: cannot write into "{directory}": {exc.strerror}') from None
+    for path in written:
+        click.echo(f"{path} (runs under {sys.executable})")
 
 
 @cli.command()

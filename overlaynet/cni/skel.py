@@ -32,6 +32,7 @@ AGENT_COMMANDS = ("ADD", "DEL", "CHECK", "STATUS", "GC")
 ERR_IO = 5  # the codes of spec, which is not imported up front
 ERR_TRY_AGAIN = 11
 ERR_PLUGIN = 999
+STANDALONE_DEPENDENCIES = ("pyroute2",)  # the third-party modules the plugin code imports
 
 
 def _error(code: int, msg: str, details: str, stdin: bytes) -> tuple[str, int, str]:
@@ -102,6 +103,22 @@ def via_agent(socket_path: str, plugin: str, environ: dict, stdin: bytes) -> tup
         return _error(ERR_PLUGIN, f"the agent at {socket_path} answered garbage", str(exc), stdin)
 
 
+def _standalone(plugin_name: str, environ: dict, stdin: bytes) -> tuple[str, int, str]:
+    """Run the plugin code here, when this Python has what it imports (else say how to fix it)."""
+    import importlib.util
+
+    missing = [module for module in STANDALONE_DEPENDENCIES if importlib.util.find_spec(module) is None]
+    if missing:
+        from overlaynet.cni import launch
+
+        return _error(ERR_PLUGIN, f"{plugin_name}: the Python at {sys.executable} cannot import "
+                      f"{', '.join(missing)}, which overlaynet needs", launch.FIX, stdin)
+    from overlaynet.cni import plugins
+
+    outcome = plugins.run(plugin_name, environ, stdin, os.getpid())
+    return outcome.stdout, outcome.exit_code, outcome.stderr
+
+
 def main(plugin_name: str) -> int:
     environ = dict(os.environ)
     try:
@@ -122,10 +139,7 @@ def main(plugin_name: str) -> int:
                 import site
 
                 site.main()
-            from overlaynet.cni import plugins
-
-            outcome = plugins.run(plugin_name, environ, stdin, os.getpid())
-            answer = (outcome.stdout, outcome.exit_code, outcome.stderr)
+            answer = _standalone(plugin_name, environ, stdin)
         stdout, code, stderr = answer
     if stderr:
         sys.stderr.write(stderr if stderr.endswith("\n") else stderr + "\n")

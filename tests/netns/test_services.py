@@ -4,6 +4,7 @@ every node, endpoints following the pods, checked with real connections."""
 from __future__ import annotations
 
 import shutil
+import sys
 import time
 
 import pytest
@@ -83,7 +84,7 @@ def test_cluster_ip_reaches_every_endpoint_without_snat(cluster):
 
 def test_udp_service(cluster):
     ip = services(cluster)["web"]["spec"]["clusterIP"]
-    reply = in_netns("svc.pod.default.client", "python3", "-c",
+    reply = in_netns("svc.pod.default.client", sys.executable, "-c",
                      "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3);"
                      f"s.sendto(b'hostname', ('{ip}', 53)); print(s.recv(100).decode())").stdout.strip()
     assert reply.startswith("web-")
