@@ -1,14 +1,19 @@
-"""Suite-wide fixtures: a snapshot of the host at the start, and the ordering that makes the
-leak check (tests/test_zz_leaks.py) the very last test of every run."""
+"""Suite-wide fixtures: a snapshot of the host at the start, the ``netns`` marker on every test
+that needs root (tests/netns/ and the leak check), and the ordering that makes the leak check
+(tests/test_zz_leaks.py) the very last test of every run."""
 
 from __future__ import annotations
 
 import os
+import pathlib
 import subprocess
 
 import pytest
 
 from overlaynet.kernel import netns
+
+TESTS = pathlib.Path(__file__).parent
+ROOT_TESTS = (TESTS / "netns", TESTS / "test_zz_leaks.py")  # they need root and make kernel objects
 
 
 def host_snapshot() -> dict:
@@ -49,6 +54,9 @@ def pytest_sessionstart(session):
 
 
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if any(item.path == root or root in item.path.parents for root in ROOT_TESTS):
+            item.add_marker(pytest.mark.netns)
     items.sort(key=lambda item: item.nodeid.startswith("tests/test_zz_leaks.py"))
 
 

@@ -25,8 +25,6 @@ from overlaynet.agent.client import AgentClient, find_agent_pids, start_agent, s
 from overlaynet.errors import AgentError
 from overlaynet.kernel import netns
 
-pytestmark = pytest.mark.netns
-
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 A_IP, B_IP = "10.99.0.1", "10.99.0.2"
 B_ALT = "10.99.1.2"         # b's second address, on its lo
