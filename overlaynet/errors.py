@@ -21,6 +21,12 @@ class InvalidInput(OverlaynetError):
     exit_code = 2
 
 
+class InvalidName(InvalidInput, ValueError):
+    """A kernel-visible name the kernel would refuse or truncate: an interface name over 15
+    characters, a network namespace name over 255. Also a ``ValueError`` (a bad value), so a
+    caller that tries a candidate name and falls back on ``except ValueError`` keeps working."""
+
+
 class ConflictError(OverlaynetError):
     """The request collides with existing state (a cluster that exists, a taken name)."""
 

@@ -3,7 +3,10 @@
 This module owns:
 - validation of user-given names (DNS-1123 labels and subdomains, as Kubernetes checks them);
 - the derivation of every kernel-visible name from the cluster's name and the object's name:
-  network namespaces, interface names (at most 15 characters, IFNAMSIZ - 1) and MAC addresses.
+  network namespaces (at most 255 characters: each is a file under /run/netns, NAME_MAX),
+  interface names (at most 15 characters, IFNAMSIZ - 1) and MAC addresses. A derived name
+  is checked where it is derived, so a name the kernel would refuse is an ``InvalidName``
+  naming the object before anything is created, never an error from the kernel half-way.
 
 Network namespaces carry the cluster's name and their role, so ``ip netns list`` reads as a
 map of the cluster and no two clusters (or roles) can collide:
@@ -23,9 +26,10 @@ from __future__ import annotations
 import hashlib
 import re
 
-from overlaynet.errors import invalid
+from overlaynet.errors import InvalidName, invalid
 
 IFNAME_MAX = 15  # IFNAMSIZ (16) minus the terminating NUL
+NETNS_NAME_MAX = 255  # a named network namespace is a file under /run/netns: NAME_MAX
 DNS1123_LABEL_MAX = 63
 DNS1123_SUBDOMAIN_MAX = 253
 CLUSTER_NAME_MAX = 32
@@ -75,8 +79,17 @@ def check_cluster_name(name: str) -> str:
 def check_ifname(name: str) -> str:
     """Refuse an interface name the kernel would reject or truncate."""
     if len(name) > IFNAME_MAX or not _IFNAME.fullmatch(name):
-        raise ValueError(f"interface name {name!r} is not a valid Linux interface name (<= {IFNAME_MAX} chars)")
+        raise InvalidName(f"interface name {name!r} is not a valid Linux interface name (<= {IFNAME_MAX} chars)")
     return name
+
+
+def _checked_netns(kind: str, name: str, netns: str) -> str:
+    """``netns`` if the kernel can name a namespace so; else an error that names the object."""
+    length = len(netns.encode())
+    if length > NETNS_NAME_MAX:
+        raise InvalidName(f'{kind} "{name}": the network namespace name "{netns}" is {length} characters, '
+                          f"over the kernel's {NETNS_NAME_MAX}")
+    return netns
 
 
 def _digest(*parts: str) -> str:
@@ -84,11 +97,11 @@ def _digest(*parts: str) -> str:
 
 
 def underlay_netns(cluster: str) -> str:
-    return f"{cluster}.underlay"
+    return _checked_netns("cluster", cluster, f"{cluster}.underlay")
 
 
 def external_netns(cluster: str) -> str:
-    return f"{cluster}.external"
+    return _checked_netns("cluster", cluster, f"{cluster}.external")
 
 
 EXTERNAL_PORT = "external"  # its uplink's name on the underlay bridge (node names never clash: nodes are
@@ -96,11 +109,13 @@ EXTERNAL_PORT = "external"  # its uplink's name on the underlay bridge (node nam
 
 
 def node_netns(cluster: str, node: str) -> str:
-    return f"{cluster}.node.{node}"
+    return _checked_netns("node", node, f"{cluster}.node.{node}")
 
 
 def pod_netns(cluster: str, namespace: str, pod: str) -> str:
-    return f"{cluster}.pod.{namespace}.{pod}"
+    """A pod's namespace; the one derived name that valid input can push over the limit (a
+    253-character pod name, or a Deployment's pod names, in a 63-character namespace)."""
+    return _checked_netns("pod", f"{namespace}/{pod}", f"{cluster}.pod.{namespace}.{pod}")
 
 
 def cluster_netns_prefix(cluster: str) -> str:

@@ -39,3 +39,30 @@ def test_subdomain_allows_dots():
     assert names.check_subdomain("pod", "web.v1") == "web.v1"
     with pytest.raises(InvalidInput):
         names.check_subdomain("pod", "web..v1")
+
+
+def test_a_pod_netns_name_over_the_kernel_limit_names_the_pod():
+    namespace = "n" * 63
+    fits = "p" * (names.NETNS_NAME_MAX - len(f"lab.pod.{namespace}."))
+    assert len(names.pod_netns("lab", namespace, fits)) == names.NETNS_NAME_MAX
+    with pytest.raises(InvalidInput) as caught:
+        names.pod_netns("lab", namespace, fits + "p")
+    assert str(caught.value) == (f'pod "{namespace}/{fits}p": the network namespace name '
+                                 f'"lab.pod.{namespace}.{fits}p" is 256 characters, over the kernel\'s 255')
+
+
+def test_every_derived_netns_name_is_checked():
+    for derive in (lambda c: names.underlay_netns(c), lambda c: names.external_netns(c),
+                   lambda c: names.node_netns(c, "node-1")):
+        assert derive("lab").startswith("lab.")
+        with pytest.raises(InvalidInput, match="over the kernel's 255"):
+            derive("c" * 250)
+
+
+def test_an_interface_name_the_kernel_refuses_is_overlaynets_error():
+    assert names.check_ifname("cali0123456789a") == "cali0123456789a"
+    for bad in ("x" * 16, "", "a b", "-a"):
+        with pytest.raises(InvalidInput, match="not a valid Linux interface name"):
+            names.check_ifname(bad)
+    with pytest.raises(ValueError):  # what a caller trying candidate names catches
+        names.check_ifname("x" * 16)
