@@ -5,7 +5,8 @@ What this module owns: everything a CNI runtime and a CNI plugin must agree on, 
 same way on both sides:
 - versions: the plugins speak 0.4.0, 1.0.0 and 1.1.0 and answer in the version asked for;
   STATUS and GC need 1.1.0 (cni.md §3-4);
-- error codes (cni.md §2) and the error object, printed on **stdout** like every answer;
+- error codes (cni.md §2), the code each of overlaynet's errors becomes (``cni_error``), and
+  the error object, printed on **stdout** like every answer;
 - the ``CNI_*`` environment of each command: what is required, the container id's charset,
   an interface name shorter than 16 characters (cni.md §1, §8.4);
 - ``CNI_ARGS`` (``K=V;K=V``): unknown keys are ignored whether or not ``IgnoreUnknown`` is set
@@ -28,7 +29,7 @@ import os
 import re
 from collections.abc import Mapping
 
-from overlaynet.errors import CniError
+from overlaynet.errors import AgentError, CniError, InvalidInput, OverlaynetError
 
 SUPPORTED_VERSIONS = ("0.4.0", "1.0.0", "1.1.0")
 LATEST_VERSION = "1.1.0"
@@ -58,6 +59,15 @@ ERROR_CODES = {
     ERR_NOT_AVAILABLE: "plugin not available",
     ERR_LIMITED: "plugin not available, existing containers may have limited connectivity",
     ERR_PLUGIN: "plugin-specific error",
+}
+
+# The code an overlaynet error becomes when it ends a CNI operation: the nearest class in
+# its MRO listed here, else ERR_PLUGIN. Not mapped on purpose: NotFoundError (code 3 would tell
+# the runtime that no cleanup is needed), CapacityError (out of addresses is 999, as host-local
+# says it, cni.md §8.3), KernelError and HostError (plugin-specific, as Go plugins report them).
+ERROR_CODES: dict[type[OverlaynetError], int] = {
+    InvalidInput: ERR_INVALID_CONFIG,  # a plugin's input is its network configuration
+    AgentError: ERR_TRY_AGAIN,  # the agent is unreachable or busy: transient
 }
 
 COMMANDS = ("ADD", "DEL", "CHECK", "VERSION", "STATUS", "GC")
@@ -569,6 +579,15 @@ def convert_result(doc: dict, version: str) -> dict:
 def dumps(doc: object) -> str:
     """As Go plugins print: 4-space indented JSON, no trailing newline (cni.md §8.9)."""
     return json.dumps(doc, indent=4)
+
+
+def cni_error(error: OverlaynetError) -> CniError:
+    """``error`` as the CNI error a plugin answers with: a ``CniError`` as it is, any other
+    overlaynet error with the code ``ERROR_CODES`` gives its class and its message as ``msg``."""
+    if isinstance(error, CniError):
+        return error
+    code = next((ERROR_CODES[cls] for cls in type(error).__mro__ if cls in ERROR_CODES), ERR_PLUGIN)
+    return CniError(code, str(error))
 
 
 def error_document(error: CniError, version: str | None) -> dict:

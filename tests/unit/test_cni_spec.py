@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from overlaynet.cni import spec
 from overlaynet.cni.spec import DNS, Interface, IPConfig, Result, RouteEntry
+from overlaynet import errors
 from overlaynet.errors import CniError, OverlaynetError
 
 # cni.md §11: bridge + host-local, cniVersion 1.0.0, as printed (no newline at the end).
@@ -87,6 +88,26 @@ def test_error_document_omits_empty_details_and_round_trips():
     assert doc == {"cniVersion": "1.0.0", "code": 4, "msg": "CNI_IFNAME missing"}
     back = spec.parse_error_document(spec.dumps(spec.error_document(CniError(11, "busy", "retry"), "0.4.0")))
     assert (back.code, back.msg, back.details) == (11, "busy", "retry")
+
+
+@pytest.mark.parametrize("error, code", [
+    (errors.InvalidInput('pod "web": ports[0] is out of range'), 7),
+    (errors.InvalidName("interface name 'x' is not a valid Linux interface name"), 7),
+    (errors.AgentError("the agent of cluster \"lab\" is unreachable"), 11),
+    (errors.NotFoundError('node "node-9" not found'), 999),
+    (errors.CapacityError("pod CIDR 10.244.1.0/30 has no free address"), 999),
+    (errors.KernelError("RTNETLINK answers: File exists"), 999),
+    (errors.BirdError("BIRD did not start"), 999),
+    (errors.ConflictError('cluster "lab" already exists'), 999),
+])
+def test_each_overlaynet_error_becomes_its_cni_code(error, code):
+    answer = spec.cni_error(error)
+    assert (answer.code, answer.msg, answer.details) == (code, str(error), "")
+
+
+def test_a_cni_error_keeps_its_own_code():
+    error = CniError(spec.ERR_UNKNOWN_CONTAINER, "CNI_NETNS /run/netns/x does not exist", "details")
+    assert spec.cni_error(error) is error
 
 
 def test_parse_error_document_accepts_go_errors_without_version_and_refuses_results():
