@@ -115,7 +115,9 @@ def masquerade_mark(bit: int) -> str:
 
 @dataclass(frozen=True)
 class NodeConfig:
-    """What kube-proxy knows about the node it runs on, and its flags that change rules."""
+    """What kube-proxy knows about the node it runs on, and its flags that change rules;
+    checked when made (``check_node``), so no render starts from a configuration the kernel
+    would refuse."""
 
     name: str
     ips: tuple[str, ...] = ()
@@ -126,6 +128,9 @@ class NodeConfig:
     random_fully: bool = True  # iptables supports MASQUERADE --random-fully
     conntrack_tcp_liberal: bool = False  # /proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal != 0
     large_cluster_threshold: int = LARGE_CLUSTER_ENDPOINTS
+
+    def __post_init__(self) -> None:
+        check_node(self)
 
 
 @dataclass(frozen=True)

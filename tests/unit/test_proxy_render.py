@@ -62,6 +62,14 @@ def test_service_chain_hash_matches_kube_proxy(args, chain):
         ("KUBE-SVL-" + suffix, "KUBE-EXT-" + suffix, "KUBE-FW-" + suffix)
 
 
+def test_every_declared_chain_fits_iptables_limit():
+    web = service("web-" + "x" * 59, type="NodePort", port=ServicePort("http", 80, 8080, node_port=30080),
+                  external_traffic_policy="Local", session_affinity="ClientIP")
+    ruleset = R.render(NODE, [web], [slice_(web, [ep("10.244.1.5", node="node-1"), ep("10.244.2.7")])])
+    declared = [line[1:].split()[0] for line in lines(ruleset) if line.startswith(":")]
+    assert len(declared) > 10 and all(len(chain) <= R.CHAIN_NAME_MAX for chain in declared), declared
+
+
 @pytest.mark.parametrize("args, chain", [
     (("ns1/svc1:p80", "tcp", "10.180.0.1:80"), "KUBE-SEP-SXIVWICOYRO3J4NJ"),
     (("default/web:http", "tcp", "10.244.1.5:8080"), "KUBE-SEP-AFGSLHOD2HFNCBX4"),
@@ -417,3 +425,14 @@ def test_check_node_refuses_bad_configuration():
         R.check_node(replace(NODE, cluster_cidr="10.244.0.0/33"))
     with pytest.raises(InvalidInput, match=r"masquerade bit 32 is out of range 0-31"):
         R.check_node(replace(NODE, masquerade_bit=32))
+
+
+def test_a_node_config_is_checked_when_it_is_made():
+    from overlaynet.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match=r'^node "node-1": kube-proxy: node IP "172.20.0.300" is not an IPv4'):
+        R.NodeConfig("node-1", ("172.20.0.300",), "10.244.0.0/16")
+    with pytest.raises(InvalidInput, match=r"cluster CIDR \"10.244.0.1/16\" is not an IPv4 network"):
+        R.NodeConfig("node-1", ("172.20.0.11",), "10.244.0.1/16")
+    with pytest.raises(InvalidInput, match=r"masquerade bit -1 is out of range 0-31"):
+        R.NodeConfig("node-1", masquerade_bit=-1)
