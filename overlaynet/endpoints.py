@@ -33,12 +33,13 @@ so they are stable from one sync to the next.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from overlaynet import names
 from overlaynet.services import (
     CONTROLLER_NAME,
+    SERVICE_NAME_LABEL,
     Endpoint,
     EndpointConditions,
     EndpointPort,
@@ -49,7 +50,6 @@ from overlaynet.services import (
 )
 
 MAX_ENDPOINTS_PER_SLICE = 100  # kube-controller-manager --max-endpoints-per-slice default
-_SAFE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # the generated-name alphabet (manifests.py uses it too)
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ def build_endpoint_slices(service: Service, pods: Iterable[dict]) -> EndpointsRe
     """The EndpointSlices the controller keeps for ``service`` given all ``pods`` of the cluster."""
     if service.selector is None:
         return EndpointsResult((), notes=("no selector: the endpoints are the EndpointSlices written by hand "
-                                          f"(label {'kubernetes.io/service-name'}={service.name})",))
+                                          f"(label {SERVICE_NAME_LABEL}={service.name})",))
     selector = dict(service.selector)
     matched = [p for p in pods
                if (p.get("metadata") or {}).get("namespace", "default") == service.namespace
@@ -180,6 +180,5 @@ def build_endpoint_slices(service: Service, pods: Iterable[dict]) -> EndpointsRe
 
 def slice_name(service: Service, port_set: tuple, index: int) -> str:
     """``<service>-<5 chars>``, at most 63 characters, stable for one port set and chunk."""
-    digest = hashlib.sha256(f"{service.namespace}/{service.name}/{port_set!r}/{index}".encode()).digest()
-    suffix = "".join(_SAFE_ALPHABET[b % len(_SAFE_ALPHABET)] for b in digest[:5])
+    suffix = names.generated_suffix(f"{service.namespace}/{service.name}/{port_set!r}/{index}", 5)
     return f"{service.name[:57]}-{suffix}"

@@ -21,6 +21,8 @@ from overlaynet import names
 from overlaynet.endpoints import build_endpoint_slices
 from overlaynet.model import ClusterSpec
 from overlaynet.services import (
+    CONTROLLER_NAME,
+    MANAGED_BY_LABEL,
     EndpointSlice,
     Service,
     allocate,
@@ -28,11 +30,10 @@ from overlaynet.services import (
     parse_endpointslice_document,
     parse_service_document,
 )
+from overlaynet.topology import internal_ip
 
 SERVICE = "Service"
 SLICE = "EndpointSlice"
-MANAGED_BY = "endpointslice.kubernetes.io/managed-by"
-CONTROLLER = "endpointslice-controller.k8s.io"
 
 
 def stored_services(manager, cluster: str) -> list[Service]:
@@ -90,7 +91,7 @@ def _controller_slices(manager, spec: ClusterSpec, services: list[Service]) -> l
     slices = []
     with manager.store.transaction():
         for document in manager.store.list(spec.name, SLICE):
-            if document["metadata"].get("labels", {}).get(MANAGED_BY) == CONTROLLER:
+            if document["metadata"].get("labels", {}).get(MANAGED_BY_LABEL) == CONTROLLER_NAME:
                 manager.store.delete(spec.name, SLICE, document["metadata"]["name"], document["metadata"]["namespace"])
         for service in services:
             for endpoint_slice in build_endpoint_slices(service, pods).slices:
@@ -114,9 +115,8 @@ def sync(manager, spec: ClusterSpec) -> None:
     synced = json.loads(manager.store.get_meta(spec.name, "kube-proxy-synced", "{}"))
     for node in manager.nodes(spec.name):
         node_name = node["metadata"]["name"]
-        ip = next(a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP")
         netns = names.node_netns(spec.name, node_name)
-        config = NodeConfig(name=node_name, ips=(ip,), cluster_cidr=str(spec.cluster_cidr))
+        config = NodeConfig(name=node_name, ips=(internal_ip(node),), cluster_cidr=str(spec.cluster_cidr))
         previous = _previous_render(config, synced.get(node_name))
         existing = [c for c in iptables.chains(netns, backend, "nat") if is_service_chain(c)]
         ruleset = render(config, services, slices, previous, existing_chains=existing)

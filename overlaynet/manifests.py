@@ -13,7 +13,6 @@ Errors name the file, the object and the field: ``web.yaml: Pod "web-1": spec.co
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -28,8 +27,6 @@ DEFAULT_NAMESPACE = "default"
 # netexec's --http-port); declared containerPorts are served as well.
 DEFAULT_TEST_PORT = 8080
 _PORT_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
-# kube-controller-manager's "safe" alphabet for generated name suffixes (no vowels, no 0/1/3).
-_SAFE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 
 
 @dataclass(frozen=True)
@@ -66,19 +63,15 @@ class DeploymentManifest:
     @property
     def template_hash(self) -> str:
         canonical = json.dumps({"labels": self.template.labels, "spec": self.template.spec}, sort_keys=True)
-        return _safe_encode(hashlib.sha256(canonical.encode()).digest(), 10)
+        return names.generated_suffix(canonical, 10)
 
     def pod_name(self, ordinal: int) -> str:
         """``<deployment>-<template hash>-<5 chars>`` like a ReplicaSet's pods, but reproducible."""
-        digest = hashlib.sha256(f"{self.namespace}/{self.name}/{self.template_hash}/{ordinal}".encode()).digest()
-        return f"{self.name}-{self.template_hash}-{_safe_encode(digest, 5)}"
+        suffix = names.generated_suffix(f"{self.namespace}/{self.name}/{self.template_hash}/{ordinal}", 5)
+        return f"{self.name}-{self.template_hash}-{suffix}"
 
 
 Manifest = PodManifest | DeploymentManifest | services.Service | services.EndpointSlice
-
-
-def _safe_encode(digest: bytes, length: int) -> str:
-    return "".join(_SAFE_ALPHABET[b % len(_SAFE_ALPHABET)] for b in digest[:length])
 
 
 class _Where:

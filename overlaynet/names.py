@@ -2,6 +2,7 @@
 
 This module owns:
 - validation of user-given names (DNS-1123 labels and subdomains, as Kubernetes checks them);
+- the suffixes of generated object names (a Deployment's pods, a Service's EndpointSlices);
 - the derivation of every kernel-visible name from the cluster's name and the object's name:
   network namespaces (at most 255 characters: each is a file under /run/netns, NAME_MAX),
   interface names (at most 15 characters, IFNAMSIZ - 1) and MAC addresses. A derived name
@@ -33,6 +34,9 @@ NETNS_NAME_MAX = 255  # a named network namespace is a file under /run/netns: NA
 DNS1123_LABEL_MAX = 63
 DNS1123_SUBDOMAIN_MAX = 253
 CLUSTER_NAME_MAX = 32
+
+# kube-controller-manager's "safe" alphabet for generated name suffixes (no vowels, no 0/1/3).
+GENERATED_NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 
 _LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _IFNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -90,6 +94,14 @@ def _checked_netns(kind: str, name: str, netns: str) -> str:
         raise InvalidName(f'{kind} "{name}": the network namespace name "{netns}" is {length} characters, '
                           f"over the kernel's {NETNS_NAME_MAX}")
     return netns
+
+
+def generated_suffix(seed: str, length: int) -> str:
+    """``length`` characters of the generated-name alphabet, as the controllers append to a
+    ReplicaSet's pods or a Service's EndpointSlices; derived from ``seed``, so reproducible
+    where the API server's are random."""
+    digest = hashlib.sha256(seed.encode()).digest()
+    return "".join(GENERATED_NAME_ALPHABET[b % len(GENERATED_NAME_ALPHABET)] for b in digest[:length])
 
 
 def _digest(*parts: str) -> str:

@@ -3,7 +3,7 @@
 This module owns the planning of the node network: the underlay namespace with its bridge,
 and per node a namespace whose ``eth0`` is a veth on that bridge with the node's address and
 IP forwarding on. It also owns the runtime facts planning works from (``NodeInfo``,
-``PodInfo``) and the assembly of a whole cluster's plan from a mode's per-node, per-peer and
+``PodInfo``, a stored Node's address: ``internal_ip``) and the assembly of a whole cluster's plan from a mode's per-node, per-peer and
 per-pod parts. It never touches the kernel.
 """
 
@@ -36,6 +36,11 @@ class NodeInfo:
 
     def annotation_json(self, key: str) -> dict:
         return json.loads(self.annotation(key))
+
+
+def internal_ip(node: dict) -> str:
+    """The address of a stored Node object: its ``status.addresses`` entry of type InternalIP."""
+    return next(a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP")
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from overlaynet import names
 from overlaynet.manifests import DEFAULT_TEST_PORT
+from overlaynet.topology import internal_ip
 
 PROTOCOLS = ("tcp", "udp", "icmp")
 OK, NAT, FAIL = "ok", "nat", "fail"
@@ -84,8 +85,7 @@ def endpoints(cluster: str, nodes: list[dict], pods: list[dict]) -> tuple[list[E
     node_eps = []
     for record in nodes:
         name = record["metadata"]["name"]
-        ip = next(a["address"] for a in record["status"]["addresses"] if a["type"] == "InternalIP")
-        node_eps.append(Endpoint("node", name, names.node_netns(cluster, name), ip, name))
+        node_eps.append(Endpoint("node", name, names.node_netns(cluster, name), internal_ip(record), name))
     pod_eps = []
     for record in pods:
         if record["status"].get("phase") != "Running":
