@@ -42,8 +42,16 @@ def bare_python(tmp_path_factory) -> str:
     return str(venv / "bin" / "python")
 
 
-def test_a_checkout_plugin_started_by_a_python_without_dependencies_says_how_to_fix_it(bare_python):
-    plugin = os.path.join(REPO, "cni_plugins", "overlaynet-ipam")
+def checkout_without_venv(tmp_path) -> str:
+    """A checkout as a host with a good python3 has it (no .venv); its overlaynet-ipam."""
+    os.makedirs(tmp_path / "cni_plugins")
+    shutil.copy(os.path.join(REPO, "cni_plugins", "overlaynet-ipam"), tmp_path / "cni_plugins")
+    os.symlink(os.path.join(REPO, "overlaynet"), tmp_path / "overlaynet")
+    return str(tmp_path / "cni_plugins" / "overlaynet-ipam")
+
+
+def test_a_checkout_plugin_started_by_a_python_without_dependencies_says_how_to_fix_it(bare_python, tmp_path):
+    plugin = checkout_without_venv(tmp_path)
     proc = run([bare_python, "-S", plugin], {**ADD_ENV, "PATH": os.defpath}, json.dumps(ADD_CONF).encode())
     error = error_of(proc)
     assert error["code"] == 999
@@ -52,9 +60,9 @@ def test_a_checkout_plugin_started_by_a_python_without_dependencies_says_how_to_
 
 
 def test_overlaynet_python_makes_a_checkout_plugin_re_execute_under_it(bare_python, tmp_path):
-    plugin = os.path.join(REPO, "cni_plugins", "overlaynet-ipam")
+    plugin = checkout_without_venv(tmp_path / "checkout")
     env = {**ADD_ENV, "PATH": os.defpath, launch.PYTHON_ENV: sys.executable}
-    conf = {**ADD_CONF, "ipam": {**ADD_CONF["ipam"], "dataDir": str(tmp_path)}}
+    conf = {**ADD_CONF, "ipam": {**ADD_CONF["ipam"], "dataDir": str(tmp_path / "ipam")}}
     proc = run([bare_python, "-S", plugin], env, json.dumps(conf).encode())
     assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
     assert json.loads(proc.stdout)["ips"][0]["address"] == "10.1.0.2/24"
