@@ -25,7 +25,7 @@ from overlaynet.kernel import netns
 from overlaynet.manifests import (DeploymentManifest, Manifest, PodManifest, PodTemplate, parse_document, pod_probes,
                                   served_ports)
 from overlaynet.model import ClusterSpec, NodeSpec, spec_from_document
-from overlaynet.modes import get_mode
+from overlaynet.modes import get_mode, uses_ipam_blocks
 from overlaynet.plan import Netns, Plan
 from overlaynet.services import EndpointSlice, Service
 from overlaynet.store import Store
@@ -372,7 +372,7 @@ class ClusterManager:
         """Undo a node: the peers' routes to it first (Flannel's lease removal), then the node."""
         if spec.bgp == "bird":
             bgpsync.stop_node(self, spec.name, node.name)
-        if spec.cni == "calico" and not spec.cni_config:
+        if uses_ipam_blocks(spec):
             from overlaynet.blocks import BlockIPAM
 
             BlockIPAM(self.store, spec.name, spec.cluster_cidr, spec.block_size).release_node(node.name)
@@ -598,10 +598,11 @@ class ClusterManager:
 
     @staticmethod
     def _pod_capacity(spec: ClusterSpec, node: dict) -> int:
-        """Pods a node can take: its pod CIDR's addresses, or the pool's when IPAM is in blocks."""
-        if spec.cni == "flannel" and not spec.cni_config:
-            return ipam.pod_capacity(ipaddress.IPv4Network(node["spec"]["podCIDR"]))
-        return spec.cluster_cidr.num_addresses
+        """Pods a node can take: as many as the mode gives it, or the pool's addresses when a
+        conflist of the user's wires the pods."""
+        if spec.cni_config:
+            return spec.cluster_cidr.num_addresses
+        return get_mode(spec.cni).pod_capacity(spec, ipaddress.IPv4Network(node["spec"]["podCIDR"]))
 
     def _pod_record(self, cluster: str, request: _PodRequest, node: NodeInfo | None, container_id: str,
                     decision: scheduler.Decision) -> dict:
@@ -696,8 +697,9 @@ class ClusterManager:
         self._sync_routes(spec)
 
     def _sync_routes(self, spec: ClusterSpec) -> None:
-        """The routed mode's Felix/BIRD part: block routes follow the IPAM blocks on every node."""
-        if spec.cni != "calico" or spec.cni_config:
+        """Felix's or BIRD's part in a mode with IPAM blocks: the routes between nodes follow
+        the blocks, on every node."""
+        if not uses_ipam_blocks(spec):
             return
         from overlaynet.routing import sync_routes
 

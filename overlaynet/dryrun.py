@@ -1,8 +1,8 @@
 """A cluster as it would be, without building it: the pure path behind ``overlaynet render``.
 
 Given a Cluster document and application manifests, this module places the nodes (node
-IPAM), the pods (the scheduler) and their addresses (host-local in the VXLAN mode, blocks in
-the routed mode) in the order ``up`` and ``apply`` would, and returns Kubernetes-shaped node
+IPAM), the pods (the scheduler) and their addresses (host-local or blocks, as the mode's IPAM
+is) in the order ``up`` and ``apply`` would, and returns Kubernetes-shaped node
 and pod objects, every pod Running and Ready. Nothing here needs root or touches the kernel.
 """
 
@@ -14,6 +14,7 @@ from collections import Counter
 from overlaynet import ipam, scheduler
 from overlaynet.manifests import DeploymentManifest, Manifest, PodManifest, PodTemplate
 from overlaynet.model import ClusterSpec
+from overlaynet.modes import IPAM_BLOCKS, get_mode
 
 
 def simulate(spec: ClusterSpec, manifests: list[Manifest]) -> tuple[list[dict], list[dict]]:
@@ -41,8 +42,9 @@ def simulate(spec: ClusterSpec, manifests: list[Manifest]) -> tuple[list[dict], 
 def _place(spec: ClusterSpec, nodes: list[dict], requests: list[tuple[str, str, PodTemplate]]) -> list[dict]:
     placed: Counter[str] = Counter()
     addresses: dict[str, list[ipaddress.IPv4Address]] = {n["metadata"]["name"]: [] for n in nodes}
+    mode = get_mode(spec.cni)
     pool = None
-    if spec.cni == "calico":
+    if mode.ipam == IPAM_BLOCKS:
         from overlaynet.blocks import PoolState
 
         pool = PoolState(spec.cluster_cidr, spec.block_size)
@@ -51,8 +53,7 @@ def _place(spec: ClusterSpec, nodes: list[dict], requests: list[tuple[str, str, 
         candidates = []
         for node in nodes:
             node_name = node["metadata"]["name"]
-            capacity = (ipam.pod_capacity(ipaddress.IPv4Network(node["spec"]["podCIDR"])) if pool is None
-                        else spec.cluster_cidr.num_addresses)
+            capacity = mode.pod_capacity(spec, ipaddress.IPv4Network(node["spec"]["podCIDR"]))
             candidates.append(scheduler.Candidate(node_name, node["metadata"]["labels"], True,
                                                   capacity - placed[node_name], placed[node_name]))
         decision = scheduler.schedule(template.node_name, dict(template.node_selector), candidates)

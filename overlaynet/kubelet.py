@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from overlaynet import names
 from overlaynet.errors import InvalidInput, OverlaynetError
 from overlaynet.model import ClusterSpec
+from overlaynet.modes import get_mode
 
 NETWORK_NAME = "overlaynet"
 CNI_VERSION = "1.0.0"
@@ -72,26 +73,14 @@ def _node_section(spec: ClusterSpec, node: dict) -> dict:
 
 
 def render_conflist(spec: ClusterSpec, node: dict, state_dir: str, agent_socket: str | None) -> dict:
-    """The network configuration list a node's kubelet uses for our CNI modes (pure)."""
-    from overlaynet.modes import get_mode
-
-    mode = get_mode(spec.cni)
-    paths = node_paths(state_dir, spec.name, node["metadata"]["name"])
+    """The network configuration list a node's kubelet uses for our CNI modes (pure): the
+    mode's entry, with the agent's socket (``skel``'s thin path) and the ``overlaynet`` object
+    (the Cluster document, hence the mode, and the node) the plugin skeleton plans from."""
+    name = node["metadata"]["name"]
+    paths = node_paths(state_dir, spec.name, name)
     section = {"cluster": spec.to_document(), "node": _node_section(spec, node)}
-    if spec.cni == "flannel":
-        pod_cidr = node["spec"]["podCIDR"]
-        gateway = str(ipaddress.ip_network(pod_cidr).network_address + 1)
-        plugin = {
-            "type": "overlaynet-flannel", "bridge": "cni0", "mtu": mode.pod_mtu(spec), "hairpinMode": True,
-            "ipam": {"type": "overlaynet-ipam", "ranges": [[{"subnet": pod_cidr, "gateway": gateway}]],
-                     "routes": [{"dst": "0.0.0.0/0"}, {"dst": str(spec.cluster_cidr)}], "dataDir": paths.data_dir},
-        }
-    else:
-        plugin = {
-            "type": "overlaynet-calico", "mtu": mode.pod_mtu(spec),
-            "ipam": {"type": "overlaynet-ipam", "mode": "blocks", "stateDir": state_dir, "cluster": spec.name,
-                     "pool": str(spec.cluster_cidr), "blockSize": spec.block_size, "node": node["metadata"]["name"]},
-        }
+    plugin = get_mode(spec.cni).render_conflist_entry(spec, name, ipaddress.IPv4Network(node["spec"]["podCIDR"]),
+                                                      state_dir, paths.data_dir)
     if agent_socket:
         plugin["agentSocket"] = agent_socket
     plugin["overlaynet"] = section

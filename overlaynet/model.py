@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 
 from overlaynet import names
 from overlaynet.errors import CapacityError, invalid
+from overlaynet.modes import DEFAULT_MODE, canonical_mode, check_cluster
 
 DEFAULT_CLUSTER_NAME = "overlaynet"
 DEFAULT_NODE_COUNT = 3
-DEFAULT_CNI = "flannel"
+DEFAULT_CNI = DEFAULT_MODE
 DEFAULT_CLUSTER_CIDR = "10.244.0.0/16"
 DEFAULT_NODE_MASK = 24
 DEFAULT_SERVICE_CIDR = "10.96.0.0/12"
@@ -59,8 +60,8 @@ class ClusterSpec:
     service_cidr: ipaddress.IPv4Network = ipaddress.IPv4Network(DEFAULT_SERVICE_CIDR)
     node_network: ipaddress.IPv4Network = ipaddress.IPv4Network(DEFAULT_NODE_NETWORK)
     underlay_mtu: int = DEFAULT_UNDERLAY_MTU
-    block_size: int = DEFAULT_BLOCK_SIZE  # routed mode: IPAM block prefix length
-    bgp: str = "none"  # routed mode: "bird" runs a BIRD 2 full mesh in every node
+    block_size: int = DEFAULT_BLOCK_SIZE  # modes with IPAM blocks: the block prefix length
+    bgp: str = "none"  # modes that support it: "bird" runs a BIRD 2 full mesh in every node
     cni_config: str | None = None  # a conflist of the user's instead of ours
 
     @property
@@ -141,8 +142,6 @@ def build_spec(
     cni_config: str | None = None,
 ) -> ClusterSpec:
     """Build and fully validate a ``ClusterSpec`` from raw values (flags or a document)."""
-    from overlaynet.modes import canonical_mode  # the registry of CNI modes
-
     names.check_cluster_name(name)
     node_specs = _node_specs(name, DEFAULT_NODE_COUNT if nodes is None else nodes)
     spec = ClusterSpec(
@@ -159,11 +158,7 @@ def build_spec(
         cni_config=cni_config,
     )
     check_ranges(spec)
-    if spec.bgp != "none" and spec.cni != "calico":
-        raise invalid("cluster", name, f'bgp "{spec.bgp}" needs cni "calico" (routes are learned over BGP only in the routed mode)')
-    if spec.cni == "calico" and spec.block_size < spec.cluster_cidr.prefixlen:
-        raise invalid("cluster", name, f"clusterCIDR {spec.cluster_cidr} (the IP pool) is smaller than one "
-                                       f"IPAM block of /{spec.block_size}")
+    check_cluster(spec)  # the mode's rules
     return spec
 
 

@@ -1,8 +1,9 @@
-"""Route distribution for the routed (Calico-like) mode: what Felix and BIRD do on each node.
+"""Route distribution for modes with IPAM blocks (Calico-like): what Felix and BIRD do on each node.
 
 IPAM blocks are claimed by nodes on demand, so the routes between nodes change as pods come
-and go: each node needs a blackhole for its own blocks, a route via the owning node for every
-other node's block, and a /32 via the borrowing node for every borrowed address. By default
+and go: each node needs its own blocks' routes (the mode's ``plan_blocks``: Calico blackholes
+them) and, from the mode's ``plan_peer``, a route via the owning node for every other node's
+block and a /32 via the borrowing node for every borrowed address. By default
 overlaynet programs these itself (``proto 80``, Felix's route protocol), remembering in the
 store what it applied to each node so that stale routes are removed; with ``bgp: bird`` it
 only writes each node's BIRD configuration and BIRD learns the routes over BGP.

@@ -15,6 +15,7 @@ from overlaynet import model, names
 from overlaynet.cli.output import age, document, table
 from overlaynet.errors import HostError, InvalidInput, NotFoundError, OverlaynetError
 from overlaynet.manifests import DEFAULT_NAMESPACE, load_cluster, parse_manifests
+from overlaynet.modes import KERNEL_FEATURES, KERNEL_VXLAN, get_mode, uses_ipam_blocks
 
 OUTPUT_FORMATS = click.Choice(["wide", "json", "yaml", "name"])
 _CAP_NET_ADMIN, _CAP_SYS_ADMIN = 12, 21
@@ -50,6 +51,20 @@ def require_privileges(action: str) -> None:
                if not effective & (1 << bit)]
     if missing:
         raise HostError(f"{action} needs {' and '.join(missing)}; run it as root (e.g. with sudo)")
+
+
+def check_kernel_features(spec: model.ClusterSpec) -> None:
+    """Refuse, before anything is built, a mode whose kernel features this host lacks (a
+    conflist of the user's needs none of ours)."""
+    if spec.cni_config:
+        return
+    from overlaynet.kernel.apply import vxlan_supported
+
+    probes = {KERNEL_VXLAN: vxlan_supported}
+    mode = get_mode(spec.cni)
+    for feature in mode.kernel_features:
+        if not probes[feature]():
+            raise HostError(f"this kernel has no {KERNEL_FEATURES[feature]}: the {mode.name} mode needs it")
 
 
 def cluster_option(func):
@@ -100,19 +115,15 @@ def up(config, cluster, nodes, cni, cluster_cidr, node_cidr_mask_size, service_c
                                 **{k: v for k, v in flags.items() if v is not None})
     require_privileges("overlaynet up")
     from overlaynet.kernel import observe
-    from overlaynet.kernel.apply import vxlan_supported
 
     model.check_host_overlap(spec, observe.host_networks())
-    if spec.cni == "flannel" and not spec.cni_config and not vxlan_supported():
-        raise HostError("this kernel has no VXLAN support (CONFIG_VXLAN): the flannel mode needs it")
+    check_kernel_features(spec)
     if spec.bgp == "bird":
         from overlaynet.kernel import bird
 
         bird.bird_version()  # refuses, naming the package, when BIRD is not installed
     manager = _manager()
     started = time.monotonic()
-    from overlaynet.modes import get_mode
-
     click.echo(f'Creating cluster "{spec.name}": {len(spec.nodes)} nodes, cni {spec.cni} '
                f"({get_mode(spec.cni).description}) ...")
     manager.up(spec)
@@ -283,7 +294,7 @@ def get(resource, object_name, output, namespace, all_namespaces, cluster):
     cni = manager.spec(name).cni
     if kind == "node":
         spec = manager.spec(name)
-        if spec.cni == "calico" and not spec.cni_config and wide:
+        if wide and uses_ipam_blocks(spec):
             from overlaynet.routing import node_infos
 
             blocks = {n.name: ",".join(map(str, n.blocks)) or "<none>" for n in node_infos(manager, spec)}

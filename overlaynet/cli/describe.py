@@ -8,6 +8,7 @@ import json
 from overlaynet import kubelet, names
 from overlaynet.cli.output import age
 from overlaynet.cluster import CONTAINER_ANNOTATION
+from overlaynet.modes import uses_ipam_blocks
 
 
 def _section(title: str, lines: list[str]) -> list[str]:
@@ -62,7 +63,7 @@ def describe_node(manager, cluster: str, node_name: str) -> str:
     lines += _section("Conditions", [f"{c['type']}={c['status']} ({c.get('reason', '')})" for c in status["conditions"]])
     lines += _section(f"Pods ({len(pods)})", [
         f"{p['metadata']['namespace']}/{p['metadata']['name']:<32} {p['status'].get('podIP', '<none>')}" for p in pods])
-    if spec.cni == "calico" and not spec.cni_config:
+    if uses_ipam_blocks(spec):
         from overlaynet.routing import node_infos
 
         info = next(n for n in node_infos(manager, spec) if n.name == node_name)

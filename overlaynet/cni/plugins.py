@@ -1,22 +1,23 @@
-"""The logic of overlaynet's three CNI plugins, callable in-process (standalone) or by the agent.
+"""The logic of overlaynet's CNI plugins, callable in-process (standalone) or by the agent.
 
-- ``overlaynet-flannel``: the VXLAN mode's main plugin. It wires a pod as flannel's ``bridge``
-  delegate does: the node's bridge (``bridge``, default ``cni0``, made with the pod CIDR's
-  gateway address when missing), a veth per pod with hairpin on, the pod interface with the
-  address IPAM gave it and the mode's routes. What to create comes from
-  ``get_mode("flannel").plan_pod`` and is made true by ``kernel.apply``.
-- ``overlaynet-calico``: the routed mode's main plugin, the same skeleton around
-  ``get_mode("calico").plan_pod`` (no bridge; IPAM normally ``overlaynet-ipam`` in blocks mode).
+- the **main plugin** of every mode (``overlaynet-flannel``, ``overlaynet-calico``, or the
+  ``plugin_type`` of any other ``overlaynet.modes.Mode``) is one skeleton: the mode comes from
+  the Cluster document in the configuration (``overlaynet.cluster``), and must be the one whose
+  plugin was invoked; the mode plans what to create (``plan_pod_prerequisites``, made when
+  missing and never undone, then ``plan_pod``) and ``kernel.apply`` makes it true. The flannel
+  mode's plan is what flannel's ``bridge`` delegate does (``cni0`` with the pod CIDR's gateway
+  address, a veth per pod with hairpin on); the calico mode's has no bridge.
 - ``overlaynet-ipam``: host-local semantics (``hostlocal``), or ``"mode": "blocks"``, which
   delegates to ``overlaynet.blocks.BlockIPAM`` (Calico-like blocks, state in the store).
 
-Configuration of the main plugins: ``ipam`` (required, delegated), ``mtu`` (default: the
-mode's pod MTU), ``dns`` (returned as is), ``agentSocket`` (``skel``'s thin path); flannel's
-``bridge`` (default ``cni0``) and ``hairpinMode`` (default true); and the ``overlaynet`` object
-``{"cluster": <Cluster document>, "node": {"name", "ip", "podCIDR", "annotations", "netns",
-"blocks", "borrowed"}}`` (``podCIDR`` required by flannel). ``node.netns`` is where the host
-side goes; without it, the namespace the plugin process runs in (``/proc/<pid>/ns/net``: the
-runtime's, i.e. the node's). Pod namespace and name come from ``CNI_ARGS`` ``K8S_POD_*``.
+Configuration of a main plugin: ``ipam`` (required, delegated), ``mtu`` (default: the mode's
+pod MTU), ``dns`` (returned as is), ``agentSocket`` (``skel``'s thin path); ``bridge`` (default:
+the mode's) and ``hairpinMode`` (default true) for a mode that bridges its pods; and the
+``overlaynet`` object ``{"cluster": <Cluster document>, "node": {"name", "ip", "podCIDR",
+"annotations", "netns", "blocks", "borrowed"}}`` (``podCIDR`` required by a mode whose pods
+take their addresses from it, ``IPAM_HOST_LOCAL``). ``node.netns`` is where the host side goes;
+without it, the namespace the plugin process runs in (``/proc/<pid>/ns/net``: the runtime's,
+i.e. the node's). Pod namespace and name come from ``CNI_ARGS`` ``K8S_POD_*``.
 
 The ADD result lists the host veth (no ``sandbox``) and the pod interface (``sandbox`` =
 ``CNI_NETNS``), the pod address with ``interface`` pointing at the latter, the mode's sandbox
@@ -49,14 +50,11 @@ from typing import Any
 from overlaynet.cni import hostlocal, spec
 from overlaynet.cni.spec import DNS, CniEnv, Factory, Interface, IPConfig, Record, Result, RouteEntry
 from overlaynet.errors import CniError, OverlaynetError
+from overlaynet.modes import IPAM_BLOCKS, IPAM_HOST_LOCAL, IPAM_PLUGIN, PluginOptions
 
-FLANNEL = "overlaynet-flannel"
-CALICO = "overlaynet-calico"
-IPAM = "overlaynet-ipam"
-PLUGINS = (FLANNEL, CALICO, IPAM)
+IPAM = IPAM_PLUGIN
 DELEGATE_TIMEOUT = 60.0
 STDERR_TAIL = 2000
-DEFAULT_BRIDGE = "cni0"
 DEFAULT_BLOCK_SIZE = 26  # Calico's default IPv4 block (calico.md §2)
 SCOPE_LINK = 253
 
@@ -88,7 +86,8 @@ class Context(Record):
 
 def run(plugin: str, environ: Mapping[str, str], stdin: bytes, pid: int | None = None,
         in_agent: bool = False, runtime_netns: str | None = None) -> Outcome:
-    """One CNI invocation of ``plugin``: never raises; errors become the CNI error object.
+    """One CNI invocation of ``plugin`` (``overlaynet-ipam``, or a mode's main plugin): never
+    raises; errors become the CNI error object.
 
     The runtime's netns (where the plugin process runs) is ``runtime_netns`` if given, else
     ``/proc/<pid>/ns/net`` of ``pid`` (default: this process). The agent passes a path to a
@@ -97,8 +96,6 @@ def run(plugin: str, environ: Mapping[str, str], stdin: bytes, pid: int | None =
     version = spec.peek_version(stdin)
     logs: list[str] = []
     try:
-        if plugin not in PLUGINS:
-            raise CniError(spec.ERR_PLUGIN, f"unknown plugin {plugin!r}", f"one of {', '.join(PLUGINS)}")
         env = spec.parse_env(environ)
         if env.command == "VERSION":
             return Outcome(spec.dumps(spec.version_answer(stdin)), 0)
@@ -128,9 +125,9 @@ def _ipam(ctx: Context, conf: dict) -> Result | None:
     ipam = conf.get("ipam")
     if not isinstance(ipam, dict):
         raise CniError(spec.ERR_INVALID_CONFIG, f'network "{conf["name"]}": ipam must be an object')
-    mode = ipam.get("mode", "host-local")
+    mode = ipam.get("mode", IPAM_HOST_LOCAL)
     command = ctx.env.command
-    if mode == "host-local":
+    if mode == IPAM_HOST_LOCAL:
         if command == "ADD":
             return hostlocal.cmd_add(conf, ctx.env)
         if command == "DEL":
@@ -142,7 +139,7 @@ def _ipam(ctx: Context, conf: dict) -> Result | None:
         elif command == "STATUS":
             hostlocal.cmd_status(conf, ctx.env)
         return None
-    if mode == "blocks":
+    if mode == IPAM_BLOCKS:
         ipam_obj, node, close = open_block_ipam(conf)
         try:
             return blocks_command(command, conf, ctx.env, ipam_obj, node)
@@ -236,10 +233,11 @@ def blocks_command(command: str, conf: Mapping, env: CniEnv, ipam: Any, node: st
 
 
 class MainConfig(Record):
-    """A main plugin's configuration: ``network``, ``spec`` (``model.ClusterSpec``), ``node``
-    (``topology.NodeInfo``), ``node_netns``, ``mtu``, ``bridge``, ``hairpin``, ``dns``."""
+    """A main plugin's configuration: ``network``, ``spec`` (``model.ClusterSpec``), ``mode``
+    (its ``modes.Mode``), ``node`` (``topology.NodeInfo``), ``node_netns``, ``options``
+    (``modes.PluginOptions``), ``dns``."""
 
-    __slots__ = ("network", "spec", "node", "node_netns", "mtu", "bridge", "hairpin", "dns")
+    __slots__ = ("network", "spec", "mode", "node", "node_netns", "options", "dns")
 
 
 def _unsupported(key: str, value: object, why: str) -> CniError:
@@ -248,6 +246,7 @@ def _unsupported(key: str, value: object, why: str) -> CniError:
 
 def parse_main_config(plugin: str, conf: Mapping) -> MainConfig:
     from overlaynet import model
+    from overlaynet.modes import get_mode
     from overlaynet.topology import NodeInfo
 
     network = conf["name"]
@@ -266,9 +265,10 @@ def parse_main_config(plugin: str, conf: Mapping) -> MainConfig:
     except (KeyError, TypeError, AttributeError) as exc:
         raise CniError(spec.ERR_INVALID_CONFIG,
                        f"overlaynet.cluster is not a Cluster document: missing {exc}") from None
-    wanted = "flannel" if plugin == FLANNEL else "calico"
-    if cluster.cni != wanted:
-        raise _unsupported("overlaynet.cluster.spec.cni", cluster.cni, f"{plugin} wires the {wanted} mode")
+    mode = get_mode(cluster.cni)
+    if mode.plugin_type != plugin:
+        raise _unsupported("overlaynet.cluster.spec.cni", cluster.cni,
+                           f"{plugin} does not wire that mode (its plugin is {mode.plugin_type})")
     node_doc = top["node"]
     name = node_doc.get("name")
     if not isinstance(name, str) or not name:
@@ -285,8 +285,8 @@ def parse_main_config(plugin: str, conf: Mapping) -> MainConfig:
         except ValueError:
             raise CniError(spec.ERR_INVALID_CONFIG,
                            f"overlaynet.node.podCIDR {node_doc['podCIDR']!r} is not a CIDR") from None
-    elif plugin == FLANNEL:
-        raise CniError(spec.ERR_INVALID_CONFIG, "overlaynet.node.podCIDR is required by the flannel mode")
+    elif mode.ipam == IPAM_HOST_LOCAL:
+        raise CniError(spec.ERR_INVALID_CONFIG, f"overlaynet.node.podCIDR is required by the {mode.name} mode")
     annotations = node_doc.get("annotations") or {}
     if not isinstance(annotations, dict):
         raise CniError(spec.ERR_INVALID_CONFIG, "overlaynet.node.annotations must be an object of strings")
@@ -304,8 +304,8 @@ def parse_main_config(plugin: str, conf: Mapping) -> MainConfig:
     mtu = conf.get("mtu")
     if mtu is not None and (isinstance(mtu, bool) or not isinstance(mtu, int) or not 68 <= mtu <= 65535):
         raise _unsupported("mtu", mtu, "must be a whole number 68-65535")
-    bridge = conf.get("bridge", DEFAULT_BRIDGE)
-    if not isinstance(bridge, str) or spec.ifname_problem(bridge):
+    bridge = conf.get("bridge")
+    if bridge is not None and (not isinstance(bridge, str) or spec.ifname_problem(bridge)):
         why = spec.ifname_problem(bridge) if isinstance(bridge, str) else "must be a name"
         raise _unsupported("bridge", bridge, why or "")
     hairpin = conf.get("hairpinMode", True)
@@ -314,18 +314,7 @@ def parse_main_config(plugin: str, conf: Mapping) -> MainConfig:
     dns = None
     if isinstance(conf.get("dns"), dict) and conf["dns"]:
         dns = Result.from_dict({"dns": conf["dns"]}, "dns").dns
-    return MainConfig(network, cluster, node, node_netns, mtu, bridge, hairpin, dns)
-
-
-def _load_mode(plugin: str) -> Any:
-    from overlaynet.modes import get_mode
-
-    name = "flannel" if plugin == FLANNEL else "calico"
-    try:
-        return get_mode(name)
-    except (KeyError, ImportError, AttributeError) as exc:
-        raise CniError(spec.ERR_PLUGIN, f"the {name} mode is not available in this overlaynet",
-                       f"overlaynet.modes cannot load {name!r}: {type(exc).__name__}: {exc}") from None
+    return MainConfig(network, cluster, mode, node, node_netns, PluginOptions(mtu, bridge, hairpin), dns)
 
 
 # --------------------------------------------------------------------------- main plugins: helpers
@@ -369,51 +358,31 @@ def _pod_info(ctx: Context, cfg: MainConfig, ip: ipaddress.IPv4Address) -> Any:
                    container_id=ctx.env.container_id, ifname=ctx.env.ifname)
 
 
-def _plan(ctx: Context, cfg: MainConfig, mode: Any, pod: Any, fill_macs: bool) -> tuple:
-    """The mode's attachment plan with this config's options applied: the flannel plugin's
-    ``bridge``/``hairpinMode``, the ``mtu`` of both, MACs chosen here when the mode leaves
-    them to the kernel (so the result names them without reading them back)."""
+def _plan(cfg: MainConfig, pod: Any, fill_macs: bool) -> tuple:
+    """The mode's attachment plan for this config's options, without the sandbox (the
+    runtime's), with MACs chosen here when the mode leaves them to the kernel (so the result
+    names them without reading them back)."""
     import dataclasses
 
     from overlaynet.plan import Netns, VethPair
 
     try:
-        plan = mode.plan_pod(cfg.spec, cfg.node, pod)
+        plan = cfg.mode.plan_pod(cfg.spec, cfg.node, pod, cfg.options)
     except (OverlaynetError, ValueError) as exc:
         raise CniError(spec.ERR_PLUGIN, f"cannot plan the attachment: {exc}") from None
     out = []
     for step in plan:
         if isinstance(step, Netns):
             continue  # the runtime owns the sandbox; a plugin never creates or deletes it
-        if isinstance(step, VethPair):
+        if isinstance(step, VethPair) and fill_macs:
             changes: dict[str, Any] = {}
-            if cfg.mtu is not None:
-                changes["mtu"] = cfg.mtu
-            if ctx.plugin == FLANNEL:
-                changes["hairpin"] = cfg.hairpin
-                if step.master is not None:
-                    changes["master"] = cfg.bridge
-            if fill_macs:
-                if step.mac is None:
-                    changes["mac"] = _random_mac()
-                if step.peer_mac is None:
-                    changes["peer_mac"] = _random_mac()
+            if step.mac is None:
+                changes["mac"] = _random_mac()
+            if step.peer_mac is None:
+                changes["peer_mac"] = _random_mac()
             step = dataclasses.replace(step, **changes)
         out.append(step)
     return tuple(out)
-
-
-def _prerequisites(ctx: Context, cfg: MainConfig, mode: Any, host_ns: str) -> tuple:
-    """What must exist on the node before a pod plugs in: for flannel, the bridge with the
-    pod CIDR's gateway address (as the bridge delegate's ``isGateway`` does). Never undone."""
-    if ctx.plugin != FLANNEL:
-        return ()
-    from overlaynet.plan import Address, Bridge
-
-    cidr = cfg.node.pod_cidr
-    mtu = cfg.mtu if cfg.mtu is not None else mode.pod_mtu(cfg.spec)
-    return (Bridge(host_ns, cfg.bridge, mtu=mtu),
-            Address(host_ns, cfg.bridge, f"{cidr.network_address + 1}/{cidr.prefixlen}"))
 
 
 def _veth(plan: tuple, ctx: Context) -> Any:
@@ -556,7 +525,6 @@ def _check_sandbox(ctx: Context, host_ns: str) -> None:
 def _add(ctx: Context, conf: dict, cfg: MainConfig) -> Result:
     from overlaynet.kernel import apply as kapply
 
-    mode = _load_mode(ctx.plugin)
     host_ns = _host_netns(ctx, cfg)
     _check_sandbox(ctx, host_ns)
     ipam_result = delegate(ctx, conf, "ADD")
@@ -564,13 +532,14 @@ def _add(ctx: Context, conf: dict, cfg: MainConfig) -> Result:
     pod_steps: tuple = ()
     try:
         address, _ = _first_ipv4(ipam_result, conf["ipam"]["type"])
-        if cfg.node.pod_cidr is not None and ctx.plugin == FLANNEL and address.ip not in cfg.node.pod_cidr:
+        if cfg.mode.ipam == IPAM_HOST_LOCAL and address.ip not in cfg.node.pod_cidr:
             raise CniError(spec.ERR_INVALID_CONFIG,
                            f"ipam gave {address.ip}, outside the node's podCIDR {cfg.node.pod_cidr}")
         pod = _pod_info(ctx, cfg, address.ip)
-        plan = _plan(ctx, cfg, mode, pod, fill_macs=True)
+        plan = _plan(cfg, pod, fill_macs=True)
         pod_steps = plan + _ipam_routes(ctx, plan, ipam_result)
-        kapply.apply(_prerequisites(ctx, cfg, mode, host_ns) + pod_steps)
+        prerequisites = cfg.mode.plan_pod_prerequisites(cfg.spec, cfg.node, host_ns, cfg.options)
+        kapply.apply(prerequisites + pod_steps)
     except BaseException as exc:
         _undo(ctx, conf, pod_steps, exc)
         raise
@@ -646,12 +615,6 @@ def _del(ctx: Context, conf: dict, cfg: MainConfig) -> None:
     from overlaynet.kernel import netns, observe
     from overlaynet.plan import VethPair
 
-    try:
-        mode = _load_mode(ctx.plugin)
-    except CniError as exc:
-        ctx.log(f"{exc}: only releasing the address")
-        delegate(ctx, conf, "DEL")
-        return
     host_ns = _host_netns(ctx, cfg)
     sandbox = ctx.env.netns
     sandbox_there = bool(sandbox) and netns.exists(sandbox)
@@ -666,7 +629,7 @@ def _del(ctx: Context, conf: dict, cfg: MainConfig) -> None:
         except OverlaynetError:
             pass
     pod = _pod_info(ctx, cfg, ip or ipaddress.IPv4Address("0.0.0.0"))
-    plan = _plan(ctx, cfg, mode, pod, fill_macs=False)
+    plan = _plan(cfg, pod, fill_macs=False)
     host_steps = tuple(s for s in plan if _step_ns(s) != pod.netns)
     if netns.exists(host_ns):
         veth = _veth(plan, ctx)
@@ -696,7 +659,6 @@ def _check(ctx: Context, conf: dict, cfg: MainConfig) -> None:
     prev = _prev_result(conf)
     if prev is None:
         raise CniError(spec.ERR_INVALID_CONFIG, "CHECK needs prevResult (the attachment's ADD result)")
-    mode = _load_mode(ctx.plugin)
     delegate(ctx, conf, "CHECK")
     sandbox, host_ns = ctx.env.netns, _host_netns(ctx, cfg)
     who = f"{ctx.env.container_id}/{ctx.env.ifname}"
@@ -705,7 +667,7 @@ def _check(ctx: Context, conf: dict, cfg: MainConfig) -> None:
     ip = _prev_address(prev, ctx.env.ifname)
     if ip is None:
         raise CniError(spec.ERR_PLUGIN, f"CHECK {who}: prevResult lists no IPv4 address for {ctx.env.ifname}")
-    plan = _plan(ctx, cfg, mode, _pod_info(ctx, cfg, ip), fill_macs=False)
+    plan = _plan(cfg, _pod_info(ctx, cfg, ip), fill_macs=False)
     missing: list[str] = []
     views: dict[str, dict] = {}
 
@@ -769,22 +731,10 @@ def _route_words(step: Any) -> str:
 def _status(ctx: Context, conf: dict, cfg: MainConfig) -> None:
     from overlaynet.kernel import netns, observe
 
-    try:
-        _load_mode(ctx.plugin)
-    except CniError as exc:
-        raise CniError(spec.ERR_NOT_AVAILABLE, exc.msg, exc.details) from None
     host_ns = _host_netns(ctx, cfg)
     if not netns.exists(host_ns):
         raise CniError(spec.ERR_NOT_AVAILABLE, f'the node\'s network namespace "{host_ns}" does not exist')
-    if ctx.plugin == FLANNEL:
-        link = next((link for link in observe.observe_links(host_ns) if link["name"] == cfg.bridge), None)
-        if link is not None and link["kind"] != "bridge":
-            raise CniError(spec.ERR_NOT_AVAILABLE,
-                           f"{cfg.bridge} in the node's namespace is a {link['kind'] or 'device'}, not a bridge",
-                           "ADD cannot attach pods to it")
-    else:
-        routes = observe.observe_routes(host_ns)
-        if not any(r["dst"] == "0.0.0.0/0" and r["type"] == "unicast" for r in routes):
-            raise CniError(spec.ERR_NOT_AVAILABLE, "the node has no default route",
-                           "proxy ARP answers pods only for targets the node can route (calico.md §1.3)")
+    problem = cfg.mode.status_problem(cfg.options, observe.observe_links(host_ns), observe.observe_routes(host_ns))
+    if problem is not None:
+        raise CniError(spec.ERR_NOT_AVAILABLE, *problem)
     delegate(ctx, conf, "STATUS")

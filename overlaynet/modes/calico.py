@@ -32,13 +32,20 @@ Not done here: Felix's iptables chains (``cali-*``) and IPIP/VXLAN encapsulation
 from __future__ import annotations
 
 import hashlib
+import ipaddress
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from overlaynet import names
-from overlaynet.errors import InvalidInput
-from overlaynet.model import ClusterSpec
+from overlaynet.errors import InvalidInput, invalid
+from overlaynet.modes import DEFAULT_OPTIONS, IPAM_BLOCKS, IPAM_PLUGIN, PluginOptions
 from overlaynet.plan import Address, Plan, Route, Sysctl, VethPair
-from overlaynet.topology import NodeInfo, PodInfo
 
+if TYPE_CHECKING:
+    from overlaynet.model import ClusterSpec
+    from overlaynet.topology import NodeInfo, PodInfo
+
+PLUGIN = "overlaynet-calico"
 VETH_PREFIX = "cali"  # FELIX_INTERFACEPREFIX's default
 HOST_VETH_MAC = "ee:ee:ee:ee:ee:ee"
 POD_GATEWAY = "169.254.1.1"
@@ -74,6 +81,16 @@ def _dev_sysctl(dev: str, *path: str) -> str:
 class CalicoMode:
     name = "calico"
     description = "Calico-like routed mode (cali* veths with proxy ARP, IPAM blocks, no encapsulation)"
+    plugin_type = PLUGIN
+    ipam = IPAM_BLOCKS
+    kernel_features = ()
+    supports_bgp = True
+
+    def check_spec(self, spec: ClusterSpec) -> None:
+        """The pool (the cluster CIDR) must hold at least one block."""
+        if spec.block_size < spec.cluster_cidr.prefixlen:
+            raise invalid("cluster", spec.name, f"clusterCIDR {spec.cluster_cidr} (the IP pool) is smaller than one "
+                                                f"IPAM block of /{spec.block_size}")
 
     def node_annotations(self, spec: ClusterSpec, node: str, node_ip: str) -> dict[str, str]:
         # What calico-node records on the Node (its autodetected address with the prefix).
@@ -81,6 +98,18 @@ class CalicoMode:
 
     def pod_mtu(self, spec: ClusterSpec) -> int:
         return spec.underlay_mtu
+
+    def pod_capacity(self, spec: ClusterSpec, pod_cidr: ipaddress.IPv4Network) -> int:
+        """Any node can take addresses from anywhere in the pool (borrowing from others' blocks)."""
+        return spec.cluster_cidr.num_addresses
+
+    def render_conflist_entry(self, spec: ClusterSpec, node: str, pod_cidr: ipaddress.IPv4Network,
+                              state_dir: str, data_dir: str) -> dict:
+        return {
+            "type": PLUGIN, "mtu": self.pod_mtu(spec),
+            "ipam": {"type": IPAM_PLUGIN, "mode": IPAM_BLOCKS, "stateDir": state_dir, "cluster": spec.name,
+                     "pool": str(spec.cluster_cidr), "blockSize": spec.block_size, "node": node},
+        }
 
     def plan_node(self, spec: ClusterSpec, node: NodeInfo) -> Plan:
         """Nothing beyond the base: no bridge, no tunnel. The default route proxy ARP needs is
@@ -104,8 +133,10 @@ class CalicoMode:
                    for ip in peer.borrowed]
         return tuple(routes)
 
-    def plan_pod(self, spec: ClusterSpec, node: NodeInfo, pod: PodInfo) -> Plan:
-        """The Calico CNI plugin's part of an ADD (the sandbox namespace already exists)."""
+    def plan_pod(self, spec: ClusterSpec, node: NodeInfo, pod: PodInfo,
+                 options: PluginOptions = DEFAULT_OPTIONS) -> Plan:
+        """The Calico CNI plugin's part of an ADD (the sandbox namespace already exists); of
+        the options only ``mtu`` applies (no bridge)."""
         veth = host_veth_name(pod)
         host = pod.host_netns
         return (
@@ -114,7 +145,7 @@ class CalicoMode:
                 name=veth,
                 peer_netns=pod.netns,
                 peer_name=pod.ifname,
-                mtu=self.pod_mtu(spec),
+                mtu=options.mtu or self.pod_mtu(spec),
                 mac=HOST_VETH_MAC,
             ),
             Address(pod.netns, pod.ifname, f"{pod.ip}/32"),
@@ -126,6 +157,17 @@ class CalicoMode:
             Sysctl(host, _dev_sysctl(veth, "conf", "route_localnet"), "1"),
             Route(host, f"{pod.ip}/32", dev=veth, scope="link"),
         )
+
+    def plan_pod_prerequisites(self, spec: ClusterSpec, node: NodeInfo, netns: str, options: PluginOptions) -> Plan:
+        """Nothing: the host side of a pod is its own veth."""
+        return ()
+
+    def status_problem(self, options: PluginOptions, links: Sequence[Mapping],
+                       routes: Sequence[Mapping]) -> tuple[str, str] | None:
+        if not any(r["dst"] == "0.0.0.0/0" and r["type"] == "unicast" for r in routes):
+            return ("the node has no default route",
+                    "proxy ARP answers pods only for targets the node can route (calico.md §1.3)")
+        return None
 
 
 MODE = CalicoMode()

@@ -8,9 +8,10 @@ flannel-io/flannel pkg/backend/vxlan/{device.go,vxlan_network.go}):
 - per peer node, in flannel's order (``handleSubnetEvents``): permanent neighbour
   (peer subnet .0 -> peer VTEP MAC), permanent FDB entry (VTEP MAC -> peer node IP), then the
   ``onlink`` route for the peer subnet, last so the kernel never has to ARP;
-- pods as the CNI ``bridge`` delegate wires them: ``cni0`` with the subnet's first address,
-  a veth per pod with hairpin on, the pod's ``eth0`` at the flannel MTU with a default route
-  and a route for the cluster CIDR, both via the bridge address.
+- pods as the CNI ``bridge`` delegate wires them (``overlaynet.modes.bridge``): ``cni0`` with
+  the subnet's first address, a veth per pod with hairpin on, the pod's ``eth0`` at the
+  flannel MTU with a default route and a route for the cluster CIDR, both via the bridge
+  address; addresses from host-local IPAM over the node's subnet.
 
 The VTEP MAC is derived from the cluster and node names (flannel picks a random one and keeps
 it in the node annotation ``flannel.alpha.coreos.com/backend-data``; we record ours there too).
@@ -20,17 +21,23 @@ the kube-proxy work).
 
 from __future__ import annotations
 
+import ipaddress
 import json
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
-from overlaynet import names
-from overlaynet.model import ClusterSpec
-from overlaynet.plan import Address, Bridge, FdbEntry, Neighbour, Plan, Route, VethPair, Vxlan
-from overlaynet.topology import NodeInfo, PodInfo
+from overlaynet import ipam, names
+from overlaynet.modes import DEFAULT_OPTIONS, IPAM_HOST_LOCAL, KERNEL_VXLAN, PluginOptions, bridge
+from overlaynet.plan import Address, FdbEntry, Neighbour, Plan, Route, Vxlan
+
+if TYPE_CHECKING:
+    from overlaynet.model import ClusterSpec
+    from overlaynet.topology import NodeInfo, PodInfo
 
 VNI = 1
 VXLAN_PORT = 8472
 VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
-BRIDGE = "cni0"
+PLUGIN = "overlaynet-flannel"
 ANNOTATION_PREFIX = "flannel.alpha.coreos.com/"
 BACKEND_DATA = ANNOTATION_PREFIX + "backend-data"
 
@@ -38,6 +45,13 @@ BACKEND_DATA = ANNOTATION_PREFIX + "backend-data"
 class FlannelMode:
     name = "flannel"
     description = "Flannel-like VXLAN overlay (flannel.1, cni0 bridge)"
+    plugin_type = PLUGIN
+    ipam = IPAM_HOST_LOCAL
+    kernel_features = (KERNEL_VXLAN,)
+    supports_bgp = False
+
+    def check_spec(self, spec: ClusterSpec) -> None:
+        """Any valid set of ranges will do."""
 
     def node_annotations(self, spec: ClusterSpec, node: str, node_ip: str) -> dict[str, str]:
         vtep_mac = names.derived_mac(spec.name, "vtep", node)
@@ -51,13 +65,17 @@ class FlannelMode:
     def pod_mtu(self, spec: ClusterSpec) -> int:
         return spec.underlay_mtu - VXLAN_OVERHEAD
 
+    def pod_capacity(self, spec: ClusterSpec, pod_cidr: ipaddress.IPv4Network) -> int:
+        return ipam.pod_capacity(pod_cidr)
+
+    def render_conflist_entry(self, spec: ClusterSpec, node: str, pod_cidr: ipaddress.IPv4Network,
+                              state_dir: str, data_dir: str) -> dict:
+        return bridge.render_bridge_entry(PLUGIN, spec, pod_cidr, self.pod_mtu(spec), data_dir)
+
     def plan_node(self, spec: ClusterSpec, node: NodeInfo) -> Plan:
         netns = names.node_netns(spec.name, node.name)
         device = names.vxlan_device(VNI)
-        gateway = node.pod_cidr.network_address + 1
-        return (
-            Bridge(netns, BRIDGE, mtu=self.pod_mtu(spec)),
-            Address(netns, BRIDGE, f"{gateway}/{node.pod_cidr.prefixlen}"),
+        return bridge.plan_bridge(node, netns, self.pod_mtu(spec)) + (
             Vxlan(
                 netns=netns,
                 name=device,
@@ -82,24 +100,21 @@ class FlannelMode:
             Route(netns, dst=str(peer.pod_cidr), gateway=peer_vtep, dev=device, onlink=True),
         )
 
-    def plan_pod(self, spec: ClusterSpec, node: NodeInfo, pod: PodInfo) -> Plan:
+    def plan_blocks(self, spec: ClusterSpec, node: NodeInfo) -> Plan:
+        """No blocks: one subnet per node, routed by ``plan_peer``."""
+        return ()
+
+    def plan_pod(self, spec: ClusterSpec, node: NodeInfo, pod: PodInfo,
+                 options: PluginOptions = DEFAULT_OPTIONS) -> Plan:
         """The bridge delegate's part of a CNI ADD (the sandbox namespace already exists)."""
-        gateway = str(node.pod_cidr.network_address + 1)
-        mtu = self.pod_mtu(spec)
-        return (
-            VethPair(
-                netns=pod.host_netns,
-                name=names.pod_host_veth(pod.key),
-                peer_netns=pod.netns,
-                peer_name=pod.ifname,
-                mtu=mtu,
-                master=BRIDGE,
-                hairpin=True,
-            ),
-            Address(pod.netns, pod.ifname, f"{pod.ip}/{node.pod_cidr.prefixlen}"),
-            Route(pod.netns, dst="0.0.0.0/0", gateway=gateway, dev=pod.ifname),
-            Route(pod.netns, dst=str(spec.cluster_cidr), gateway=gateway, dev=pod.ifname),
-        )
+        return bridge.plan_bridged_pod(spec, node, pod, self.pod_mtu(spec), options)
+
+    def plan_pod_prerequisites(self, spec: ClusterSpec, node: NodeInfo, netns: str, options: PluginOptions) -> Plan:
+        return bridge.plan_bridge(node, netns, options.mtu or self.pod_mtu(spec), options.bridge or bridge.BRIDGE)
+
+    def status_problem(self, options: PluginOptions, links: Sequence[Mapping],
+                       routes: Sequence[Mapping]) -> tuple[str, str] | None:
+        return bridge.bridge_problem(options, links)
 
 
 MODE = FlannelMode()
