@@ -21,12 +21,11 @@ import yaml
 
 from overlaynet import health, model, names, services
 from overlaynet.errors import InvalidInput
+from overlaynet.objects import DEFAULT_NAMESPACE, Where, object_namespace  # DEFAULT_NAMESPACE: for the CLI's -n
 
-DEFAULT_NAMESPACE = "default"
 # The port every test server answers on, TCP and UDP, whatever the pod declares (like agnhost
 # netexec's --http-port); declared containerPorts are served as well.
 DEFAULT_TEST_PORT = 8080
-_PORT_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
 
 @dataclass(frozen=True)
@@ -74,16 +73,6 @@ class DeploymentManifest:
 Manifest = PodManifest | DeploymentManifest | services.Service | services.EndpointSlice
 
 
-class _Where:
-    """The object being validated, for error messages: ``web.yaml: Pod "web-1": <field> ...``."""
-
-    def __init__(self, source: str, kind: str, name: str):
-        self.prefix = f'{source}: {kind} "{name}"' if name else f"{source}: {kind}"
-
-    def error(self, message: str) -> InvalidInput:
-        return InvalidInput(f"{self.prefix}: {message}")
-
-
 def load_documents(path: str, text: str | None = None) -> list[dict]:
     """Read a multi-document YAML file; syntax errors give the file and line."""
     if text is None:
@@ -122,7 +111,7 @@ def parse_document(document: dict, source: str, namespace: str | None = None, in
     kind = document.get("kind")
     metadata = document.get("metadata") or {}
     name = metadata.get("name") if isinstance(metadata, dict) else None
-    where = _Where(source, str(kind) if kind else f"document {index}", str(name or ""))
+    where = Where(source, str(kind) if kind else f"document {index}", str(name or ""))
     if kind == "Pod":
         return _parse_pod(document, where, namespace)
     if kind == "Deployment":
@@ -138,33 +127,19 @@ def parse_document(document: dict, source: str, namespace: str | None = None, in
     raise where.error(f'kind "{kind}" is not supported (supported: Pod, Deployment, Service, EndpointSlice, List)')
 
 
-def _metadata(document: dict, where: _Where, namespace: str | None) -> tuple[str, str, dict]:
+def _metadata(document: dict, where: Where, namespace: str | None) -> tuple[str, str, dict]:
     metadata = document.get("metadata")
     if not isinstance(metadata, dict):
         raise where.error("metadata is required")
     name = metadata.get("name")
     if not name:
         raise where.error("metadata.name is required")
-    _check(where, lambda: names.check_subdomain("object", name, "metadata.name"))
-    object_namespace = metadata.get("namespace")
-    if object_namespace is not None and namespace is not None and object_namespace != namespace:
-        raise where.error(f'metadata.namespace "{object_namespace}" does not match the namespace "{namespace}" given by -n')
-    object_namespace = object_namespace or namespace or DEFAULT_NAMESPACE
-    _check(where, lambda: names.check_label("namespace", object_namespace, "metadata.namespace"))
+    where.check(lambda: names.check_subdomain("object", name, "metadata.name"))
     labels = _string_map(metadata.get("labels"), where, "metadata.labels")
-    return object_namespace, name, labels
+    return object_namespace(metadata, where, namespace), name, labels
 
 
-def _check(where: _Where, check) -> None:
-    """Run a names.check_* and re-word its error for this object."""
-    try:
-        check()
-    except InvalidInput as exc:
-        message = str(exc).split(": ", 1)[-1]
-        raise where.error(message) from None
-
-
-def _string_map(value, where: _Where, field_path: str) -> dict[str, str]:
+def _string_map(value, where: Where, field_path: str) -> dict[str, str]:
     if value is None:
         return {}
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
@@ -172,7 +147,7 @@ def _string_map(value, where: _Where, field_path: str) -> dict[str, str]:
     return {k: str(v) for k, v in value.items()}
 
 
-def _parse_template(spec, labels: dict[str, str], where: _Where, field_path: str) -> PodTemplate:
+def _parse_template(spec, labels: dict[str, str], where: Where, field_path: str) -> PodTemplate:
     if not isinstance(spec, dict):
         raise where.error(f"{field_path} is required")
     if spec.get("hostNetwork"):
@@ -186,7 +161,7 @@ def _parse_template(spec, labels: dict[str, str], where: _Where, field_path: str
         c_path = f"{field_path}.containers[{c_index}]"
         if not isinstance(container, dict) or not container.get("name"):
             raise where.error(f"{c_path}.name is required")
-        _check(where, lambda: names.check_label("container", container["name"], f"{c_path}.name"))
+        where.check(lambda: names.check_label("container", container["name"], f"{c_path}.name"))
         declared = container.get("ports") or []
         if not isinstance(declared, list):
             raise where.error(f"{c_path}.ports must be a list")
@@ -199,7 +174,7 @@ def _parse_template(spec, labels: dict[str, str], where: _Where, field_path: str
             raise where.error(str(exc)) from None
     node_name = spec.get("nodeName")
     if node_name is not None:
-        _check(where, lambda: names.check_label("node", node_name, f"{field_path}.nodeName"))
+        where.check(lambda: names.check_label("node", node_name, f"{field_path}.nodeName"))
     node_selector = _string_map(spec.get("nodeSelector"), where, f"{field_path}.nodeSelector")
     return PodTemplate(
         labels=tuple(sorted(labels.items())),
@@ -210,7 +185,7 @@ def _parse_template(spec, labels: dict[str, str], where: _Where, field_path: str
     )
 
 
-def _parse_port(port, where: _Where, p_path: str, port_names: set[str]) -> ContainerPort:
+def _parse_port(port, where: Where, p_path: str, port_names: set[str]) -> ContainerPort:
     if not isinstance(port, dict) or "containerPort" not in port:
         raise where.error(f"{p_path}.containerPort is required")
     number = port["containerPort"]
@@ -223,7 +198,7 @@ def _parse_port(port, where: _Where, p_path: str, port_names: set[str]) -> Conta
         raise where.error(f'{p_path}.protocol "{protocol}" is not supported (supported: TCP, UDP)')
     port_name = port.get("name")
     if port_name is not None:
-        if not isinstance(port_name, str) or len(port_name) > 15 or not _PORT_NAME.fullmatch(port_name) \
+        if not isinstance(port_name, str) or len(port_name) > 15 or not names.is_label(port_name) \
                 or not re.search("[a-z]", port_name):
             raise where.error(f'{p_path}.name "{port_name}" must be an IANA service name '
                               "(at most 15 lower case alphanumerics or '-', with a letter)")
@@ -233,12 +208,12 @@ def _parse_port(port, where: _Where, p_path: str, port_names: set[str]) -> Conta
     return ContainerPort(number, protocol, port_name)
 
 
-def _parse_pod(document: dict, where: _Where, namespace: str | None) -> PodManifest:
+def _parse_pod(document: dict, where: Where, namespace: str | None) -> PodManifest:
     pod_namespace, name, labels = _metadata(document, where, namespace)
     return PodManifest(pod_namespace, name, _parse_template(document.get("spec"), labels, where, "spec"))
 
 
-def _parse_deployment(document: dict, where: _Where, namespace: str | None) -> DeploymentManifest:
+def _parse_deployment(document: dict, where: Where, namespace: str | None) -> DeploymentManifest:
     deploy_namespace, name, _ = _metadata(document, where, namespace)
     spec = document.get("spec")
     if not isinstance(spec, dict):

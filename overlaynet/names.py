@@ -46,6 +46,11 @@ NODE_UPLINK = "eth0"
 POD_INTERFACE = "eth0"
 
 
+def is_label(name: str) -> bool:
+    """``name`` is a DNS-1123 label: at most 63 lower case alphanumerics or '-', alphanumeric at both ends."""
+    return len(name) <= DNS1123_LABEL_MAX and bool(_LABEL.fullmatch(name))
+
+
 def check_label(kind: str, name: str, field: str = "name", max_length: int = DNS1123_LABEL_MAX) -> str:
     """Return ``name`` if it is a DNS-1123 label (RFC 1123, as Kubernetes checks namespaces)."""
     if not isinstance(name, str) or not name:

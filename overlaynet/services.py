@@ -2,7 +2,7 @@
 
 What this module owns:
 - parsing and validating ``Service`` and ``EndpointSlice`` objects into frozen dataclasses, with
-  errors that name the file, the object and the field exactly as ``manifests.py`` does
+  errors that name the file, the object and the field as every kind's do (``objects.Where``)
   (``web.yaml: Service "web": spec.ports[1].port 70000 is out of range 1-65535``);
 - allocating what the API server allocates for a Service: its ClusterIP from the service CIDR
   and its NodePorts from 30000-32767 (pure: the caller says what is in use).
@@ -36,9 +36,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from overlaynet import names
-from overlaynet.errors import CapacityError, InvalidInput
+from overlaynet.errors import CapacityError
+from overlaynet.objects import Where, object_namespace
 
-DEFAULT_NAMESPACE = "default"  # the same default as manifests.DEFAULT_NAMESPACE
 SERVICE_TYPES = ("ClusterIP", "NodePort")
 PROTOCOLS = ("TCP", "UDP")
 TRAFFIC_POLICIES = ("Cluster", "Local")
@@ -52,23 +52,6 @@ MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by"
 CONTROLLER_NAME = "endpointslice-controller.k8s.io"
 
 _DNS1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
-_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
-_IANA_SVC_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
-
-
-class _Where:
-    """The object being validated: ``web.yaml: Service "web": <field> ...``.
-
-    The same shape as ``manifests._Where``; kept here rather than imported because
-    ``manifests`` imports this module to dispatch, and a cycle would make either fragile.
-    """
-
-    def __init__(self, source: str, kind: str, name: str):
-        self.prefix = f'{source}: {kind} "{name}"' if (source and name) else \
-            (f'{kind} "{name}"' if name else f"{source}: {kind}")
-
-    def error(self, message: str) -> InvalidInput:
-        return InvalidInput(f"{self.prefix}: {message}")
 
 
 # --------------------------------------------------------------------------- values
@@ -116,8 +99,8 @@ class Service:
         """kube-proxy's ServicePortName.String(): ``ns/name`` plus ``:port`` for a named port."""
         return f"{self.namespace}/{self.name}:{port.name}" if port.name else f"{self.namespace}/{self.name}"
 
-    def where(self) -> _Where:
-        return _Where(self.source, "Service", self.name)
+    def where(self) -> Where:
+        return Where(self.source, "Service", self.name)
 
     def to_document(self) -> dict:
         """The Service as the API server shows it after defaulting and allocation.
@@ -262,7 +245,7 @@ def parse_service_document(document: dict, source: str, namespace: str | None = 
     """Validate one ``kind: Service`` object read from ``source``."""
     metadata = document.get("metadata")
     name = metadata.get("name") if isinstance(metadata, dict) else None
-    where = _Where(source, "Service", str(name or ""))
+    where = Where(source, "Service", str(name or ""))
     if document.get("kind", "Service") != "Service":
         raise where.error(f'kind "{document.get("kind")}" is not a Service')
     api_version = document.get("apiVersion", "v1")
@@ -353,7 +336,7 @@ def parse_service_document(document: dict, source: str, namespace: str | None = 
     )
 
 
-def _metadata(document: dict, where: _Where, namespace: str | None, dns1035: bool) -> tuple[str, str]:
+def _metadata(document: dict, where: Where, namespace: str | None, dns1035: bool) -> tuple[str, str]:
     metadata = document.get("metadata")
     if not isinstance(metadata, dict):
         raise where.error("metadata is required")
@@ -366,24 +349,11 @@ def _metadata(document: dict, where: _Where, namespace: str | None, dns1035: boo
             raise where.error("metadata.name must be at most 63 lower case alphanumeric characters or '-', "
                               "start with a letter and end with an alphanumeric character (DNS-1035 label)")
     else:
-        _check(where, lambda: names.check_subdomain("object", name, "metadata.name"))
-    object_namespace = metadata.get("namespace")
-    if object_namespace is not None and namespace is not None and object_namespace != namespace:
-        raise where.error(f'metadata.namespace "{object_namespace}" does not match the namespace "{namespace}" '
-                          "given by -n")
-    object_namespace = object_namespace or namespace or DEFAULT_NAMESPACE
-    _check(where, lambda: names.check_label("namespace", object_namespace, "metadata.namespace"))
-    return object_namespace, name
+        where.check(lambda: names.check_subdomain("object", name, "metadata.name"))
+    return object_namespace(metadata, where, namespace), name
 
 
-def _check(where: _Where, check) -> None:
-    try:
-        check()
-    except InvalidInput as exc:
-        raise where.error(str(exc).split(": ", 1)[-1]) from None
-
-
-def _parse_cluster_ip(spec: dict, where: _Where, svc_type: str) -> str | None:
+def _parse_cluster_ip(spec: dict, where: Where, svc_type: str) -> str | None:
     cluster_ip = spec.get("clusterIP")
     cluster_ips = spec.get("clusterIPs")
     if cluster_ips is not None:
@@ -409,7 +379,7 @@ def _parse_cluster_ip(spec: dict, where: _Where, svc_type: str) -> str | None:
     return str(address)
 
 
-def _parse_ports(ports, where: _Where, svc_type: str, headless: bool) -> tuple[ServicePort, ...]:
+def _parse_ports(ports, where: Where, svc_type: str, headless: bool) -> tuple[ServicePort, ...]:
     if ports is None or ports == []:
         if headless:
             return ()
@@ -430,7 +400,7 @@ def _parse_ports(ports, where: _Where, svc_type: str, headless: bool) -> tuple[S
                 raise where.error(f"{path}.name is required when a service has more than one port")
             name = ""
         else:
-            if not isinstance(name, str) or len(name) > 63 or not _LABEL.fullmatch(name):
+            if not isinstance(name, str) or not names.is_label(name):
                 raise where.error(f'{path}.name "{name}" must be a DNS-1123 label (at most 63 lower case '
                                   "alphanumeric characters or '-', starting and ending with an alphanumeric)")
             if name in seen_names:
@@ -471,7 +441,7 @@ def _parse_ports(ports, where: _Where, svc_type: str, headless: bool) -> tuple[S
     return tuple(parsed)
 
 
-def _parse_target_port(target, port: int, where: _Where, path: str) -> int | str:
+def _parse_target_port(target, port: int, where: Where, path: str) -> int | str:
     if target is None:
         return port  # Kubernetes defaults targetPort to port
     if isinstance(target, bool):
@@ -481,7 +451,7 @@ def _parse_target_port(target, port: int, where: _Where, path: str) -> int | str
             raise where.error(f"{path}.targetPort {target} is out of range 1-65535")
         return target
     if isinstance(target, str):
-        if len(target) > 15 or not _IANA_SVC_NAME.fullmatch(target) or not re.search("[a-z]", target) \
+        if len(target) > 15 or not names.is_label(target) or not re.search("[a-z]", target) \
                 or "--" in target:
             raise where.error(f'{path}.targetPort "{target}" must be a port number or a container port name '
                               "(an IANA service name: at most 15 lower case alphanumerics or '-', with a letter)")
@@ -493,7 +463,7 @@ def parse_endpointslice_document(document: dict, source: str, namespace: str | N
     """Validate one ``kind: EndpointSlice`` object (discovery.k8s.io/v1) read from ``source``."""
     metadata = document.get("metadata")
     name = metadata.get("name") if isinstance(metadata, dict) else None
-    where = _Where(source, "EndpointSlice", str(name or ""))
+    where = Where(source, "EndpointSlice", str(name or ""))
     api_version = document.get("apiVersion", "discovery.k8s.io/v1")
     if api_version != "discovery.k8s.io/v1":
         raise where.error(f'apiVersion "{api_version}" is not supported for EndpointSlice '
@@ -571,7 +541,7 @@ def parse_endpointslice_document(document: dict, source: str, namespace: str | N
             values[key] = value
         node_name = endpoint.get("nodeName")
         if node_name is not None:
-            _check(where, lambda: names.check_label("node", node_name, f"{path}.nodeName"))
+            where.check(lambda: names.check_label("node", node_name, f"{path}.nodeName"))
         target_ref = endpoint.get("targetRef")
         ref = None
         if target_ref is not None:

@@ -107,3 +107,19 @@ def test_cluster_document(tmp_path):
 def test_cluster_document_in_apply_is_refused():
     with pytest.raises(InvalidInput, match="use `overlaynet up -f`"):
         parse("kind: Cluster\nmetadata: {name: x}\n")
+
+
+def test_every_kind_shares_the_error_prefix_and_the_namespace_rules():
+    from overlaynet.objects import Where, object_namespace
+
+    assert str(Where("web.yaml", "Pod", "web-1").error("spec is required")) == 'web.yaml: Pod "web-1": spec is required'
+    assert str(Where("", "Service", "web").error("x")) == 'Service "web": x'
+    assert str(Where("web.yaml", "document 2", "").error("x")) == "web.yaml: document 2: x"
+    where = Where("web.yaml", "Pod", "web-1")
+    assert object_namespace({}, where, None) == "default"
+    assert object_namespace({}, where, "team-a") == object_namespace({"namespace": "team-a"}, where, None) == "team-a"
+    with pytest.raises(InvalidInput, match=r'^web.yaml: Pod "web-1": metadata.namespace "a" does not match '
+                                           r'the namespace "b" given by -n$'):
+        object_namespace({"namespace": "a"}, where, "b")
+    with pytest.raises(InvalidInput, match=r'^web.yaml: Pod "web-1": metadata.namespace must be at most 63'):
+        object_namespace({"namespace": "n" * 64}, where, None)
