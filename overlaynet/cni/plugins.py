@@ -48,7 +48,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from overlaynet.cni import hostlocal, spec
-from overlaynet.cni.spec import DNS, CniEnv, Factory, Interface, IPConfig, Record, Result, RouteEntry
+from overlaynet.cni.spec import CniEnv, Factory, Interface, IPConfig, Record, Result, RouteEntry
 from overlaynet.errors import CniError, OverlaynetError
 from overlaynet.modes import IPAM_BLOCKS, IPAM_HOST_LOCAL, IPAM_PLUGIN, PluginOptions
 

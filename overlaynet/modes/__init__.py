@@ -186,6 +186,13 @@ def check_cluster(spec: ClusterSpec) -> None:
     mode.check_spec(spec)
 
 
+def pod_cidr_of(node: NodeInfo) -> ipaddress.IPv4Network:
+    """The node's pod CIDR, which a mode that routes per node needs."""
+    if node.pod_cidr is None:
+        raise invalid("node", node.name, "has no podCIDR, which its CNI mode gives pods their addresses from")
+    return node.pod_cidr
+
+
 def uses_ipam_blocks(spec: ClusterSpec) -> bool:
     """Whether our blocks IPAM gives this cluster's pods their addresses: the mode's IPAM is
     ``IPAM_BLOCKS`` and no conflist of the user's (``cniConfig``) wires the pods instead. Then

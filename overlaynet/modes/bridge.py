@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from overlaynet import names
-from overlaynet.modes import IPAM_PLUGIN, PluginOptions
+from overlaynet.modes import IPAM_PLUGIN, PluginOptions, pod_cidr_of
 from overlaynet.plan import Address, Bridge, Plan, Route, VethPair
 
 if TYPE_CHECKING:
@@ -34,13 +34,14 @@ def gateway(pod_cidr: ipaddress.IPv4Network) -> ipaddress.IPv4Address:
 
 def plan_bridge(node: NodeInfo, netns: str, mtu: int, bridge: str = BRIDGE) -> Plan:
     """The bridge with the pod CIDR's gateway address (the bridge delegate's ``isGateway``)."""
-    return (Bridge(netns, bridge, mtu=mtu),
-            Address(netns, bridge, f"{gateway(node.pod_cidr)}/{node.pod_cidr.prefixlen}"))
+    pod_cidr = pod_cidr_of(node)
+    return (Bridge(netns, bridge, mtu=mtu), Address(netns, bridge, f"{gateway(pod_cidr)}/{pod_cidr.prefixlen}"))
 
 
 def plan_bridged_pod(spec: ClusterSpec, node: NodeInfo, pod: PodInfo, mtu: int, options: PluginOptions) -> Plan:
     """The bridge delegate's part of a CNI ADD."""
-    via = str(gateway(node.pod_cidr))
+    pod_cidr = pod_cidr_of(node)
+    via = str(gateway(pod_cidr))
     return (
         VethPair(
             netns=pod.host_netns,
@@ -51,7 +52,7 @@ def plan_bridged_pod(spec: ClusterSpec, node: NodeInfo, pod: PodInfo, mtu: int, 
             master=options.bridge or BRIDGE,
             hairpin=options.hairpin,
         ),
-        Address(pod.netns, pod.ifname, f"{pod.ip}/{node.pod_cidr.prefixlen}"),
+        Address(pod.netns, pod.ifname, f"{pod.ip}/{pod_cidr.prefixlen}"),
         Route(pod.netns, dst="0.0.0.0/0", gateway=via, dev=pod.ifname),
         Route(pod.netns, dst=str(spec.cluster_cidr), gateway=via, dev=pod.ifname),
     )

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 
 from overlaynet import names
 from overlaynet.errors import InvalidInput, invalid
-from overlaynet.modes import DEFAULT_OPTIONS, IPAM_BLOCKS, IPAM_PLUGIN, PluginOptions
+from overlaynet.modes import DEFAULT_OPTIONS, IPAM_BLOCKS, IPAM_PLUGIN, Mode, PluginOptions
 from overlaynet.plan import Address, Plan, Route, Sysctl, VethPair
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ class CalicoMode:
     description = "Calico-like routed mode (cali* veths with proxy ARP, IPAM blocks, no encapsulation)"
     plugin_type = PLUGIN
     ipam = IPAM_BLOCKS
-    kernel_features = ()
+    kernel_features: tuple[str, ...] = ()
     supports_bgp = True
 
     def check_spec(self, spec: ClusterSpec) -> None:
@@ -170,4 +170,4 @@ class CalicoMode:
         return None
 
 
-MODE = CalicoMode()
+MODE: Mode = CalicoMode()

@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from overlaynet import ipam, names
-from overlaynet.modes import DEFAULT_OPTIONS, IPAM_HOST_LOCAL, KERNEL_VXLAN, PluginOptions, bridge
+from overlaynet.modes import DEFAULT_OPTIONS, IPAM_HOST_LOCAL, KERNEL_VXLAN, Mode, PluginOptions, bridge, pod_cidr_of
 from overlaynet.plan import Address, FdbEntry, Neighbour, Plan, Route, Vxlan
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ class FlannelMode:
     description = "Flannel-like VXLAN overlay (flannel.1, cni0 bridge)"
     plugin_type = PLUGIN
     ipam = IPAM_HOST_LOCAL
-    kernel_features = (KERNEL_VXLAN,)
+    kernel_features: tuple[str, ...] = (KERNEL_VXLAN,)
     supports_bgp = False
 
     def check_spec(self, spec: ClusterSpec) -> None:
@@ -86,18 +86,19 @@ class FlannelMode:
                 mtu=self.pod_mtu(spec),
                 mac=node.annotation_json(BACKEND_DATA)["VtepMAC"],
             ),
-            Address(netns, device, f"{node.pod_cidr.network_address}/32"),
+            Address(netns, device, f"{pod_cidr_of(node).network_address}/32"),
         )
 
     def plan_peer(self, spec: ClusterSpec, node: NodeInfo, peer: NodeInfo) -> Plan:
         netns = names.node_netns(spec.name, node.name)
         device = names.vxlan_device(VNI)
-        peer_vtep = str(peer.pod_cidr.network_address)
+        peer_cidr = pod_cidr_of(peer)
+        peer_vtep = str(peer_cidr.network_address)
         peer_mac = peer.annotation_json(BACKEND_DATA)["VtepMAC"]
         return (
             Neighbour(netns, device, ip=peer_vtep, mac=peer_mac),
             FdbEntry(netns, device, mac=peer_mac, dst=str(peer.ip)),
-            Route(netns, dst=str(peer.pod_cidr), gateway=peer_vtep, dev=device, onlink=True),
+            Route(netns, dst=str(peer_cidr), gateway=peer_vtep, dev=device, onlink=True),
         )
 
     def plan_blocks(self, spec: ClusterSpec, node: NodeInfo) -> Plan:
@@ -117,4 +118,4 @@ class FlannelMode:
         return bridge.bridge_problem(options, links)
 
 
-MODE = FlannelMode()
+MODE: Mode = FlannelMode()

@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 
 from overlaynet import ipam, names
 from overlaynet.model import ClusterSpec
-from overlaynet.modes import DEFAULT_OPTIONS, IPAM_HOST_LOCAL, PluginOptions, bridge
+from overlaynet.modes import DEFAULT_OPTIONS, IPAM_HOST_LOCAL, Mode, PluginOptions, bridge
 from overlaynet.plan import Plan, Route
 from overlaynet.topology import NodeInfo, PodInfo
 
@@ -78,7 +78,7 @@ class HostGwMode:
         return bridge.bridge_problem(options, links)
 
 
-MODE = HostGwMode()
+MODE: Mode = HostGwMode()
 
 
 def write_plugin(directory: str) -> str:
