@@ -4,7 +4,9 @@ A plan is an ordered tuple of ``Step`` values. Planning code (``topology``, ``mo
 plans without touching anything; ``overlaynet.kernel.apply`` makes each step true in the
 kernel (idempotently, in order) and ``overlaynet.kernel.remove`` undoes steps (in reverse order,
 succeeding when an object is already gone). Steps are plain data, so a plan can be printed,
-compared against a golden file, or diffed between two CNI modes.
+compared against a golden file, or diffed between two CNI modes; the two ways a step is
+written out live here too (``describe``: every field, for golden files; ``words``: as a
+learner would type it, for errors).
 
 Addresses are strings in the forms ``ip route`` prints (``10.244.1.0/24``, ``10.244.1.1``).
 """
@@ -127,7 +129,8 @@ Plan = tuple[Step, ...]
 
 
 def describe(step: Step) -> str:
-    """One line per step, for golden files and ``--dry-run`` output: ``Route netns=… dst=…``."""
+    """One line per step, for golden files and ``--dry-run`` output: ``Route netns=… dst=…``
+    (every field; ``words`` is the short form errors use)."""
     parts = []
     for field in fields(step):
         value = getattr(step, field.name)
@@ -135,6 +138,50 @@ def describe(step: Step) -> str:
             continue
         parts.append(f"{field.name}={value}")
     return f"{type(step).__name__} " + " ".join(parts)
+
+
+def netns_of(step: Step) -> str:
+    """The namespace a step acts in (a ``Netns`` step: the one it creates)."""
+    return step.name if isinstance(step, Netns) else step.netns
+
+
+def words(step: Step) -> str:
+    """The step as a learner would type it (``route 10.244.2.0/24 via 10.244.2.0 dev flannel.1``)."""
+    if isinstance(step, Netns):
+        return "create namespace"
+    if isinstance(step, Sysctl):
+        return f"sysctl {step.key}={step.value}"
+    if isinstance(step, Bridge):
+        return f"bridge {step.name}"
+    if isinstance(step, VethPair):
+        master = f", master {step.master}" if step.master else ""
+        return f'veth {step.name} (peer {step.peer_name} in netns "{step.peer_netns}"{master})'
+    if isinstance(step, Vxlan):
+        return (f"vxlan {step.name} id {step.vni} local {step.local} dev {step.dev} "
+                f"dstport {step.port}")
+    if isinstance(step, Address):
+        return f"address {step.cidr} dev {step.dev}"
+    if isinstance(step, Route):
+        parts = ["route"]
+        if step.type != "unicast":
+            parts.append(step.type)
+        parts.append(step.dst)
+        if step.gateway:
+            parts += ["via", step.gateway]
+        if step.dev:
+            parts += ["dev", step.dev]
+        if step.scope != "universe":
+            parts += ["scope", step.scope]
+        if step.src:
+            parts += ["src", step.src]
+        if step.onlink:
+            parts.append("onlink")
+        return " ".join(parts)
+    if isinstance(step, Neighbour):
+        return f"neighbour {step.ip} lladdr {step.mac} dev {step.dev}"
+    if isinstance(step, FdbEntry):
+        return f"fdb {step.mac} dev {step.dev} dst {step.dst}"
+    return repr(step)
 
 
 def namespaces(plan: Plan) -> list[str]:

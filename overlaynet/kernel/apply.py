@@ -52,6 +52,8 @@ from overlaynet.plan import (
     Sysctl,
     VethPair,
     Vxlan,
+    netns_of,
+    words,
 )
 
 NUD_PERMANENT = 0x80
@@ -88,10 +90,6 @@ def off_event_loop(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _ns_of(step: Step) -> str:
-    return step.name if isinstance(step, Netns) else step.netns
-
-
 class _Refused(Exception):
     """A refusal we word ourselves (not an errno from the kernel)."""
 
@@ -100,51 +98,9 @@ class _Malformed(_Refused):
     """A step whose own fields are wrong (a planner's bug): InvalidInput, not KernelError."""
 
 
-# --------------------------------------------------------------------------- words
-
-
-def words(step: Step) -> str:
-    """The step as a learner would type it (``route 10.244.2.0/24 via 10.244.2.0 dev flannel.1``)."""
-    if isinstance(step, Netns):
-        return "create namespace"
-    if isinstance(step, Sysctl):
-        return f"sysctl {step.key}={step.value}"
-    if isinstance(step, Bridge):
-        return f"bridge {step.name}"
-    if isinstance(step, VethPair):
-        master = f", master {step.master}" if step.master else ""
-        return f'veth {step.name} (peer {step.peer_name} in netns "{step.peer_netns}"{master})'
-    if isinstance(step, Vxlan):
-        return (f"vxlan {step.name} id {step.vni} local {step.local} dev {step.dev} "
-                f"dstport {step.port}")
-    if isinstance(step, Address):
-        return f"address {step.cidr} dev {step.dev}"
-    if isinstance(step, Route):
-        parts = ["route"]
-        if step.type != "unicast":
-            parts.append(step.type)
-        parts.append(step.dst)
-        if step.gateway:
-            parts += ["via", step.gateway]
-        if step.dev:
-            parts += ["dev", step.dev]
-        if step.scope != "universe":
-            parts += ["scope", step.scope]
-        if step.src:
-            parts += ["src", step.src]
-        if step.onlink:
-            parts.append("onlink")
-        return " ".join(parts)
-    if isinstance(step, Neighbour):
-        return f"neighbour {step.ip} lladdr {step.mac} dev {step.dev}"
-    if isinstance(step, FdbEntry):
-        return f"fdb {step.mac} dev {step.dev} dst {step.dst}"
-    return repr(step)
-
-
 def _error(step: Step, exc: BaseException) -> KernelError | InvalidInput:
     if isinstance(exc, _Malformed):
-        return InvalidInput(f'netns "{_ns_of(step)}": {words(step)}: {exc}')
+        return InvalidInput(f'netns "{netns_of(step)}": {words(step)}: {exc}')
     code = _code(exc)
     if isinstance(exc, _Refused) or not code:
         reason = str(exc)
@@ -153,7 +109,7 @@ def _error(step: Step, exc: BaseException) -> KernelError | InvalidInput:
         detail = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], str) else ""
         if detail and detail.lower() != reason.lower():
             reason += f" ({detail})"  # the kernel's extended ack, e.g. "Unknown device type"
-    return KernelError(f'netns "{_ns_of(step)}": {words(step)}: {reason}')
+    return KernelError(f'netns "{netns_of(step)}": {words(step)}: {reason}')
 
 
 # --------------------------------------------------------------------------- the session
