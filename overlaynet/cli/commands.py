@@ -89,7 +89,7 @@ def cli() -> None:
 @click.option("-f", "--file", "config", type=click.Path(dir_okay=False), help="A Cluster document.")
 @click.option("--name", "cluster", metavar="CLUSTER", help=f"Cluster name (default {model.DEFAULT_CLUSTER_NAME}).")
 @click.option("--nodes", type=int, help=f"Number of nodes (default {model.DEFAULT_NODE_COUNT}).")
-@click.option("--cni", help=f"CNI mode (default {model.DEFAULT_CNI}).")
+@click.option("--cni", help=f"CNI mode (default {model.DEFAULT_CNI}), or the import path of a module that defines one.")
 @click.option("--cluster-cidr", help=f"All pod addresses (default {model.DEFAULT_CLUSTER_CIDR}).")
 @click.option("--node-cidr-mask-size", type=int, help=f"Prefix of each node's pod CIDR (default {model.DEFAULT_NODE_MASK}).")
 @click.option("--service-cidr", help=f"ClusterIP range (default {model.DEFAULT_SERVICE_CIDR}).")

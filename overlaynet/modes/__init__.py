@@ -20,14 +20,14 @@ document is the one that executable wires. The tests register a host-gw mode thi
 
 The interface, grouped by who asks:
 - the Cluster document: ``check_spec`` (the mode's own rules on the ranges), ``supports_bgp``;
-- the host: ``kernel_features`` a mode needs (``up`` checks them before it builds anything);
+- ``up``: ``description``, and the ``kernel_features`` to check before anything is built;
 - node IPAM and the scheduler: ``ipam`` (how pods get addresses, one of ``IPAM_KINDS``: with
   ``IPAM_BLOCKS`` the routes between nodes follow the blocks and are re-synced as pods come
   and go, and ``describe``/``get nodes -o wide`` show the blocks) and ``pod_capacity``;
 - the node agent: ``node_annotations``, ``plan_node``, ``plan_peer``, ``plan_blocks``;
 - the kubelet: ``plugin_type`` and ``render_conflist_entry`` (the node's conflist entry);
-- the CNI plugin skeleton: ``pod_mtu``, ``plan_pod``, ``plan_pod_prerequisites`` and
-  ``status_problem``, each given the ``PluginOptions`` of the conflist entry.
+- the CNI plugin skeleton: ``plan_pod``, ``plan_pod_prerequisites`` and ``status_problem``,
+  each given the ``PluginOptions`` of the conflist entry, whose ``mtu`` defaults to ``pod_mtu``.
 """
 
 from __future__ import annotations
