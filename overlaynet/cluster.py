@@ -408,9 +408,9 @@ class ClusterManager:
                 [m for m in manifests if isinstance(m, EndpointSlice)])
             for manifest in manifests:
                 if isinstance(manifest, PodManifest):
-                    report.append(self._plan_pod_apply(cluster, manifest, creates))
+                    report.append(self._apply_pod_manifest(cluster, manifest, creates))
                 elif isinstance(manifest, DeploymentManifest):
-                    line, record = self._plan_deployment_apply(cluster, manifest, creates, deletes)
+                    line, record = self._apply_deployment_manifest(cluster, manifest, creates, deletes)
                     report.append(line)
                     deployments.append(record)
             kubeproxy.store(self, spec, service_documents)
@@ -422,7 +422,8 @@ class ClusterManager:
             kubeproxy.sync(self, spec)
             return report + service_lines
 
-    def _plan_pod_apply(self, cluster: str, manifest: PodManifest, creates: list[_PodRequest]) -> str:
+    def _apply_pod_manifest(self, cluster: str, manifest: PodManifest, creates: list[_PodRequest]) -> str:
+        """A new pod is queued on ``creates``; a label change is stored at once. The kubectl line."""
         existing = self.store.get(cluster, "Pod", manifest.name, manifest.namespace)
         if existing is None:
             if any(r.namespace == manifest.namespace and r.name == manifest.name for r in creates):
@@ -442,8 +443,10 @@ class ClusterManager:
         self.store.put(cluster, existing)
         return f"pod/{manifest.name} configured"
 
-    def _plan_deployment_apply(self, cluster: str, manifest: DeploymentManifest,
-                               creates: list[_PodRequest], deletes: list[dict]) -> tuple[str, dict]:
+    def _apply_deployment_manifest(self, cluster: str, manifest: DeploymentManifest,
+                                   creates: list[_PodRequest], deletes: list[dict]) -> tuple[str, dict]:
+        """Queue the pods to create and delete for the replica count and template (the pod
+        ordinal counter is stored at once); the kubectl line and the Deployment record to store."""
         existing = self.store.get(cluster, "Deployment", manifest.name, manifest.namespace)
         owned = self._owned_pods(cluster, manifest.namespace, manifest.name)
         template_hash = manifest.template_hash
@@ -723,7 +726,7 @@ class ClusterManager:
         deletes: list[dict] = []
         for record in self.deployments(spec.name):
             manifest = parse_document(record, "store")
-            self._plan_deployment_apply(spec.name, manifest, creates, deletes)
+            self._apply_deployment_manifest(spec.name, manifest, creates, deletes)
         self._delete_pods(spec, deletes)
         self._create_pods(spec, creates)
         self._refresh_deployment_status(spec.name)
