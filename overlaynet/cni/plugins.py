@@ -2,11 +2,11 @@
 
 - the **main plugin** of every mode (``overlaynet-flannel``, ``overlaynet-calico``, or the
   ``plugin_type`` of any other ``overlaynet.modes.Mode``) is one skeleton: the mode comes from
-  the Cluster document in the configuration (``overlaynet.cluster``), and must be the one whose
-  plugin was invoked; the mode plans what to create (``plan_pod_prerequisites``, made when
-  missing and never undone, then ``plan_pod``) and ``kernel.apply`` makes it true. The flannel
-  mode's plan is what flannel's ``bridge`` delegate does (``cni0`` with the pod CIDR's gateway
-  address, a veth per pod with hairpin on); the calico mode's has no bridge.
+  the Cluster document in the configuration (the ``overlaynet`` object's ``cluster``), and must
+  be the one whose plugin was invoked; the mode plans what to create (``plan_pod_prerequisites``,
+  made when missing and never undone, then ``plan_pod``) and ``kernel.apply`` makes it true.
+  The flannel mode's plan is what flannel's ``bridge`` delegate does (``cni0`` with the pod
+  CIDR's gateway address, a veth per pod with hairpin on); the calico mode's has no bridge.
 - ``overlaynet-ipam``: host-local semantics (``hostlocal``), or ``"mode": "blocks"``, which
   delegates to ``overlaynet.blocks.BlockIPAM`` (Calico-like blocks, state in the store).
 
