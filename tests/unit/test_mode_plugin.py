@@ -169,3 +169,37 @@ def test_no_module_outside_the_modes_package_names_a_mode():
                  for path in sorted(root.rglob("*.py")) if package not in path.parents
                  for number, line in enumerate(path.read_text().splitlines(), 1) if named.search(line)]
     assert offenders == []
+
+
+# -- the plugin skeleton takes its mode from the Cluster document ------------------------------
+
+
+def main_conf(cni: str, plugin_type: str, **extra) -> dict:
+    cluster = model.build_spec(name="hgw", cni=cni, nodes=1).to_document()
+    return {"cniVersion": "1.0.0", "name": "overlaynet", "type": plugin_type, "ipam": {"type": "overlaynet-ipam"},
+            "overlaynet": {"cluster": cluster, "node": {"name": "node-1", "ip": "172.20.0.11",
+                                                        "podCIDR": "10.244.0.0/24"}}, **extra}
+
+
+def test_the_skeleton_runs_the_mode_of_the_document_with_the_entrys_options():
+    from overlaynet.cni import plugins
+
+    conf = main_conf(HOSTGW, "overlaynet-hostgw", mtu=1400, bridge="br-pods", hairpinMode=False)
+    cfg = plugins.parse_main_config("overlaynet-hostgw", conf)
+    assert cfg.mode is hostgw.MODE and cfg.options == PluginOptions(mtu=1400, bridge="br-pods", hairpin=False)
+    assert plugins.parse_main_config("overlaynet-flannel", main_conf("vxlan", "overlaynet-flannel")).mode \
+        is get_mode("flannel")
+
+
+def test_the_skeleton_refuses_a_document_whose_mode_another_plugin_wires():
+    from overlaynet.cni import plugins, spec
+    from overlaynet.errors import CniError
+
+    with pytest.raises(CniError) as error:
+        plugins.parse_main_config("overlaynet-flannel", main_conf(HOSTGW, "overlaynet-flannel"))
+    assert error.value.code == spec.ERR_UNSUPPORTED_FIELD
+    assert "overlaynet-flannel does not wire that mode (its plugin is overlaynet-hostgw)" in error.value.msg
+    conf = main_conf(HOSTGW, "overlaynet-hostgw")
+    del conf["overlaynet"]["node"]["podCIDR"]
+    with pytest.raises(CniError, match="podCIDR is required by the host-gw mode"):
+        plugins.parse_main_config("overlaynet-hostgw", conf)
