@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import time
 from typing import Any
 
 from overlaynet.errors import AgentError
+from overlaynet.kernel import processes
 
 START_TIMEOUT = 5.0
 STOP_TIMEOUT = 3.0
@@ -165,20 +165,7 @@ def start_agent(cluster: str, socket_path: str, log_path: str) -> int:
 
 def _terminate(pids: list[int]) -> list[int]:
     """SIGTERM, wait, SIGKILL; return the pids still alive at the end (none, normally)."""
-    for sig, wait in ((signal.SIGTERM, STOP_TIMEOUT), (signal.SIGKILL, STOP_TIMEOUT)):
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + wait
-        pids = [p for p in pids if _alive(p)]
-        while pids and time.monotonic() < deadline:
-            time.sleep(0.01)
-            pids = [p for p in pids if _alive(p)]
-        if not pids:
-            break
-    return pids
+    return processes.stop(pids, _alive, STOP_TIMEOUT, STOP_TIMEOUT)
 
 
 def stop_agent(cluster: str, socket_path: str) -> None:

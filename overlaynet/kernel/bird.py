@@ -17,7 +17,6 @@ it), kill a process by name, or spawn a shell.
 from __future__ import annotations
 
 import os
-import signal
 import stat
 import subprocess
 import time
@@ -27,11 +26,13 @@ from dataclasses import dataclass, field
 from overlaynet import bgp
 from overlaynet.errors import BirdError, HostError, InvalidInput, KernelError
 from overlaynet.kernel import netns as netns_mod
+from overlaynet.kernel import processes
 
 BIRD = "/usr/sbin/bird"
 BIRDC = "/usr/sbin/birdc"
 NSENTER = "nsenter"
 _PACKAGE = "BIRD 2 (Debian package bird2)"
+KILL_TIMEOUT = 2.0  # seconds for a BIRD to go after SIGKILL
 
 
 # --------------------------------------------------------------------------- binaries
@@ -154,28 +155,15 @@ def stop_bird(pid_path: str, *, ctl_path: str | None = None, timeout: float = 5.
     """
     pid_path = os.path.abspath(pid_path)
     pid = running_pid(pid_path)
-    stopped = False
-    if pid is not None:
-        stopped = True
-        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 2.0)):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline and _is_our_bird(pid, pid_path):
-                time.sleep(0.01)
-            if not _is_our_bird(pid, pid_path):
-                break
-        else:
-            raise BirdError(f"BIRD pid {pid} ({pid_path}) survived SIGKILL")
+    if pid is not None and processes.stop([pid], lambda p: _is_our_bird(p, pid_path), timeout, KILL_TIMEOUT):
+        raise BirdError(f"BIRD pid {pid} ({pid_path}) survived SIGKILL")
     for leftover in (pid_path, ctl_path):
         if leftover and os.path.lexists(leftover) and running_pid(pid_path) is None:
             try:
                 os.unlink(leftover)
             except FileNotFoundError:
                 pass
-    return stopped
+    return pid is not None
 
 
 # --------------------------------------------------------------------------- control socket
