@@ -146,6 +146,12 @@ def _import_mode(module_name: str) -> Mode:
     missing = [member for member in _MEMBERS if not hasattr(mode, member)]
     if missing:
         raise LookupError(f"{module_name}.MODE is not a Mode: it has no {', '.join(missing)}")
+    if mode.ipam not in IPAM_KINDS:
+        raise LookupError(f"{module_name}.MODE.ipam {mode.ipam!r} is not one of {', '.join(IPAM_KINDS)}")
+    unknown = [feature for feature in mode.kernel_features if feature not in KERNEL_FEATURES]
+    if unknown:
+        raise LookupError(f"{module_name}.MODE.kernel_features: {', '.join(map(repr, unknown))} "
+                          f"not among {', '.join(KERNEL_FEATURES)}")
     return mode
 
 

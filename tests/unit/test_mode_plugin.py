@@ -75,6 +75,19 @@ def test_a_module_whose_mode_lacks_members_is_refused_naming_them(monkeypatch):
         model.build_spec(cni="tests.modes.incomplete")
 
 
+@pytest.mark.parametrize("field, value, words", [
+    ("ipam", "dhcp", "MODE.ipam 'dhcp' is not one of host-local, blocks"),
+    ("kernel_features", ("vxlan", "ipip"), "MODE.kernel_features: 'ipip' not among vxlan"),
+])
+def test_a_mode_outside_the_closed_sets_is_refused(monkeypatch, field, value, words):
+    odd = types.ModuleType("tests.modes.odd")
+    odd.MODE = hostgw.HostGwMode()
+    setattr(odd.MODE, field, value)
+    monkeypatch.setitem(sys.modules, "tests.modes.odd", odd)
+    with pytest.raises(InvalidInput, match=re.escape(words)):
+        model.build_spec(cni="tests.modes.odd")
+
+
 def test_bgp_needs_a_mode_that_supports_it():
     with pytest.raises(InvalidInput, match='bgp "bird" needs cni "calico"'):
         model.build_spec(cni=HOSTGW, bgp="bird")
