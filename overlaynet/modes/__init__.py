@@ -11,8 +11,11 @@ How a mode is found, in every process alike (the CLI, the agent, a standalone CN
 the Cluster document's ``cni`` names it, and ``get_mode`` resolves that name to the ``MODE``
 object of a module. Built-in modes are listed in ``_BUILTIN`` with their aliases. Any other
 mode is named by its module's import path (``cni: mypackage.hostgw``): the name *is* the
-registration, so no process needs a registration step of its own, and the conflist each node
-gets carries the Cluster document, hence the mode, to the plugin that wires the pods. A mode
+registration. A ``register_mode()`` call would be known only to the process that made it, not
+to the agent or to a plugin process started later; a path in the document is known to all of
+them, as the conflist each node gets carries the Cluster document, hence the mode, to the
+plugin that wires the pods (importing what the document names is trusting it as far as a
+conflist is trusted when it names an executable). A mode
 names its main plugin's executable (``plugin_type``); every such executable is the same thin
 launcher of the one skeleton (``skel.main(<its type>)``), which checks that the mode in the
 document is the one that executable wires. The tests register a host-gw mode this way
