@@ -28,6 +28,7 @@ import subprocess
 from collections.abc import Iterable
 
 from overlaynet.errors import HostError, InvalidInput, KernelError
+from overlaynet.kernel import netns as netns_mod
 from overlaynet.proxy.render import Jump
 
 BACKENDS = ("legacy", "nf_tables")
@@ -89,10 +90,6 @@ def _message(result: subprocess.CompletedProcess) -> str:
     return "; ".join(lines) or f"exit status {result.returncode}"
 
 
-def _netns_missing(netns: str) -> bool:
-    return not os.path.exists(os.path.join("/run/netns", netns))
-
-
 def restore(netns: str, payload: str, backend_name: str, noflush: bool = True, counters: bool = True) -> None:
     """Load ``payload`` with one ``iptables-restore`` inside ``netns``.
 
@@ -100,8 +97,7 @@ def restore(netns: str, payload: str, backend_name: str, noflush: bool = True, c
     refills every declared one; the whole payload commits atomically per table or not at all.
     An empty payload (a minimal partial sync with nothing to write) runs nothing.
     """
-    if _netns_missing(netns):
-        raise KernelError(f'netns "{netns}": does not exist')
+    netns_mod.require(netns)
     if not payload:
         return
     argv = [command("iptables-restore", backend_name), *WAIT]
@@ -134,8 +130,7 @@ def ensure_jumps(netns: str, jumps: Iterable[Jump], backend_name: str) -> list[J
     jumps inserted. Call it before the full sync's restore, as kube-proxy does: on the legacy
     backend every iptables command reads and rewrites the whole table, so it is cheapest while
     the tables are still small."""
-    if _netns_missing(netns):
-        raise KernelError(f'netns "{netns}": does not exist')
+    netns_mod.require(netns)
     jumps = list(jumps)
     for table, target in dict.fromkeys((j.table, j.target) for j in jumps):
         result = _iptables(netns, backend_name, table, "-N", target)
@@ -160,8 +155,7 @@ def ensure_jumps(netns: str, jumps: Iterable[Jump], backend_name: str) -> list[J
 
 def save(netns: str, backend_name: str, table: str | None = None) -> str:
     """``iptables-save`` of ``netns`` (one table, or all)."""
-    if _netns_missing(netns):
-        raise KernelError(f'netns "{netns}": does not exist')
+    netns_mod.require(netns)
     argv = [command("iptables-save", backend_name)]
     if table:
         argv += ["-t", table]

@@ -35,6 +35,12 @@ def exists(name: str) -> bool:
     return os.path.exists(path(name))
 
 
+def require(name: str) -> None:
+    """Refuse to act in a namespace that is not there: a ``KernelError`` that names it."""
+    if not exists(name):
+        raise KernelError(f'netns "{name}": does not exist')
+
+
 def list_names() -> list[str]:
     try:
         return sorted(os.listdir(NETNS_RUN_DIR))

@@ -55,8 +55,7 @@ def _socket(ns: str | None) -> Iterator[Any]:
     if ns is None:
         ipr = IPRoute(groups=0)
     else:
-        if not netns.exists(ns):
-            raise KernelError(f'netns "{ns}": does not exist')
+        netns.require(ns)
         with netns.inside(ns):
             ipr = IPRoute(groups=0)
     try:
@@ -210,8 +209,7 @@ def observe_sysctl(ns: str, key: str) -> str:
     rel = key if "/" in key else key.replace(".", "/")
     if any(part in ("", ".", "..") for part in rel.strip("/").split("/")):
         raise KernelError(f'netns "{ns}": sysctl {key}: not a sysctl key')
-    if not netns.exists(ns):
-        raise KernelError(f'netns "{ns}": does not exist')
+    netns.require(ns)
     with netns.inside(ns):
         try:
             with open("/proc/sys/" + rel.strip("/")) as fh:
