@@ -109,7 +109,7 @@ def run(plugin: str, environ: Mapping[str, str], stdin: bytes, pid: int | None =
     except CniError as exc:
         error = exc
     except OverlaynetError as exc:
-        error = CniError(spec.ERR_PLUGIN, str(exc))
+        error = spec.cni_error(exc)
     except Exception as exc:  # a bug: answer in the protocol all the same
         import traceback
 
