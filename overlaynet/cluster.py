@@ -20,7 +20,7 @@ from collections import Counter
 from dataclasses import dataclass, replace
 
 from overlaynet import bgpsync, ipam, kubelet, kubeproxy, names, scheduler, topology
-from overlaynet.errors import ConflictError, InvalidInput, KernelError, NotFoundError
+from overlaynet.errors import AgentError, ConflictError, InvalidInput, KernelError, NotFoundError
 from overlaynet.kernel import netns
 from overlaynet.manifests import (DeploymentManifest, Manifest, PodManifest, PodTemplate, parse_document, pod_probes,
                                   served_ports)
@@ -29,7 +29,7 @@ from overlaynet.modes import get_mode, uses_ipam_blocks
 from overlaynet.plan import Netns, Plan
 from overlaynet.services import EndpointSlice, Service
 from overlaynet.store import Store
-from overlaynet.topology import NodeInfo
+from overlaynet.topology import NodeInfo, internal_ip
 
 NETNS = "netns"
 AGENT = "agent"
@@ -124,7 +124,7 @@ def pod_key(namespace: str, name: str) -> str:
 
 
 def node_info(record: dict) -> NodeInfo:
-    address = next(a["address"] for a in record["status"]["addresses"] if a["type"] == "InternalIP")
+    address = internal_ip(record)
     return NodeInfo(
         name=record["metadata"]["name"],
         ip=ipaddress.IPv4Address(address),
@@ -379,7 +379,7 @@ class ClusterManager:
             self.store.set_meta(spec.name, f"routes/{node.name}", "[]")
         try:
             self.agent(spec.name).unserve(node_key(node.name))
-        except Exception:  # the agent may be the thing that failed; its sockets die with the netns
+        except AgentError:  # the agent may be the thing that failed; its sockets die with the netns
             pass
         plan: Plan = ()
         for peer in peers:
@@ -413,6 +413,8 @@ class ClusterManager:
                     line, record = self._apply_deployment_manifest(cluster, manifest, creates, deletes)
                     report.append(line)
                     deployments.append(record)
+            for request in creates:  # a name the kernel would refuse stops the apply before any change
+                names.pod_netns(cluster, request.namespace, request.name)
             kubeproxy.store(self, spec, service_documents)
             self._delete_pods(spec, deletes)
             self._create_pods(spec, creates)
@@ -685,7 +687,7 @@ class ClusterManager:
                 agent = self.agent(cluster)
                 for record in bound:
                     agent.unserve(pod_key(record["metadata"]["namespace"], record["metadata"]["name"]))
-            except Exception:  # an agent that is gone holds no sockets
+            except AgentError:  # an agent that is gone holds no sockets
                 pass
             self.runtime.cni_delete(self.store.directory, cluster, [sandbox_of(cluster, r) for r in bound])
             lingering = self.runtime.delete_namespaces(

@@ -21,10 +21,9 @@ class InvalidInput(OverlaynetError):
     exit_code = 2
 
 
-class InvalidName(InvalidInput, ValueError):
+class InvalidName(InvalidInput):
     """A kernel-visible name the kernel would refuse or truncate: an interface name over 15
-    characters, a network namespace name over 255. Also a ``ValueError`` (a bad value), so a
-    caller that tries a candidate name and falls back on ``except ValueError`` keeps working."""
+    characters, a network namespace name over 255."""
 
 
 class ConflictError(OverlaynetError):

@@ -23,6 +23,7 @@ from overlaynet import names
 from overlaynet.errors import InvalidInput, OverlaynetError
 from overlaynet.model import ClusterSpec
 from overlaynet.modes import get_mode
+from overlaynet.topology import internal_ip
 
 NETWORK_NAME = "overlaynet"
 CNI_VERSION = "1.0.0"
@@ -65,7 +66,7 @@ def _node_section(spec: ClusterSpec, node: dict) -> dict:
     meta = node["metadata"]
     return {
         "name": meta["name"],
-        "ip": next(a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP"),
+        "ip": internal_ip(node),
         "podCIDR": node["spec"].get("podCIDR"),
         "annotations": meta.get("annotations", {}),
         "netns": names.node_netns(spec.name, meta["name"]),

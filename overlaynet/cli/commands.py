@@ -16,6 +16,7 @@ from overlaynet.cli.output import age, document, table
 from overlaynet.errors import HostError, InvalidInput, NotFoundError, OverlaynetError
 from overlaynet.manifests import DEFAULT_NAMESPACE, load_cluster, parse_manifests
 from overlaynet.modes import KERNEL_FEATURES, KERNEL_VXLAN, get_mode, uses_ipam_blocks
+from overlaynet.topology import internal_ip
 
 OUTPUT_FORMATS = click.Choice(["wide", "json", "yaml", "name"])
 _CAP_NET_ADMIN, _CAP_SYS_ADMIN = 12, 21
@@ -130,7 +131,7 @@ def up(config, cluster, nodes, cni, cluster_cidr, node_cidr_mask_size, service_c
     click.echo(f"✓ underlay {spec.node_network}, cluster CIDR {spec.cluster_cidr} "
                f"(/{spec.node_cidr_mask_size} per node), service CIDR {spec.service_cidr}")
     for node in manager.nodes(spec.name):
-        click.echo(f"✓ {node['metadata']['name']:<12} {_internal_ip(node):<15} podCIDR {node['spec']['podCIDR']}")
+        click.echo(f"✓ {node['metadata']['name']:<12} {internal_ip(node):<15} podCIDR {node['spec']['podCIDR']}")
     if spec.bgp == "bird":
         from overlaynet import bgpsync
 
@@ -170,7 +171,7 @@ def add(kind, node_name, labels, cluster):
         parsed.append((key, value))
     manager = _manager()
     record = manager.add_node(_resolve_cluster(manager, cluster), model.NodeSpec(node_name, tuple(sorted(parsed))))
-    click.echo(f"node/{node_name} created ({_internal_ip(record)}, podCIDR {record['spec']['podCIDR']})")
+    click.echo(f"node/{node_name} created ({internal_ip(record)}, podCIDR {record['spec']['podCIDR']})")
 
 
 # -- apply / delete ------------------------------------------------------------------------------
@@ -224,10 +225,6 @@ def delete(kind, object_names, files, namespace, cluster):
 
 
 # -- get / describe ------------------------------------------------------------------------------
-
-
-def _internal_ip(node: dict) -> str:
-    return next(a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP")
 
 
 def _node_status(node: dict) -> str:
@@ -303,7 +300,7 @@ def get(resource, object_name, output, namespace, all_namespaces, cluster):
             ranges, range_header = [o["spec"]["podCIDR"] for o in objects], "POD-CIDR"
         header = ["NAME", "STATUS", "ROLES", "AGE"] + (["INTERNAL-IP", range_header, "CNI", "NETNS"] if wide else [])
         rows = [[o["metadata"]["name"], _node_status(o), "<none>", age(o["metadata"].get("creationTimestamp"))]
-                + ([_internal_ip(o), pod_range, cni, names.node_netns(name, o["metadata"]["name"])]
+                + ([internal_ip(o), pod_range, cni, names.node_netns(name, o["metadata"]["name"])]
                    if wide else []) for o, pod_range in zip(objects, ranges)]
     elif kind == "pod":
         header = ["NAME", "READY", "STATUS", "RESTARTS", "AGE"] + (["IP", "NODE", "NETNS"] if wide else [])
@@ -414,7 +411,7 @@ def testserver(action, pod_name, namespace, cluster):
 def _render_node(spec, node: dict, services, slices):
     from overlaynet.proxy.render import NodeConfig, render
 
-    config = NodeConfig(name=node["metadata"]["name"], ips=(_internal_ip(node),), cluster_cidr=str(spec.cluster_cidr))
+    config = NodeConfig(name=node["metadata"]["name"], ips=(internal_ip(node),), cluster_cidr=str(spec.cluster_cidr))
     return render(config, services, slices, full=True)
 
 
@@ -505,7 +502,7 @@ def render_rules(files, node_name, table):
     slices = [m for m in manifests if isinstance(m, EndpointSlice)]
     slices += [s for service in services for s in build_endpoint_slices(service, pods).slices]
     ruleset = _render_node(spec, node, services, slices)
-    click.echo(f"# kube-proxy (iptables mode) for node {node_name} ({_internal_ip(node)}) of cluster "
+    click.echo(f"# kube-proxy (iptables mode) for node {node_name} ({internal_ip(node)}) of cluster "
                f'"{spec.name}": {len(services)} services; load with iptables-restore --noflush')
     for jump in ruleset.jumps:
         click.echo(f"# and, outside the restore, if missing: iptables -t {jump.table} {jump.rule.replace('-A', '-I', 1)}")

@@ -37,7 +37,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from overlaynet import names
-from overlaynet.errors import InvalidInput, invalid
+from overlaynet.errors import InvalidInput, InvalidName, invalid
 from overlaynet.modes import DEFAULT_OPTIONS, IPAM_BLOCKS, IPAM_PLUGIN, Mode, PluginOptions
 from overlaynet.plan import Address, Plan, Route, Sysctl, VethPair
 
@@ -65,7 +65,7 @@ def host_veth_name(pod: PodInfo) -> str:
     candidate = VETH_PREFIX + pod.container_id[:11]
     try:
         return names.check_ifname(candidate)
-    except ValueError:
+    except InvalidName:
         digest = hashlib.sha1(pod.container_id.encode()).hexdigest()
         return names.check_ifname(VETH_PREFIX + digest[:11])
 
