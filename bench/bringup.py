@@ -29,10 +29,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import floor  # noqa: E402  (bench/floor.py)
 
-from overlaynet import model  # noqa: E402
-from overlaynet.cluster import ClusterManager  # noqa: E402
-from overlaynet.manifests import parse_manifests  # noqa: E402
-from overlaynet.store import Store  # noqa: E402
+from overlaynet.api import model  # noqa: E402
+from overlaynet.api.manifests import parse_manifests  # noqa: E402
+from overlaynet.control.manager import ClusterManager  # noqa: E402
+from overlaynet.control.store import Store  # noqa: E402
+
 
 def deployment_yaml(name: str, replicas: int) -> str:
     """A Deployment of ``replicas`` test-server pods, as a user would write it."""

@@ -39,14 +39,14 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from overlaynet import model  # noqa: E402
 from overlaynet.agent.client import start_agent, stop_agent  # noqa: E402
+from overlaynet.api import model  # noqa: E402
 from overlaynet.cni.runtime import CniRuntime  # noqa: E402
+from overlaynet.datapath.modes import get_mode  # noqa: E402
+from overlaynet.datapath.plan import Address, Bridge, Netns  # noqa: E402
+from overlaynet.datapath.topology import NodeInfo, PodInfo  # noqa: E402
 from overlaynet.kernel import apply as kapply  # noqa: E402
 from overlaynet.kernel import netns  # noqa: E402
-from overlaynet.modes import get_mode  # noqa: E402
-from overlaynet.plan import Address, Bridge, Netns  # noqa: E402
-from overlaynet.topology import NodeInfo, PodInfo  # noqa: E402
 
 PLUGIN_DIR = os.path.join(REPO, "cni_plugins")
 POD_CIDR = "10.244.1.0/24"
@@ -132,7 +132,7 @@ class Bench:
                 "thin_path_imports_ms": import_ms("from overlaynet.cni import skel"),
                 "standalone_path_imports_ms": import_ms("from overlaynet.cni import skel, plugins; "
                                                         "import overlaynet.kernel.apply, overlaynet.kernel.observe, "
-                                                        "overlaynet.modes.flannel, pyroute2")}
+                                                        "overlaynet.datapath.modes.flannel, pyroute2")}
 
     def run(self) -> dict:
         kapply.apply((Netns(self.node),))

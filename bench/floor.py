@@ -43,7 +43,7 @@ from dataclasses import dataclass
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from overlaynet import names  # noqa: E402  (pure: no kernel access, no pyroute2)
-from overlaynet import plan as p  # noqa: E402
+from overlaynet.datapath import plan as p  # noqa: E402
 
 NETNS_DIR = "/run/netns"
 CLUSTER = "bench"

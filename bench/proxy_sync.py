@@ -43,10 +43,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from overlaynet.kernel import iptables as kip  # noqa: E402
-from overlaynet.kernel import netns  # noqa: E402
-from overlaynet.proxy import render as R  # noqa: E402
-from overlaynet.services import (  # noqa: E402
+from overlaynet.api.services import (  # noqa: E402
     Endpoint,
     EndpointConditions,
     EndpointPort,
@@ -54,6 +51,9 @@ from overlaynet.services import (  # noqa: E402
     Service,
     ServicePort,
 )
+from overlaynet.kernel import iptables as kip  # noqa: E402
+from overlaynet.kernel import netns  # noqa: E402
+from overlaynet.proxy import render as R  # noqa: E402
 
 NODE = R.NodeConfig("node-1", ("172.20.0.11",), "10.244.0.0/16")
 

@@ -27,12 +27,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bringup import deployment_yaml  # noqa: E402  (bench/bringup.py)
 
-from overlaynet import model, names  # noqa: E402
-from overlaynet import verify as verifying  # noqa: E402
-from overlaynet.cluster import ClusterManager  # noqa: E402
+from overlaynet import names  # noqa: E402
+from overlaynet.api import model
+from overlaynet.api.manifests import parse_manifests  # noqa: E402
+from overlaynet.control.manager import ClusterManager  # noqa: E402
+from overlaynet.control.store import Store  # noqa: E402
 from overlaynet.kernel import observe  # noqa: E402
-from overlaynet.manifests import parse_manifests  # noqa: E402
-from overlaynet.store import Store  # noqa: E402
+from overlaynet.tools import verify as verifying  # noqa: E402
+
 
 def run_verify(manager: ClusterManager, cluster: str) -> tuple[float, verifying.Report, int]:
     started = time.perf_counter()

@@ -9,10 +9,12 @@ it to probe (``AgentClient.probe``).
   socket, the registry of served keys.
 - ``testserver``: the agnhost-netexec-like HTTP and UDP server, as pure protocol functions
   plus the per-key sockets opened inside each pod's netns.
-- ``probe``: TCP, UDP and ICMP probes from inside a source netns, thousands at a time.
+- ``reachability``: TCP, UDP and ICMP probes from inside a source netns, thousands at a time.
 - ``client``: start, find and stop the process; ``AgentClient`` speaks the protocol.
 
 The agent process keeps its imports light (no pyroute2, no scapy): a 1000-pod cluster is
 one interpreter holding 2000 sockets. This package's ``__init__`` imports nothing, so
 ``python -m overlaynet.agent`` pays only for what the process uses.
 """
+
+__all__ = ["client", "prober", "reachability", "server", "testserver"]

@@ -21,6 +21,7 @@ import sys
 import time
 from typing import Any
 
+from overlaynet.cni import launch
 from overlaynet.errors import AgentError
 from overlaynet.kernel import processes
 
@@ -120,8 +121,7 @@ def start_agent(cluster: str, socket_path: str, log_path: str) -> int:
     os.makedirs(os.path.dirname(socket_path), exist_ok=True)
     os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
     env = dict(os.environ)
-    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (launch.import_root(), env.get("PYTHONPATH", "")) if p)
     with open(log_path, "ab") as log:
         try:
             proc = subprocess.Popen(
@@ -279,7 +279,7 @@ class AgentClient:
 
     def probe(self, probes: list[dict], timeout: float = 2.0) -> list[dict]:
         """Run ``probes`` (see ``probe.parse_probes``); one result per probe, in order."""
-        from overlaynet.agent.probe import PROBE_CONCURRENCY
+        from overlaynet.agent.reachability import PROBE_CONCURRENCY
 
         # Every probe ends within `timeout`, so the batch is bounded; allow for its worst case.
         rounds = math.ceil(len(probes) / PROBE_CONCURRENCY) if probes else 0

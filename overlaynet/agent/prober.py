@@ -14,8 +14,8 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable
 
-from overlaynet.agent import probe
-from overlaynet.health import ProbeSpec, Tracker
+from overlaynet.agent import reachability
+from overlaynet.api.probes import ProbeSpec, Tracker
 
 log = logging.getLogger("overlaynet.agent")
 
@@ -25,12 +25,12 @@ async def run_once(spec: ProbeSpec, node_netns: str, pod_netns: str, pod_ip: str
     try:
         async with asyncio.timeout(spec.timeout):
             if spec.action == "http":
-                status, _ = await probe.http_get(node_netns, pod_ip, spec.port, spec.path)
+                status, _ = await reachability.http_get(node_netns, pod_ip, spec.port, spec.path)
                 return 200 <= status < 400
             if spec.action == "tcp":
-                sock = probe._new_socket(node_netns, socket.AF_INET, socket.SOCK_STREAM)
+                sock = reachability._new_socket(node_netns, socket.AF_INET, socket.SOCK_STREAM)
                 try:
-                    await probe._connect(asyncio.get_running_loop(), sock, (pod_ip, spec.port))
+                    await reachability._connect(asyncio.get_running_loop(), sock, (pod_ip, spec.port))
                 finally:
                     sock.close()
                 return True

@@ -39,7 +39,7 @@ import signal
 import socket
 import stat
 
-from overlaynet.agent import probe, testserver
+from overlaynet.agent import reachability, testserver
 from overlaynet.errors import AgentError, OverlaynetError
 
 log = logging.getLogger("overlaynet.agent")
@@ -50,8 +50,8 @@ CNI_WORKERS = 16  # CNI operations at once (netlink and IPAM locks, not CPU, bou
 
 def _report_health(cluster: str, socket_path: str, key: str, kind: str, ok: bool) -> None:
     """Tell the controller (through the store beside our socket) what a probe found."""
-    from overlaynet.cluster import ClusterManager
-    from overlaynet.store import Store
+    from overlaynet.control.manager import ClusterManager
+    from overlaynet.control.store import Store
 
     _, namespace, name = key.split("/", 2)
     manager = ClusterManager(Store(os.path.dirname(socket_path)))
@@ -132,7 +132,7 @@ class Agent:
         if not health:
             return
         from overlaynet.agent.prober import Prober
-        from overlaynet.health import ProbeSpec
+        from overlaynet.api.probes import ProbeSpec
 
         specs = [ProbeSpec.from_dict(spec) for spec in health["specs"]]
 
@@ -174,8 +174,8 @@ class Agent:
         return {"keys": [self.keys[k].describe() for k in sorted(self.keys)]}
 
     async def _probe(self, request: dict) -> dict:
-        probes, timeout = probe.parse_probes(request.get("probes"), request.get("timeout", 2.0))
-        return {"results": await probe.run_probes(probes, timeout)}
+        probes, timeout = reachability.parse_probes(request.get("probes"), request.get("timeout", 2.0))
+        return {"results": await reachability.run_probes(probes, timeout)}
 
     async def _cni(self, request: dict) -> dict:
         plugin = _string(request, "plugin")

@@ -37,7 +37,7 @@ import struct
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote
 
-from overlaynet.agent import probe  # the client side of /dial lives with the probes
+from overlaynet.agent import reachability  # the client side of /dial lives with the probes
 from overlaynet.errors import AgentError, KernelError
 from overlaynet.kernel import netns
 
@@ -315,7 +315,7 @@ class _HttpProtocol(asyncio.Protocol):
             transport.close()
 
     async def _dial(self, dial: Dial, head_only: bool) -> None:
-        responses, errors = await probe.dial(self._served.netns, dial)
+        responses, errors = await reachability.dial(self._served.netns, dial)
         self._answer(dial_response(responses, errors), head_only)
 
 

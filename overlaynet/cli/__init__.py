@@ -13,6 +13,8 @@ import click
 
 from overlaynet.errors import OverlaynetError
 
+__all__ = ["entry", "main"]
+
 
 def main(argv: list[str] | None = None) -> int:
     from overlaynet.cli.commands import cli

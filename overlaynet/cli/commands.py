@@ -11,20 +11,21 @@ import time
 
 import click
 
-from overlaynet import model, names
+from overlaynet import names
+from overlaynet.api import model
+from overlaynet.api.manifests import DEFAULT_NAMESPACE, load_cluster, parse_manifests
 from overlaynet.cli.output import age, document, table
+from overlaynet.datapath.modes import KERNEL_FEATURES, KERNEL_VXLAN, get_mode, uses_ipam_blocks
+from overlaynet.datapath.topology import internal_ip
 from overlaynet.errors import HostError, InvalidInput, NotFoundError, OverlaynetError
-from overlaynet.manifests import DEFAULT_NAMESPACE, load_cluster, parse_manifests
-from overlaynet.modes import KERNEL_FEATURES, KERNEL_VXLAN, get_mode, uses_ipam_blocks
-from overlaynet.topology import internal_ip
 
 OUTPUT_FORMATS = click.Choice(["wide", "json", "yaml", "name"])
 _CAP_NET_ADMIN, _CAP_SYS_ADMIN = 12, 21
 
 
 def _manager():
-    from overlaynet.cluster import ClusterManager
-    from overlaynet.store import Store
+    from overlaynet.control.manager import ClusterManager
+    from overlaynet.control.store import Store
 
     return ClusterManager(Store())
 
@@ -133,9 +134,9 @@ def up(config, cluster, nodes, cni, cluster_cidr, node_cidr_mask_size, service_c
     for node in manager.nodes(spec.name):
         click.echo(f"✓ {node['metadata']['name']:<12} {internal_ip(node):<15} podCIDR {node['spec']['podCIDR']}")
     if spec.bgp == "bird":
-        from overlaynet import bgpsync
+        from overlaynet.node import bgp_mesh
 
-        report = bgpsync.mesh_report(manager, spec, timeout=10.0)
+        report = bgp_mesh.mesh_report(manager, spec, timeout=10.0)
         click.echo(f"{'✓' if report.ok else '!'} BIRD mesh (AS {model.DEFAULT_BGP_AS}): {report}")
     click.echo(f'Cluster "{spec.name}" is up in {time.monotonic() - started:.2f}s. Try:\n'
                "  overlaynet apply -f examples/web.yaml\n  overlaynet get pods -o wide\n  overlaynet verify")
@@ -292,7 +293,7 @@ def get(resource, object_name, output, namespace, all_namespaces, cluster):
     if kind == "node":
         spec = manager.spec(name)
         if wide and uses_ipam_blocks(spec):
-            from overlaynet.routing import node_infos
+            from overlaynet.node.routes import node_infos
 
             blocks = {n.name: ",".join(map(str, n.blocks)) or "<none>" for n in node_infos(manager, spec)}
             ranges, range_header = [blocks[o["metadata"]["name"]] for o in objects], "BLOCKS"
@@ -385,7 +386,7 @@ def testserver(action, pod_name, namespace, cluster):
 
     Inside `overlaynet exec POD -- ...` the pod is implied:
     `overlaynet exec web-1 -- overlaynet testserver stop`."""
-    from overlaynet.cluster import pod_key
+    from overlaynet.control.manager import pod_key
 
     manager = _manager()
     name = cluster or os.environ.get("OVERLAYNET_CLUSTER") or _resolve_cluster(manager, None)
@@ -435,15 +436,15 @@ def _table_sections(payload: str, tables: list[str]) -> list[str]:
 @cluster_option
 def rules(node_name, table, diff, cluster):
     """The live iptables rules of a node's namespace, with the Service each chain belongs to."""
-    from overlaynet import kubeproxy
     from overlaynet.kernel import iptables
+    from overlaynet.node import proxier
 
     require_privileges("overlaynet rules")
     manager = _manager()
     name = _resolve_cluster(manager, cluster)
     spec = manager.spec(name)
-    rendered = _render_node(spec, manager.node(name, node_name), kubeproxy.stored_services(manager, name),
-                            kubeproxy.stored_slices(manager, name))
+    rendered = _render_node(spec, manager.node(name, node_name), proxier.stored_services(manager, name),
+                            proxier.stored_slices(manager, name))
     backend = manager.store.get_meta(name, "kube-proxy-backend") or iptables.backend()
     netns = names.node_netns(name, node_name)
     tables = [table] if table else ["nat", "filter"]
@@ -481,10 +482,10 @@ def _rules_diff(live: str, rendered: str, tables: list[str]) -> list[str]:
 @click.option("--table", type=click.Choice(["nat", "filter"]), help="Only this table (default: nat and filter).")
 def render_rules(files, node_name, table):
     """The kube-proxy rules a node would get, without root and without a cluster."""
-    from overlaynet import dryrun
-    from overlaynet.endpoints import build_endpoint_slices
-    from overlaynet.manifests import load_documents, parse_document
-    from overlaynet.services import EndpointSlice, Service, allocate
+    from overlaynet.api.manifests import load_documents, parse_document
+    from overlaynet.api.services import EndpointSlice, Service, allocate
+    from overlaynet.control import dryrun
+    from overlaynet.control.endpoints import build_endpoint_slices
 
     spec, manifests = model.build_spec(), []
     for path in files:
@@ -582,9 +583,9 @@ def cni_install(directory):
 @click.pass_context
 def verify(ctx, output, timeout, cluster):
     """Prove the Kubernetes network model pair by pair: no NAT anywhere."""
-    from overlaynet import kubeproxy
-    from overlaynet import verify as verifying
     from overlaynet.kernel import observe
+    from overlaynet.node import proxier
+    from overlaynet.tools import verify as verifying
 
     require_privileges("overlaynet verify")
     manager = _manager()
@@ -595,8 +596,8 @@ def verify(ctx, output, timeout, cluster):
         raise InvalidInput(f'cluster "{name}": no running pods to verify (apply some, e.g. examples/web.yaml)')
     started = time.monotonic()
     probes, index = verifying.plan_probes(node_eps, pod_eps)
-    targets = verifying.service_targets(kubeproxy.stored_services(manager, name),
-                                        kubeproxy.stored_slices(manager, name), manager.pods(name))
+    targets = verifying.service_targets(proxier.stored_services(manager, name),
+                                        proxier.stored_slices(manager, name), manager.pods(name))
     external = verifying.Endpoint("external", "client", names.external_netns(name), str(spec.external_client), "")
     service_probes, service_index = verifying.plan_service_probes(targets, node_eps, pod_eps, external, len(probes))
     results = manager.agent(name).probe(probes + service_probes, timeout=timeout)

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 
-from overlaynet import kubelet, names
+from overlaynet import names
 from overlaynet.cli.output import age
-from overlaynet.cluster import CONTAINER_ANNOTATION
-from overlaynet.modes import uses_ipam_blocks
+from overlaynet.control.manager import CONTAINER_ANNOTATION
+from overlaynet.datapath.modes import uses_ipam_blocks
+from overlaynet.node import kubelet
 
 
 def _section(title: str, lines: list[str]) -> list[str]:
@@ -64,16 +65,16 @@ def describe_node(manager, cluster: str, node_name: str) -> str:
     lines += _section(f"Pods ({len(pods)})", [
         f"{p['metadata']['namespace']}/{p['metadata']['name']:<32} {p['status'].get('podIP', '<none>')}" for p in pods])
     if uses_ipam_blocks(spec):
-        from overlaynet.routing import node_infos
+        from overlaynet.node.routes import node_infos
 
         info = next(n for n in node_infos(manager, spec) if n.name == node_name)
         lines += _section("IPAM blocks (affinity)", [str(b) for b in info.blocks])
         lines += _section("Borrowed addresses", [str(a) for a in info.borrowed])
     if spec.bgp == "bird":
-        from overlaynet import bgpsync
+        from overlaynet.node import bgp_mesh
 
         lines += _section("BGP sessions (birdc show protocols)", [
-            f"{s['name']:<24} {s['state']:<6} {s.get('info', '')}" for s in bgpsync.sessions(manager, spec, node_name)])
+            f"{s['name']:<24} {s['state']:<6} {s.get('info', '')}" for s in bgp_mesh.sessions(manager, spec, node_name)])
     lines += _section("Devices (ip -d link / ip addr)", _device_lines(netns))
     lines += _section("Routes (ip route)", observe.format_routes(observe.observe_routes(netns)).splitlines())
     paths = kubelet.node_paths(manager.store.directory, cluster, node_name)
@@ -135,17 +136,17 @@ def describe_pod(manager, cluster: str, namespace: str, pod_name: str) -> str:
 
 
 def describe_service(manager, cluster: str, namespace: str, name: str) -> str:
-    from overlaynet import kubeproxy
-    from overlaynet.endpoints import build_endpoint_slices
+    from overlaynet.control.endpoints import build_endpoint_slices
     from overlaynet.errors import NotFoundError
+    from overlaynet.node import proxier
 
-    service = next((s for s in kubeproxy.stored_services(manager, cluster)
+    service = next((s for s in proxier.stored_services(manager, cluster)
                     if s.namespace == namespace and s.name == name), None)
     if service is None:
         raise NotFoundError(f'service "{name}" not found in namespace "{namespace}" of cluster "{cluster}"')
     result = build_endpoint_slices(service, manager.pods(cluster))
     slices = result.slices if service.selector is not None else [
-        s for s in kubeproxy.stored_slices(manager, cluster) if s.service_name == name and s.namespace == namespace]
+        s for s in proxier.stored_slices(manager, cluster) if s.service_name == name and s.namespace == namespace]
     ready = [f"{address}" for s in slices for e in s.endpoints if e.conditions.is_ready for address in e.addresses]
     lines = [
         f"Name:               {name}",

@@ -39,6 +39,24 @@ def import_root() -> str:
     return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def own_plugin_dir() -> str:
+    """The one place overlaynet's own plugin executables are: a checkout's ``cni_plugins/``,
+    else (a non-editable install) ``<prefix>/lib/overlaynet/cni``, where ``ensure_plugin_dir``
+    writes the launchers for this interpreter."""
+    checkout = os.path.join(import_root(), "cni_plugins")
+    if os.path.isdir(checkout):
+        return checkout
+    return os.path.join(sys.prefix, "lib", "overlaynet", "cni")
+
+
+def ensure_plugin_dir() -> str:
+    """``own_plugin_dir()``, with the launchers written there first when they are missing."""
+    directory = own_plugin_dir()
+    if not all(os.access(os.path.join(directory, plugin), os.X_OK) for plugin in PLUGINS):
+        install_plugins(directory)
+    return directory
+
+
 def choose_interpreter(environ: dict[str, str], root: str) -> str | None:
     """The interpreter to re-execute under, or None to stay in this one."""
     if environ.get(_CHOSEN_ENV):

@@ -1,14 +1,14 @@
 """The logic of overlaynet's CNI plugins, callable in-process (standalone) or by the agent.
 
 - the **main plugin** of every mode (``overlaynet-flannel``, ``overlaynet-calico``, or the
-  ``plugin_type`` of any other ``overlaynet.modes.Mode``) is one skeleton: the mode comes from
+  ``plugin_type`` of any other ``overlaynet.datapath.modes.Mode``) is one skeleton: the mode comes from
   the Cluster document in the configuration (the ``overlaynet`` object's ``cluster``), and must
   be the one whose plugin was invoked; the mode plans what to create (``plan_pod_prerequisites``,
   made when missing and never undone, then ``plan_pod``) and ``kernel.apply`` makes it true.
   The flannel mode's plan is what flannel's ``bridge`` delegate does (``cni0`` with the pod
   CIDR's gateway address, a veth per pod with hairpin on); the calico mode's has no bridge.
 - ``overlaynet-ipam``: host-local semantics (``hostlocal``), or ``"mode": "blocks"``, which
-  delegates to ``overlaynet.blocks.BlockIPAM`` (Calico-like blocks, state in the store).
+  delegates to ``overlaynet.ipam.blocks.BlockIPAM`` (Calico-like blocks, state in the store).
 
 Configuration of a main plugin: ``ipam`` (required, delegated), ``mtu`` (default: the mode's
 pod MTU), ``dns`` (returned as is), ``agentSocket`` (``skel``'s thin path); ``bridge`` (default:
@@ -47,10 +47,11 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from overlaynet.cni import hostlocal, spec
+from overlaynet.cni import launch, spec
 from overlaynet.cni.spec import CniEnv, Factory, Interface, IPConfig, Record, Result, RouteEntry
+from overlaynet.datapath.modes import IPAM_BLOCKS, IPAM_HOST_LOCAL, IPAM_PLUGIN, PluginOptions
 from overlaynet.errors import CniError, OverlaynetError
-from overlaynet.modes import IPAM_BLOCKS, IPAM_HOST_LOCAL, IPAM_PLUGIN, PluginOptions
+from overlaynet.ipam import hostlocal
 
 IPAM = IPAM_PLUGIN
 DELEGATE_TIMEOUT = 60.0
@@ -58,8 +59,6 @@ STDERR_TAIL = 2000
 DEFAULT_BLOCK_SIZE = 26  # Calico's default IPv4 block (calico.md §2)
 SCOPE_LINK = 253
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PLUGIN_DIR = os.path.join(REPO_ROOT, "cni_plugins")
 
 
 class Outcome(Record):
@@ -170,11 +169,11 @@ def open_block_ipam(conf: Mapping) -> tuple[Any, str, Any]:
     except ValueError:
         raise CniError(spec.ERR_INVALID_CONFIG, f"ipam.pool {pool!r} is not an IPv4 CIDR") from None
     try:
-        from overlaynet import blocks
+        from overlaynet.ipam import blocks
     except ImportError as exc:
-        raise CniError(spec.ERR_PLUGIN, "ipam mode blocks is not available: overlaynet.blocks cannot be imported",
+        raise CniError(spec.ERR_PLUGIN, "ipam mode blocks is not available: overlaynet.ipam.blocks cannot be imported",
                        str(exc)) from None
-    from overlaynet.store import Store, state_dir
+    from overlaynet.control.store import Store, state_dir
 
     try:
         store = Store(ipam.get("stateDir") or state_dir())
@@ -245,9 +244,9 @@ def _unsupported(key: str, value: object, why: str) -> CniError:
 
 
 def parse_main_config(plugin: str, conf: Mapping) -> MainConfig:
-    from overlaynet import model
-    from overlaynet.modes import get_mode
-    from overlaynet.topology import NodeInfo
+    from overlaynet.api import model
+    from overlaynet.datapath.modes import get_mode
+    from overlaynet.datapath.topology import NodeInfo
 
     network = conf["name"]
     ipam = conf.get("ipam")
@@ -345,13 +344,13 @@ def _random_mac() -> str:
 
 
 def _step_ns(step: Any) -> str:
-    from overlaynet.plan import Netns
+    from overlaynet.datapath.plan import Netns
 
     return step.name if isinstance(step, Netns) else step.netns
 
 
 def _pod_info(ctx: Context, cfg: MainConfig, ip: ipaddress.IPv4Address) -> Any:
-    from overlaynet.topology import PodInfo
+    from overlaynet.datapath.topology import PodInfo
 
     return PodInfo(namespace=ctx.env.pod_namespace, name=ctx.env.pod_name, ip=ip, node=cfg.node.name,
                    netns=ctx.env.netns, host_netns=_host_netns(ctx, cfg),
@@ -364,7 +363,7 @@ def _plan(cfg: MainConfig, pod: Any, fill_macs: bool) -> tuple:
     names them without reading them back)."""
     import dataclasses
 
-    from overlaynet.plan import Netns, VethPair
+    from overlaynet.datapath.plan import Netns, VethPair
 
     try:
         plan = cfg.mode.plan_pod(cfg.spec, cfg.node, pod, cfg.options)
@@ -386,7 +385,7 @@ def _plan(cfg: MainConfig, pod: Any, fill_macs: bool) -> tuple:
 
 
 def _veth(plan: tuple, ctx: Context) -> Any:
-    from overlaynet.plan import VethPair
+    from overlaynet.datapath.plan import VethPair
 
     for step in plan:
         if isinstance(step, VethPair) and step.peer_name == ctx.env.ifname:
@@ -407,7 +406,7 @@ def find_plugin(plugin_type: str, path: tuple[str, ...]) -> str:
 
 def _is_our_ipam(path: str) -> bool:
     try:
-        return os.path.samefile(path, os.path.join(PLUGIN_DIR, IPAM))
+        return os.path.samefile(path, os.path.join(launch.own_plugin_dir(), IPAM))
     except OSError:
         return False
 
@@ -564,7 +563,7 @@ def _undo(ctx: Context, conf: Mapping, steps: tuple, exc: BaseException) -> None
 def _ipam_routes(ctx: Context, plan: tuple, ipam_result: Result) -> tuple:
     """IPAM routes the mode did not plan, in the sandbox via the IPAM gateway (as the bridge
     plugin installs them)."""
-    from overlaynet.plan import Route
+    from overlaynet.datapath.plan import Route
 
     planned = {step.dst for step in plan if isinstance(step, Route) and step.netns == ctx.env.netns}
     gateway = next((ip.gateway for ip in ipam_result.ips if ip.gateway and ":" not in ip.gateway), None)
@@ -583,7 +582,7 @@ def _ipam_routes(ctx: Context, plan: tuple, ipam_result: Result) -> tuple:
 def _result(ctx: Context, conf: Mapping, cfg: MainConfig, steps: tuple, ipam_result: Result) -> Result:
     """The ADD result: host veth (no sandbox), then the pod interface (sandbox = CNI_NETNS),
     its address (``interface`` = the pod interface's index), its routes, DNS."""
-    from overlaynet.plan import Address, Route
+    from overlaynet.datapath.plan import Address, Route
 
     version = spec.parse_version(conf["cniVersion"])
     veth = _veth(steps, ctx)
@@ -611,9 +610,9 @@ def _result(ctx: Context, conf: Mapping, cfg: MainConfig, steps: tuple, ipam_res
 def _del(ctx: Context, conf: dict, cfg: MainConfig) -> None:
     """Idempotent: host side of the attachment (unless prevResult shows the veth of that name
     is another attachment's now), then the address."""
+    from overlaynet.datapath.plan import VethPair
     from overlaynet.kernel import apply as kapply
     from overlaynet.kernel import netns, observe
-    from overlaynet.plan import VethPair
 
     host_ns = _host_netns(ctx, cfg)
     sandbox = ctx.env.netns
@@ -653,8 +652,8 @@ def _del(ctx: Context, conf: dict, cfg: MainConfig) -> None:
 
 
 def _check(ctx: Context, conf: dict, cfg: MainConfig) -> None:
+    from overlaynet.datapath.plan import Address, Route, Sysctl, VethPair
     from overlaynet.kernel import netns, observe
-    from overlaynet.plan import Address, Route, Sysctl, VethPair
 
     prev = _prev_result(conf)
     if prev is None:

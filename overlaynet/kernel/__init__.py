@@ -4,3 +4,5 @@ Network objects go through pyroute2 (netlink) with the calling thread switched i
 target namespace, never through spawned ``ip`` commands. ``ensure_*`` functions are
 idempotent; ``delete_*`` functions succeed when the object is already gone.
 """
+
+__all__ = ["apply", "bird", "host", "iptables", "netns", "observe", "processes"]

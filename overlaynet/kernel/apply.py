@@ -1,6 +1,6 @@
 """Make a plan true in the kernel, and undo it.
 
-What this module owns: the translation of each ``overlaynet.plan`` step into netlink requests
+What this module owns: the translation of each ``overlaynet.datapath.plan`` step into netlink requests
 (pyroute2), made from the calling thread while it is inside the step's namespace
 (``netns.inside``). ``apply(plan)`` makes every step true, in order; ``remove(plan)`` undoes
 the steps in reverse order. Each step has an ``ensure_*`` function (idempotent: a second run is
@@ -38,9 +38,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from overlaynet.errors import HostError, InvalidInput, KernelError
-from overlaynet.kernel import netns
-from overlaynet.plan import (
+from overlaynet.datapath.plan import (
     Address,
     Bridge,
     FdbEntry,
@@ -55,6 +53,8 @@ from overlaynet.plan import (
     netns_of,
     words,
 )
+from overlaynet.errors import HostError, InvalidInput, KernelError
+from overlaynet.kernel import netns
 
 NUD_PERMANENT = 0x80
 RTNH_F_ONLINK = 0x4

@@ -7,10 +7,10 @@ after ``bird -p`` has parsed its configuration. BIRD daemonises; its pid file, w
 daemon itself, is how it is found again, and a pid is only ever signalled after
 ``/proc/<pid>/cmdline`` shows it is *that* BIRD (the same pid file argument), so a recycled pid
 is never killed. Status comes from ``birdc -s <ctl> show protocols``, parsed by
-``overlaynet.bgp``; every ``birdc`` call has a timeout, so a wedged daemon is reported, never
+``overlaynet.node.bird_config``; every ``birdc`` call has a timeout, so a wedged daemon is reported, never
 waited on forever.
 
-What it never does: write configuration (``overlaynet.bgp`` renders it, the caller writes
+What it never does: write configuration (``overlaynet.node.bird_config`` renders it, the caller writes
 it), kill a process by name, or spawn a shell.
 """
 
@@ -23,10 +23,10 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from overlaynet import bgp
 from overlaynet.errors import BirdError, HostError, InvalidInput, KernelError
 from overlaynet.kernel import netns as netns_mod
 from overlaynet.kernel import processes
+from overlaynet.node import bird_config
 
 BIRD = "/usr/sbin/bird"
 BIRDC = "/usr/sbin/birdc"
@@ -193,7 +193,7 @@ def reconfigure(ctl_path: str, *, timeout: float = 10.0) -> str:
 
 def sessions(ctl_path: str, *, timeout: float = 5.0) -> list[dict]:
     """``birdc show protocols`` as dicts: name, proto, table, state, since, info, bgp_state."""
-    return [s.as_dict() for s in bgp.parse_show_protocols(_birdc(ctl_path, "show", "protocols", timeout=timeout))]
+    return [s.as_dict() for s in bird_config.parse_show_protocols(_birdc(ctl_path, "show", "protocols", timeout=timeout))]
 
 
 @dataclass
@@ -202,11 +202,11 @@ class MeshReport:
 
     ok: bool
     elapsed: float
-    sessions: dict[str, list[bgp.Session]] = field(default_factory=dict)
+    sessions: dict[str, list[bird_config.Session]] = field(default_factory=dict)
     unreachable: dict[str, str] = field(default_factory=dict)  # label -> error
 
     @property
-    def pending(self) -> list[tuple[str, bgp.Session]]:
+    def pending(self) -> list[tuple[str, bird_config.Session]]:
         """Sessions not Established, as (label, session)."""
         return [(label, s) for label, rows in self.sessions.items() for s in rows if not s.established]
 
@@ -215,7 +215,7 @@ class MeshReport:
             count = sum(len(rows) for rows in self.sessions.values())
             return f"all {count} BGP sessions Established after {self.elapsed:.1f} s"
         lines = [f"BGP not established after {self.elapsed:.1f} s:"]
-        lines += [f"  {label} {bgp.describe_session(s)}" for label, s in self.pending]
+        lines += [f"  {label} {bird_config.describe_session(s)}" for label, s in self.pending]
         lines += [f"  {label}: {error}" for label, error in self.unreachable.items()]
         return "\n".join(lines)
 
@@ -240,7 +240,7 @@ def wait_established(ctl_paths: Mapping[str, str] | Iterable[str], timeout: floa
             except BirdError as exc:
                 report.unreachable[label] = str(exc)
                 continue
-            report.sessions[label] = bgp.mesh_sessions(bgp.parse_show_protocols(text))
+            report.sessions[label] = bird_config.mesh_sessions(bird_config.parse_show_protocols(text))
         report.ok = not report.unreachable and not report.pending
         report.elapsed = time.monotonic() - start
         if report.ok or time.monotonic() + interval > deadline:

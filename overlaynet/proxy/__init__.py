@@ -9,3 +9,5 @@ Loading the payload is ``overlaynet.kernel.iptables`` (the only module with side
 The submodules are imported by name (``from overlaynet.proxy import render``); nothing is
 re-exported here, so ``proxy.render`` is always the module.
 """
+
+__all__ = ["render", "trace"]

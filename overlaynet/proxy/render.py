@@ -36,8 +36,8 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from overlaynet.api.services import EndpointSlice, Service, ServicePort
 from overlaynet.errors import invalid
-from overlaynet.services import EndpointSlice, Service, ServicePort
 
 # Chain names (proxier.go constants).
 KUBE_SERVICES = "KUBE-SERVICES"

@@ -3,7 +3,7 @@
 The cluster: ``lab``, 3 nodes on 172.20.0.0/24, one pod on each node (``default/web-<n>`` on
 ``node-<n>``). Flannel gives every node a /24 pod CIDR, a bridge and a VXLAN device; Calico
 gives every node the /26 IPAM block it claimed for its first pod (found by the seeded search of
-``overlaynet.blocks``), a blackhole for it, a route to each peer's block via the peer's IP, and
+``overlaynet.ipam.blocks``), a blackhole for it, a route to each peer's block via the peer's IP, and
 a ``cali…`` veth per pod with proxy ARP instead of a bridge.
 
 ``modes-side-by-side.txt`` puts node-2's two plans next to each other, grouped by namespace,
@@ -20,8 +20,10 @@ from dataclasses import replace
 
 import pytest
 
-from overlaynet import blocks, ipam, model, plan, topology
-from overlaynet.modes import get_mode
+from overlaynet.api import model
+from overlaynet.datapath import plan, topology
+from overlaynet.datapath.modes import get_mode
+from overlaynet.ipam import allocators, blocks
 
 HERE = pathlib.Path(__file__).parent
 CLUSTER = "lab"
@@ -35,7 +37,7 @@ def cluster(cni: str) -> tuple[model.ClusterSpec, object, list[topology.NodeInfo
     nodes = []
     for index, node in enumerate(spec.nodes):
         ip = spec.node_network.network_address + model.FIRST_NODE_HOST + index
-        nodes.append(topology.NodeInfo(node.name, ip, ipam.node_cidr_at(spec.cluster_cidr, 24, index),
+        nodes.append(topology.NodeInfo(node.name, ip, allocators.node_cidr_at(spec.cluster_cidr, 24, index),
                                        tuple(sorted(mode.node_annotations(spec, node.name, str(ip)).items()))))
     pod_ips = []
     if spec.cni == "calico":
@@ -43,7 +45,7 @@ def cluster(cni: str) -> tuple[model.ClusterSpec, object, list[topology.NodeInfo
         pod_ips = [state.allocate(node.name, f"web-{i}.eth0") for i, node in enumerate(nodes, 1)]
         nodes = [replace(n, blocks=state.node_blocks(n.name), borrowed=state.borrowed(n.name)) for n in nodes]
     else:
-        pod_ips = [ipam.allocate_pod_ip(n.name, n.pod_cidr, []) for n in nodes]
+        pod_ips = [allocators.allocate_pod_ip(n.name, n.pod_cidr, []) for n in nodes]
     pods = [topology.PodInfo("default", f"web-{i}", pod_ips[i - 1], node.name, f"{CLUSTER}.pod.default.web-{i}",
                              f"{CLUSTER}.node.{node.name}", container_id=f"web-{i}")
             for i, node in enumerate(nodes, 1)]

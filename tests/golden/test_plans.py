@@ -10,7 +10,7 @@ import pathlib
 
 import pytest
 
-from overlaynet import plan, topology
+from overlaynet.datapath import plan, topology
 from tests.golden.test_modes_side_by_side import cluster
 
 HERE = pathlib.Path(__file__).parent

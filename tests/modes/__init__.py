@@ -1,1 +1,1 @@
-"""CNI modes that exist only in the tests, to prove ``overlaynet.modes`` is open to a new mode."""
+"""CNI modes that exist only in the tests, to prove ``overlaynet.datapath.modes`` is open to a new mode."""

@@ -1,12 +1,12 @@
 """A host-gw mode, as Flannel's ``host-gw`` backend, that lives in the tests only.
 
-It proves a mode is one module behind ``overlaynet.modes.Mode``: a cluster names it by import
+It proves a mode is one module behind ``overlaynet.datapath.modes.Mode``: a cluster names it by import
 path (``cni: tests.modes.hostgw``), and every process that reads the Cluster document (the
 CLI, the agent, a CNI plugin) finds it that way; nothing in ``overlaynet`` knows of it.
 
 What it programs, as flannel's host-gw does (``pkg/backend/hostgw``): no tunnel and no
 encapsulation (pod MTU = underlay MTU); pods on ``cni0`` exactly as in the vxlan mode (the
-shared ``overlaynet.modes.bridge``, host-local IPAM over the node's pod CIDR); and per peer
+shared ``overlaynet.datapath.modes.bridge``, host-local IPAM over the node's pod CIDR); and per peer
 node one plain route ``<peer podCIDR> via <peer node IP> dev eth0``, which works because all
 nodes share one L2 network. No BGP, no blocks, no kernel feature beyond routing.
 
@@ -22,11 +22,12 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 
-from overlaynet import ipam, names
-from overlaynet.model import ClusterSpec
-from overlaynet.modes import DEFAULT_OPTIONS, IPAM_HOST_LOCAL, Mode, PluginOptions, bridge
-from overlaynet.plan import Plan, Route
-from overlaynet.topology import NodeInfo, PodInfo
+from overlaynet import names
+from overlaynet.api.model import ClusterSpec
+from overlaynet.datapath.modes import DEFAULT_OPTIONS, IPAM_HOST_LOCAL, Mode, PluginOptions, bridge
+from overlaynet.datapath.plan import Plan, Route
+from overlaynet.datapath.topology import NodeInfo, PodInfo
+from overlaynet.ipam import allocators
 
 PLUGIN = "overlaynet-hostgw"
 ANNOTATION_PREFIX = "flannel.alpha.coreos.com/"
@@ -50,7 +51,7 @@ class HostGwMode:
         return spec.underlay_mtu
 
     def pod_capacity(self, spec: ClusterSpec, pod_cidr: ipaddress.IPv4Network) -> int:
-        return ipam.pod_capacity(pod_cidr)
+        return allocators.pod_capacity(pod_cidr)
 
     def render_conflist_entry(self, spec: ClusterSpec, node: str, pod_cidr: ipaddress.IPv4Network,
                               state_dir: str, data_dir: str) -> dict:

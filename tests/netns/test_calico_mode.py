@@ -25,14 +25,17 @@ import uuid
 
 import pytest
 
-from overlaynet import bgp, model, names, topology
-from overlaynet.blocks import BlockIPAM
+from overlaynet import names
+from overlaynet.api import model
+from overlaynet.control.store import Store
+from overlaynet.datapath import topology
+from overlaynet.datapath.modes import get_mode
+from overlaynet.datapath.plan import Netns, Route
 from overlaynet.errors import InvalidInput
+from overlaynet.ipam.blocks import BlockIPAM
 from overlaynet.kernel import apply as kapply
 from overlaynet.kernel import bird, netns, observe
-from overlaynet.modes import get_mode
-from overlaynet.plan import Netns, Route
-from overlaynet.store import Store
+from overlaynet.node import bird_config
 
 ESTABLISH_TIMEOUT = 30.0
 
@@ -111,7 +114,7 @@ class CalicoLab:
         for node in nodes:
             conf = os.path.join(self.dir, f"{node.name}.conf")
             with open(conf, "w") as handle:
-                handle.write(bgp.render_node_config(node, nodes))
+                handle.write(bird_config.render_node_config(node, nodes))
             self.birds[node.name] = (conf, os.path.join(self.dir, f"{node.name}.ctl"),
                                      os.path.join(self.dir, f"{node.name}.pid"))
 
@@ -371,7 +374,7 @@ def test_bgp_mesh_establishes_and_bird_programs_every_route(make_lab):
     for node in lab.node_names:
         mesh = [s for s in bird.sessions(lab.birds[node][1]) if s["proto"] == "BGP"]
         assert sorted(s["name"] for s in mesh) == sorted(
-            bgp.mesh_protocol_name(lab.node_ips[p]) for p in lab.node_names if p != node)
+            bird_config.mesh_protocol_name(lab.node_ips[p]) for p in lab.node_names if p != node)
         assert all(s["bgp_state"] == "Established" for s in mesh), mesh
     for node in lab.infos():
         wanted = {f"blackhole {node.blocks[0]} proto bird"}
@@ -444,7 +447,7 @@ def test_a_session_that_cannot_establish_is_reported_within_the_timeout(make_lab
     took = time.monotonic() - started
     assert not report.ok and took < 6.0 + 3.0, f"took {took:.1f} s"
     down = {(label, s.name) for label, s in report.pending}
-    to_node3 = bgp.mesh_protocol_name(lab.node_ips["node-3"])
+    to_node3 = bird_config.mesh_protocol_name(lab.node_ips["node-3"])
     assert down == {("node-1", to_node3), ("node-2", to_node3)}, str(report)
     assert set(report.unreachable) == {"node-3"}
     text = str(report)

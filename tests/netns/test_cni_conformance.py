@@ -20,14 +20,14 @@ import uuid
 
 import pytest
 
-from overlaynet import model
 from overlaynet.agent.client import AgentClient, start_agent, stop_agent
+from overlaynet.api import model
 from overlaynet.cni import spec
 from overlaynet.cni.runtime import CniRuntime
+from overlaynet.datapath.plan import Netns
 from overlaynet.errors import AgentError, CniError
 from overlaynet.kernel import apply as kapply
 from overlaynet.kernel import netns, observe
-from overlaynet.plan import Netns
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PLUGIN_DIR = os.path.join(REPO, "cni_plugins")
@@ -544,7 +544,7 @@ def calico_conf(lab: CniLab, **extra) -> dict:
 
 
 def test_calico_plugin_wires_routed_pods(lab):
-    from overlaynet.plan import Address, Route, VethPair
+    from overlaynet.datapath.plan import Address, Route, VethPair
 
     # the node's uplink and default route (proxy ARP needs one, calico.md §1.3)
     uplink = lab.namespace("uplink")

@@ -24,9 +24,9 @@ import threading
 import pytest
 
 from overlaynet.cni.runtime import CniRuntime
+from overlaynet.datapath.plan import Address, Sysctl, VethPair
 from overlaynet.kernel import apply as kapply
 from overlaynet.kernel import netns
-from overlaynet.plan import Address, Sysctl, VethPair
 from tests.netns.test_cni_conformance import CNI_PATH, REFERENCE_DIR, k8s_args, lab, ping, pod_ip, run  # noqa: F401
 
 HOST_PORT = 18080

@@ -23,11 +23,11 @@ import uuid
 
 import pytest
 
+from overlaynet.datapath.plan import Address, Netns, Route, Sysctl, VethPair
 from overlaynet.errors import InvalidInput, KernelError
 from overlaynet.kernel import apply as kapply
 from overlaynet.kernel import iptables as kip
 from overlaynet.kernel import netns
-from overlaynet.plan import Address, Netns, Route, Sysctl, VethPair
 from overlaynet.proxy import render as R
 from overlaynet.proxy.trace import canonical_rule, canonical_tables, parse_rule, saved_chain_lines
 from tests.golden.test_kube_proxy import PODS, node_config, pod, render_all
@@ -198,7 +198,7 @@ def packet_lab(prefix: str) -> dict[str, str]:
 
 
 def lab_rules():
-    from overlaynet.services import Endpoint, EndpointConditions, EndpointPort, EndpointSlice, Service, ServicePort
+    from overlaynet.api.services import Endpoint, EndpointConditions, EndpointPort, EndpointSlice, Service, ServicePort
 
     services, slices = [], []
     for name, ip, port, protocol, target, has_endpoints in SERVICES:

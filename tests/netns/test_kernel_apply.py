@@ -16,10 +16,7 @@ from dataclasses import dataclass
 import pytest
 
 from overlaynet import names
-from overlaynet.errors import HostError, InvalidInput, KernelError
-from overlaynet.kernel import apply as kapply
-from overlaynet.kernel import netns, observe
-from overlaynet.plan import (
+from overlaynet.datapath.plan import (
     Address,
     Bridge,
     FdbEntry,
@@ -31,6 +28,9 @@ from overlaynet.plan import (
     VethPair,
     Vxlan,
 )
+from overlaynet.errors import HostError, InvalidInput, KernelError
+from overlaynet.kernel import apply as kapply
+from overlaynet.kernel import netns, observe
 
 VXLAN = "flannel.1"
 

@@ -13,7 +13,7 @@ import struct
 
 import pytest
 
-from overlaynet.agent import probe, testserver
+from overlaynet.agent import reachability, testserver
 from overlaynet.agent.testserver import Dial, Request, Response
 from overlaynet.errors import AgentError, InvalidInput
 
@@ -189,7 +189,7 @@ def test_render_405_names_the_allowed_methods():
 
 def test_prober_reads_what_the_server_renders():
     data = testserver.render_response(Response(404, b"missing"))
-    assert probe.parse_http_response(data) == (404, b"missing")
+    assert reachability.parse_http_response(data) == (404, b"missing")
 
 
 # -- UDP ------------------------------------------------------------------------------------
@@ -241,7 +241,7 @@ def test_check_ports_names_the_key_and_the_field(ports, fragment):
 
 
 def test_parse_probes():
-    probes, timeout = probe.parse_probes(
+    probes, timeout = reachability.parse_probes(
         [
             {"id": [1, 2], "netns": "c.pod.default.a", "dst": "10.244.1.2", "port": 8080, "protocol": "tcp"},
             {"id": "x", "netns": "c.pod.default.a", "dst": "10.244.1.2", "protocol": "icmp"},
@@ -250,7 +250,7 @@ def test_parse_probes():
         1.5,
     )
     assert timeout == 1.5
-    assert probes[0] == probe.Probe([1, 2], "c.pod.default.a", "10.244.1.2", 8080, "tcp", socket.AF_INET)
+    assert probes[0] == reachability.Probe([1, 2], "c.pod.default.a", "10.244.1.2", 8080, "tcp", socket.AF_INET)
     assert probes[1].port == 0 and probes[1].protocol == "icmp"
     assert probes[2].family == socket.AF_INET6
 
@@ -270,24 +270,24 @@ def test_parse_probes():
 )
 def test_parse_probes_names_the_probe(item, fragment):
     with pytest.raises(InvalidInput) as info:
-        probe.parse_probes([item], 2.0)
+        reachability.parse_probes([item], 2.0)
     assert fragment in str(info.value)
 
 
 @pytest.mark.parametrize("timeout", [0, -1, 61, "2", True, None])
 def test_parse_probes_bounds_the_timeout(timeout):
     with pytest.raises(InvalidInput, match="timeout"):
-        probe.parse_probes([], timeout)
+        reachability.parse_probes([], timeout)
 
 
 def test_parse_http_response_honours_content_length():
-    assert probe.parse_http_response(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA") == (200, b"ok")
-    assert probe.parse_http_response(b"HTTP/1.1 200 OK\r\n\r\nall") == (200, b"all")
+    assert reachability.parse_http_response(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA") == (200, b"ok")
+    assert reachability.parse_http_response(b"HTTP/1.1 200 OK\r\n\r\nall") == (200, b"all")
 
 
 @pytest.mark.parametrize("data", [b"", b"hello", b"SSH-2.0-x\r\n\r\n", b"HTTP/1.1 abc\r\n\r\n"])
 def test_parse_http_response_refuses_non_http(data):
-    assert probe.parse_http_response(data) is None
+    assert reachability.parse_http_response(data) is None
 
 
 @pytest.mark.parametrize(
@@ -295,22 +295,22 @@ def test_parse_http_response_refuses_non_http(data):
     [("10.244.1.2:4711", "10.244.1.2"), ("[fd00::2]:53\n", "fd00::2"), ("10.244.1.2", None), ("web:80", None), ("", None)],
 )
 def test_parse_addr(text, ip):
-    assert probe.parse_addr(text) == ip
+    assert reachability.parse_addr(text) == ip
 
 
 def test_error_text():
-    assert probe.error_text(TimeoutError()) == "timeout"
-    assert probe.error_text(ConnectionRefusedError(errno.ECONNREFUSED, "x")) == "connection refused"
-    assert probe.error_text(OSError(errno.EHOSTUNREACH, "x")) == "host unreachable"
-    assert probe.error_text(OSError(errno.ENETUNREACH, "x")) == "network unreachable"
-    assert probe.error_text(OSError(errno.EIO, "Input/output error")) == "input/output error"
+    assert reachability.error_text(TimeoutError()) == "timeout"
+    assert reachability.error_text(ConnectionRefusedError(errno.ECONNREFUSED, "x")) == "connection refused"
+    assert reachability.error_text(OSError(errno.EHOSTUNREACH, "x")) == "host unreachable"
+    assert reachability.error_text(OSError(errno.ENETUNREACH, "x")) == "network unreachable"
+    assert reachability.error_text(OSError(errno.EIO, "Input/output error")) == "input/output error"
 
 
 def test_icmp_echo_has_a_valid_checksum():
-    packet = probe.icmp_echo(0x1234, 7)
+    packet = reachability.icmp_echo(0x1234, 7)
     assert packet[0] == 8 and struct.unpack("!HH", packet[4:8]) == (0x1234, 7)
-    assert probe.icmp_checksum(packet) == 0  # a correct checksum sums to zero
-    assert probe.icmp_checksum(probe.icmp_echo(1, 2, b"odd")) == 0
+    assert reachability.icmp_checksum(packet) == 0  # a correct checksum sums to zero
+    assert reachability.icmp_checksum(reachability.icmp_echo(1, 2, b"odd")) == 0
 
 
 def _ipv4(src: str, dst: str, proto: int, payload: bytes) -> bytes:
@@ -319,24 +319,24 @@ def _ipv4(src: str, dst: str, proto: int, payload: bytes) -> bytes:
 
 
 def test_parse_icmp_echo_reply():
-    reply = bytearray(probe.icmp_echo(0x1234, 7))
+    reply = bytearray(reachability.icmp_echo(0x1234, 7))
     reply[0] = 0
-    assert probe.parse_icmp(_ipv4("10.244.2.3", "10.244.1.2", 1, bytes(reply))) == (0x1234, 7, "10.244.2.3", None)
+    assert reachability.parse_icmp(_ipv4("10.244.2.3", "10.244.1.2", 1, bytes(reply))) == (0x1234, 7, "10.244.2.3", None)
 
 
 def test_parse_icmp_unreachable_quotes_our_echo():
-    original = _ipv4("10.244.1.2", "10.244.9.9", 1, probe.icmp_echo(0x1234, 8))
+    original = _ipv4("10.244.1.2", "10.244.9.9", 1, reachability.icmp_echo(0x1234, 8))
     error = struct.pack("!BBHI", 3, 1, 0, 0) + original[:28]
-    parsed = probe.parse_icmp(_ipv4("10.244.1.1", "10.244.1.2", 1, error))
+    parsed = reachability.parse_icmp(_ipv4("10.244.1.1", "10.244.1.2", 1, error))
     assert parsed == (0x1234, 8, "10.244.1.1", "host unreachable (from 10.244.1.1)")
 
 
 def test_parse_icmp_ignores_others():
-    request = probe.icmp_echo(1, 1)  # someone pinging us
-    assert probe.parse_icmp(_ipv4("10.0.0.1", "10.0.0.2", 1, request)) is None
-    assert probe.parse_icmp(b"\x45\x00") is None
+    request = reachability.icmp_echo(1, 1)  # someone pinging us
+    assert reachability.parse_icmp(_ipv4("10.0.0.1", "10.0.0.2", 1, request)) is None
+    assert reachability.parse_icmp(b"\x45\x00") is None
     udp_in_unreach = struct.pack("!BBHI", 3, 3, 0, 0) + _ipv4("10.0.0.2", "10.0.0.1", 17, b"\0" * 8)
-    assert probe.parse_icmp(_ipv4("10.0.0.1", "10.0.0.2", 1, udp_in_unreach)) is None
+    assert reachability.parse_icmp(_ipv4("10.0.0.1", "10.0.0.2", 1, udp_in_unreach)) is None
 
 
 # -- the process stays light ----------------------------------------------------------------

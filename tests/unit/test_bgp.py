@@ -1,4 +1,4 @@
-"""overlaynet.bgp: a node's BIRD 2 configuration as text, Calico's mesh rules, and the parsing of
+"""overlaynet.node.bird_config: a node's BIRD 2 configuration as text, Calico's mesh rules, and the parsing of
 ``birdc show protocols``; overlaynet.kernel.bird's refusals that need no daemon."""
 
 from __future__ import annotations
@@ -7,10 +7,10 @@ import ipaddress
 
 import pytest
 
-from overlaynet import bgp
+from overlaynet.datapath.topology import NodeInfo
 from overlaynet.errors import HostError, InvalidInput
 from overlaynet.kernel import bird
-from overlaynet.topology import NodeInfo
+from overlaynet.node import bird_config
 
 A = ipaddress.IPv4Address
 N = ipaddress.IPv4Network
@@ -63,16 +63,16 @@ def node(name: str, ip: str, blocks=(), borrowed=()) -> NodeInfo:
 def test_node_config_text():
     me = node("node-1", "172.20.0.11", ["10.244.12.0/26", "10.244.200.64/26"], ["10.244.13.5"])
     peers = [me, node("node-2", "172.20.0.12", ["10.244.13.0/26"]), node("node-0", "172.20.0.9")]
-    assert bgp.render_node_config(me, peers) == EXPECTED_NODE_1
+    assert bird_config.render_node_config(me, peers) == EXPECTED_NODE_1
 
 
 def test_mesh_names_and_passive_side_follow_calicos_string_comparison():
-    assert bgp.mesh_protocol_name(A("172.20.0.12")) == "Mesh_172_20_0_12"
-    assert bgp.passive_toward("172.20.0.11", "172.20.0.12")
-    assert not bgp.passive_toward("172.20.0.12", "172.20.0.11")
+    assert bird_config.mesh_protocol_name(A("172.20.0.12")) == "Mesh_172_20_0_12"
+    assert bird_config.passive_toward("172.20.0.11", "172.20.0.12")
+    assert not bird_config.passive_toward("172.20.0.12", "172.20.0.11")
     # a string comparison, as Calico's template does: "172.20.0.9" > "172.20.0.11"
-    assert bgp.passive_toward("172.20.0.11", "172.20.0.9")
-    assert not bgp.passive_toward("172.20.0.9", "172.20.0.11")
+    assert bird_config.passive_toward("172.20.0.11", "172.20.0.9")
+    assert not bird_config.passive_toward("172.20.0.9", "172.20.0.11")
 
 
 def test_every_pair_of_a_mesh_has_exactly_one_active_side():
@@ -80,11 +80,11 @@ def test_every_pair_of_a_mesh_has_exactly_one_active_side():
     for a in ips:
         for b in ips:
             if a != b:
-                assert bgp.passive_toward(a, b) != bgp.passive_toward(b, a)
+                assert bird_config.passive_toward(a, b) != bird_config.passive_toward(b, a)
 
 
 def test_a_node_without_blocks_or_peers_still_renders_every_protocol():
-    text = bgp.render_config(A("172.20.0.11"), [A("172.20.0.11")], as_number=65001)
+    text = bird_config.render_config(A("172.20.0.11"), [A("172.20.0.11")], as_number=65001)
     assert "protocol static blocks {\n  ipv4;\n}" in text
     assert "protocol static borrowed {\n  ipv4;\n}" in text
     assert "local 172.20.0.11 as 65001;" in text
@@ -92,7 +92,7 @@ def test_a_node_without_blocks_or_peers_still_renders_every_protocol():
 
 
 def test_a_slash_32_block_is_announced_but_not_blackholed():
-    text = bgp.render_config(A("172.20.0.11"), [], [N("10.244.0.7/32"), N("10.244.1.0/26")])
+    text = bird_config.render_config(A("172.20.0.11"), [], [N("10.244.0.7/32"), N("10.244.1.0/26")])
     assert "route 10.244.0.7/32 blackhole;" in text.split("protocol static borrowed")[1]
     assert "10.244.0.7" not in text.split("protocol static borrowed")[0]
 
@@ -100,7 +100,7 @@ def test_a_slash_32_block_is_announced_but_not_blackholed():
 @pytest.mark.parametrize("bad", [0, -1, 2**32, "64512", True])
 def test_as_number_out_of_range(bad):
     with pytest.raises(InvalidInput, match="AS number"):
-        bgp.render_config(A("172.20.0.11"), [], as_number=bad)
+        bird_config.render_config(A("172.20.0.11"), [], as_number=bad)
 
 
 # --------------------------------------------------------------------------- show protocols
@@ -127,16 +127,16 @@ Mesh_172_20_0_15 BGP        ---        down   02:15:17.233
 
 
 def test_parse_an_established_mesh():
-    rows = bgp.parse_show_protocols(ESTABLISHED)
+    rows = bird_config.parse_show_protocols(ESTABLISHED)
     assert [r.name for r in rows] == ["device1", "direct1", "kernel1", "blocks", "Mesh_172_31_0_2"]
-    mesh = bgp.mesh_sessions(rows)
+    mesh = bird_config.mesh_sessions(rows)
     assert len(mesh) == 1 and mesh[0].established
     assert mesh[0].as_dict() == {"name": "Mesh_172_31_0_2", "proto": "BGP", "table": "---", "state": "up",
                                  "since": "02:15:15.500", "info": "Established", "bgp_state": "Established"}
 
 
 def test_parse_sessions_that_are_not_up():
-    rows = {r.name: r for r in bgp.mesh_sessions(bgp.parse_show_protocols(MIXED))}
+    rows = {r.name: r for r in bird_config.mesh_sessions(bird_config.parse_show_protocols(MIXED))}
     assert set(rows) == {"Mesh_172_20_0_12", "Mesh_172_20_0_13", "Mesh_172_20_0_14", "Mesh_172_20_0_15"}
     assert rows["Mesh_172_20_0_12"].bgp_state == "Passive"
     assert rows["Mesh_172_20_0_12"].info == "Passive  Received: Administrative shutdown"
@@ -145,13 +145,13 @@ def test_parse_sessions_that_are_not_up():
     assert rows["Mesh_172_20_0_14"].bgp_state == "Connect"
     assert rows["Mesh_172_20_0_15"].state == "down" and rows["Mesh_172_20_0_15"].info == ""
     assert not any(r.established for r in rows.values())
-    assert bgp.describe_session(rows["Mesh_172_20_0_13"]) == \
+    assert bird_config.describe_session(rows["Mesh_172_20_0_13"]) == \
         "Mesh_172_20_0_13: start Active  Socket: Connection refused"
 
 
 def test_a_mesh_report_names_what_is_down():
     report = bird.MeshReport(ok=False, elapsed=4.02,
-                             sessions={"node-1": bgp.mesh_sessions(bgp.parse_show_protocols(MIXED))[:1]},
+                             sessions={"node-1": bird_config.mesh_sessions(bird_config.parse_show_protocols(MIXED))[:1]},
                              unreachable={"node-3": "BIRD at /x/node-3.ctl: `birdc show protocols` failed"})
     text = str(report)
     assert text.splitlines()[0] == "BGP not established after 4.0 s:"

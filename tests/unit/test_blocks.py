@@ -1,4 +1,4 @@
-"""calico-ipam semantics of overlaynet.blocks: blocks, affinity, borrowing, release; the store-backed
+"""calico-ipam semantics of overlaynet.ipam.blocks: blocks, affinity, borrowing, release; the store-backed
 allocator under concurrent processes; property tests over random operation sequences."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from overlaynet import blocks
-from overlaynet.blocks import BlockIPAM, PoolState
+from overlaynet.control.store import Store
 from overlaynet.errors import CapacityError, InvalidInput
-from overlaynet.store import Store
+from overlaynet.ipam import blocks
+from overlaynet.ipam.blocks import BlockIPAM, PoolState
 
 N = ipaddress.IPv4Network
 A = ipaddress.IPv4Address

@@ -18,9 +18,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from overlaynet import errors
 from overlaynet.cni import spec
 from overlaynet.cni.spec import DNS, Interface, IPConfig, Result, RouteEntry
-from overlaynet import errors
 from overlaynet.errors import CniError, OverlaynetError
 
 # cni.md §11: bridge + host-local, cniVersion 1.0.0, as printed (no newline at the end).
@@ -391,7 +391,7 @@ def test_results_round_trip_in_every_version(result, version):
 # -- the plugin entry point (skel): thin path to a (fake) agent, standalone fallback ---------
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-HEAVY = ("pyroute2", "yaml", "overlaynet.cni.plugins", "overlaynet.model", "overlaynet.kernel", "dataclasses")
+HEAVY = ("pyroute2", "yaml", "overlaynet.cni.plugins", "overlaynet.api.model", "overlaynet.kernel", "dataclasses")
 
 
 class FakeAgent:

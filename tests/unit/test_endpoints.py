@@ -1,9 +1,9 @@
-"""overlaynet.endpoints: the EndpointSlice controller over plain Pod dicts."""
+"""overlaynet.control.endpoints: the EndpointSlice controller over plain Pod dicts."""
 
 import yaml
 
-from overlaynet.endpoints import MAX_ENDPOINTS_PER_SLICE, build_endpoint_slices, resolve_target_port
-from overlaynet.services import parse_endpointslice_document, parse_service_document
+from overlaynet.api.services import parse_endpointslice_document, parse_service_document
+from overlaynet.control.endpoints import MAX_ENDPOINTS_PER_SLICE, build_endpoint_slices, resolve_target_port
 
 
 def service(ports="[{name: http, port: 80, targetPort: http}]", extra="", selector="{app: web}"):

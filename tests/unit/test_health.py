@@ -1,7 +1,7 @@
 import pytest
 
+from overlaynet.api.probes import ProbeSpec, Tracker, container_probes, parse_probe
 from overlaynet.errors import InvalidInput
-from overlaynet.health import ProbeSpec, Tracker, container_probes, parse_probe
 
 
 def test_http_probe_with_a_named_port_and_kubelet_defaults():

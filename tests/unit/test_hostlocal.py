@@ -1,9 +1,9 @@
-"""host-local IPAM (overlaynet.cni.hostlocal) and the overlaynet-ipam plugin, no root needed.
+"""host-local IPAM (overlaynet.ipam.hostlocal) and the overlaynet-ipam plugin, no root needed.
 
 The allocator runs against an in-memory store (a fake with the store's methods) and against
 the real on-disk store in a temporary directory; the file layout is compared with the
 reference plugin's (cni.md §9, §11). The blocks variant runs against a fake BlockIPAM and
-against overlaynet.blocks itself on a temporary store.
+against overlaynet.ipam.blocks itself on a temporary store.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from overlaynet.cni import hostlocal, plugins, spec
+from overlaynet.cni import plugins, spec
 from overlaynet.errors import CapacityError, CniError
+from overlaynet.ipam import hostlocal
 
 
 class MemoryStore:

@@ -2,8 +2,8 @@ import textwrap
 
 import pytest
 
+from overlaynet.api.manifests import DeploymentManifest, PodManifest, load_cluster, parse_manifests, served_ports
 from overlaynet.errors import InvalidInput
-from overlaynet.manifests import DeploymentManifest, PodManifest, load_cluster, parse_manifests, served_ports
 
 POD = """
 apiVersion: v1
@@ -110,7 +110,7 @@ def test_cluster_document_in_apply_is_refused():
 
 
 def test_every_kind_shares_the_error_prefix_and_the_namespace_rules():
-    from overlaynet.objects import Where, object_namespace
+    from overlaynet.api.objects import Where, object_namespace
 
     assert str(Where("web.yaml", "Pod", "web-1").error("spec is required")) == 'web.yaml: Pod "web-1": spec is required'
     assert str(Where("", "Service", "web").error("x")) == 'Service "web": x'

@@ -1,6 +1,6 @@
 """The Mode interface is closed and open: a mode that lives in the tests (``tests.modes.hostgw``,
 Flannel's host-gw) is found by its import path and planned, addressed, scheduled and given a
-conflist by the same code as the built-in modes; no module outside ``overlaynet.modes`` names
+conflist by the same code as the built-in modes; no module outside ``overlaynet.datapath.modes`` names
 a mode. No root needed."""
 
 from __future__ import annotations
@@ -13,11 +13,16 @@ import types
 
 import pytest
 
-from overlaynet import dryrun, ipam, kubelet, model, modes, names, plan, topology
-from overlaynet.cluster import ClusterManager
+from overlaynet import names
+from overlaynet.api import model
+from overlaynet.api.manifests import parse_document
+from overlaynet.control import dryrun
+from overlaynet.control.manager import ClusterManager
+from overlaynet.datapath import modes, plan, topology
+from overlaynet.datapath.modes import Mode, PluginOptions, get_mode
 from overlaynet.errors import InvalidInput
-from overlaynet.manifests import parse_document
-from overlaynet.modes import Mode, PluginOptions, get_mode
+from overlaynet.ipam import allocators
+from overlaynet.node import kubelet
 from tests.modes import hostgw
 
 HOSTGW = "tests.modes.hostgw"
@@ -29,7 +34,7 @@ def spec_and_nodes(nodes: int = 3) -> tuple[model.ClusterSpec, list[topology.Nod
     for index, node in enumerate(spec.nodes):
         ip = spec.node_network.network_address + model.FIRST_NODE_HOST + index
         annotations = hostgw.MODE.node_annotations(spec, node.name, str(ip))
-        infos.append(topology.NodeInfo(node.name, ip, ipam.node_cidr_at(spec.cluster_cidr, 24, index),
+        infos.append(topology.NodeInfo(node.name, ip, allocators.node_cidr_at(spec.cluster_cidr, 24, index),
                                        tuple(sorted(annotations.items()))))
     return spec, infos
 
@@ -171,7 +176,7 @@ def test_the_plugin_executable_is_the_skeleton_under_the_modes_type(tmp_path):
     assert path.endswith("/overlaynet-hostgw") and "skel.main('overlaynet-hostgw')" in text
 
 
-# -- nothing outside overlaynet.modes names a mode ---------------------------------------------
+# -- nothing outside overlaynet.datapath.modes names a mode ---------------------------------------------
 
 
 def test_no_module_outside_the_modes_package_names_a_mode():

@@ -2,7 +2,7 @@ import ipaddress
 
 import pytest
 
-from overlaynet import model
+from overlaynet.api import model
 from overlaynet.errors import CapacityError, InvalidInput
 
 

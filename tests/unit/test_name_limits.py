@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from overlaynet.cluster import ClusterManager
+from overlaynet.api.manifests import parse_document
+from overlaynet.api.model import spec_from_document
+from overlaynet.control.manager import ClusterManager
+from overlaynet.control.store import Store
 from overlaynet.errors import InvalidInput
-from overlaynet.manifests import parse_document
-from overlaynet.model import spec_from_document
-from overlaynet.store import Store
 
 TEMPLATE = {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "web"}]}}
 

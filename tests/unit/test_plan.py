@@ -1,9 +1,9 @@
-"""overlaynet.plan: the two ways a step is written out (pure)."""
+"""overlaynet.datapath.plan: the two ways a step is written out (pure)."""
 
 from __future__ import annotations
 
-from overlaynet import plan
-from overlaynet.plan import Netns, Route, VethPair
+from overlaynet.datapath import plan
+from overlaynet.datapath.plan import Netns, Route, VethPair
 
 
 def test_a_step_in_words_reads_as_the_ip_command():

@@ -10,9 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from overlaynet.proxy import render as R
-from overlaynet.proxy.trace import parse_tables
-from overlaynet.services import (
+from overlaynet.api.services import (
     Endpoint,
     EndpointConditions,
     EndpointPort,
@@ -20,6 +18,8 @@ from overlaynet.services import (
     Service,
     ServicePort,
 )
+from overlaynet.proxy import render as R
+from overlaynet.proxy.trace import parse_tables
 
 NODE = R.NodeConfig("node-1", ("172.20.0.11",), "10.244.0.0/16")
 

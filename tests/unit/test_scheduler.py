@@ -1,4 +1,4 @@
-from overlaynet.scheduler import Candidate, schedule
+from overlaynet.control.scheduler import Candidate, schedule
 
 
 def nodes(*pods, free=10):

@@ -1,12 +1,11 @@
-"""overlaynet.services: Service and EndpointSlice parsing, validation messages, allocation."""
+"""overlaynet.api.services: Service and EndpointSlice parsing, validation messages, allocation."""
 
 import ipaddress
 
 import pytest
 import yaml
 
-from overlaynet.errors import CapacityError, InvalidInput
-from overlaynet.services import (
+from overlaynet.api.services import (
     DEFAULT_AFFINITY_TIMEOUT,
     HEADLESS,
     Service,
@@ -17,6 +16,7 @@ from overlaynet.services import (
     parse_service_document,
     reserved_addresses,
 )
+from overlaynet.errors import CapacityError, InvalidInput
 
 CIDR = ipaddress.IPv4Network("10.96.0.0/12")
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Collection
 
+from overlaynet.api.model import FIRST_NODE_HOST
 from overlaynet.errors import CapacityError
-from overlaynet.model import FIRST_NODE_HOST
 
 
 def node_cidr_at(cluster_cidr: ipaddress.IPv4Network, mask: int, index: int) -> ipaddress.IPv4Network:

@@ -18,9 +18,8 @@ from __future__ import annotations
 import json
 
 from overlaynet import names
-from overlaynet.endpoints import build_endpoint_slices
-from overlaynet.model import ClusterSpec
-from overlaynet.services import (
+from overlaynet.api.model import ClusterSpec
+from overlaynet.api.services import (
     CONTROLLER_NAME,
     MANAGED_BY_LABEL,
     EndpointSlice,
@@ -30,7 +29,8 @@ from overlaynet.services import (
     parse_endpointslice_document,
     parse_service_document,
 )
-from overlaynet.topology import internal_ip
+from overlaynet.control.endpoints import build_endpoint_slices
+from overlaynet.datapath.topology import internal_ip
 
 SERVICE = "Service"
 SLICE = "EndpointSlice"
@@ -148,6 +148,6 @@ def _previous_render(config, state: dict | None):
 
 
 def _route_localnet(netns: str):
-    from overlaynet.plan import Sysctl
+    from overlaynet.datapath.plan import Sysctl
 
     return Sysctl(netns, "net.ipv4.conf.all.route_localnet", "1")

@@ -17,8 +17,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 from overlaynet import names
-from overlaynet.manifests import DEFAULT_TEST_PORT
-from overlaynet.topology import internal_ip
+from overlaynet.api.manifests import DEFAULT_TEST_PORT
+from overlaynet.datapath.topology import internal_ip
 
 PROTOCOLS = ("tcp", "udp", "icmp")
 OK, NAT, FAIL = "ok", "nat", "fail"

@@ -19,12 +19,12 @@ Faithful to shared/reference/calico.md §1, §2 and §4 (sources: projectcalico/
   for a target the host can route elsewhere (calico.md §1.3, projectcalico/calico#3270). Every
   node's base (``topology.plan_node_base``) has one, via the underlay bridge, so this mode adds
   no device of its own to a node;
-- the node's IPAM blocks (``overlaynet.blocks``) are blackholed (``plan_blocks``), so a pod
+- the node's IPAM blocks (``overlaynet.ipam.blocks``) are blackholed (``plan_blocks``), so a pod
   address of this node that is not (or no longer) present is dropped, not sent to the default
   route; peers route each block via the node's IP and each address the node borrowed from
   another node's block as a /32 (``plan_peer``). Felix marks the routes it programs with
   protocol 80; with BGP, BIRD programs the same routes as ``proto bird`` instead and these two
-  planners are not used (``overlaynet.bgp`` renders BIRD's configuration).
+  planners are not used (``overlaynet.node.bird_config`` renders BIRD's configuration).
 
 Not done here: Felix's iptables chains (``cali-*``) and IPIP/VXLAN encapsulation.
 """
@@ -37,13 +37,13 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from overlaynet import names
+from overlaynet.datapath.modes import DEFAULT_OPTIONS, IPAM_BLOCKS, IPAM_PLUGIN, Mode, PluginOptions
+from overlaynet.datapath.plan import Address, Plan, Route, Sysctl, VethPair
 from overlaynet.errors import InvalidInput, InvalidName, invalid
-from overlaynet.modes import DEFAULT_OPTIONS, IPAM_BLOCKS, IPAM_PLUGIN, Mode, PluginOptions
-from overlaynet.plan import Address, Plan, Route, Sysctl, VethPair
 
 if TYPE_CHECKING:
-    from overlaynet.model import ClusterSpec
-    from overlaynet.topology import NodeInfo, PodInfo
+    from overlaynet.api.model import ClusterSpec
+    from overlaynet.datapath.topology import NodeInfo, PodInfo
 
 PLUGIN = "overlaynet-calico"
 VETH_PREFIX = "cali"  # FELIX_INTERFACEPREFIX's default

@@ -4,7 +4,7 @@ This module owns each node's BIRD files (``<state>/<cluster>.bird/<node>.{conf,c
 keeps every node's configuration in step with the IPAM blocks (rewrite, then ``birdc
 configure``), starts a node's BIRD the first time (recorded in the store *before* it starts,
 so ``down`` stops it after any crash), and waits, boundedly, until the routes a change
-implies have been learned. Rendering the configuration is ``overlaynet.bgp``'s (pure); the
+implies have been learned. Rendering the configuration is ``overlaynet.node.bird_config``'s (pure); the
 daemon itself is driven by ``overlaynet.kernel.bird``.
 """
 
@@ -13,9 +13,10 @@ from __future__ import annotations
 import os
 import time
 
-from overlaynet import bgp, names
-from overlaynet.model import DEFAULT_BGP_AS, ClusterSpec
-from overlaynet.topology import NodeInfo
+from overlaynet import names
+from overlaynet.api.model import DEFAULT_BGP_AS, ClusterSpec
+from overlaynet.datapath.topology import NodeInfo
+from overlaynet.node import bird_config
 
 BIRD = "bird"  # store ownership kind: a BIRD daemon, named by its pid file
 ROUTE_WAIT = 15.0  # seconds to wait for BGP to carry a change to every node
@@ -31,7 +32,7 @@ def bird_files(state_dir: str, cluster: str, node: str) -> tuple[str, str, str]:
 
 
 def sync(manager, spec: ClusterSpec, nodes: list[NodeInfo]) -> None:
-    from overlaynet.cluster import PATH
+    from overlaynet.control.manager import PATH
     from overlaynet.kernel import bird
 
     directory = bird_dir(manager.store.directory, spec.name)
@@ -39,7 +40,7 @@ def sync(manager, spec: ClusterSpec, nodes: list[NodeInfo]) -> None:
     os.makedirs(directory, mode=0o755, exist_ok=True)
     for node in nodes:
         conf, ctl, pid = bird_files(manager.store.directory, spec.name, node.name)
-        text = bgp.render_node_config(node, nodes, as_number=DEFAULT_BGP_AS)
+        text = bird_config.render_node_config(node, nodes, as_number=DEFAULT_BGP_AS)
         changed = not os.path.exists(conf) or open(conf).read() != text
         if changed:
             with open(conf + ".tmp", "w") as handle:

@@ -20,24 +20,24 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from overlaynet import names
+from overlaynet.api.model import ClusterSpec
+from overlaynet.datapath.modes import get_mode
+from overlaynet.cni import launch
+from overlaynet.datapath.topology import internal_ip
 from overlaynet.errors import InvalidInput, OverlaynetError
-from overlaynet.model import ClusterSpec
-from overlaynet.modes import get_mode
-from overlaynet.topology import internal_ip
 
 NETWORK_NAME = "overlaynet"
 CNI_VERSION = "1.0.0"
 CONFLIST_NAME = "10-overlaynet.conflist"
-REPO_PLUGIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "cni_plugins")
-# Ours first, then where Debian's containernetworking-plugins and most distributions put theirs.
-DEFAULT_CNI_PATH = [REPO_PLUGIN_DIR, "/usr/lib/cni", "/opt/cni/bin"]
+# After ours, where Debian's containernetworking-plugins and most distributions put theirs.
+SYSTEM_CNI_PATH = ["/usr/lib/cni", "/opt/cni/bin"]
 
 
 def cni_path() -> list[str]:
     """Where plugins are looked for: ``$OVERLAYNET_CNI_PATH`` (colon-separated) first, like
     containerd's ``bin_dir``, then ours and the usual system directories."""
     extra = [d for d in os.environ.get("OVERLAYNET_CNI_PATH", "").split(":") if d]
-    return extra + DEFAULT_CNI_PATH
+    return [*extra, launch.ensure_plugin_dir(), *SYSTEM_CNI_PATH]
 PARALLEL_ADDS = 4  # like a kubelet starting several sandboxes at once
 
 

@@ -37,7 +37,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from overlaynet import names
-from overlaynet.services import (
+from overlaynet.api.services import (
     CONTROLLER_NAME,
     SERVICE_NAME_LABEL,
     Endpoint,

@@ -8,7 +8,7 @@ flannel-io/flannel pkg/backend/vxlan/{device.go,vxlan_network.go}):
 - per peer node, in flannel's order (``handleSubnetEvents``): permanent neighbour
   (peer subnet .0 -> peer VTEP MAC), permanent FDB entry (VTEP MAC -> peer node IP), then the
   ``onlink`` route for the peer subnet, last so the kernel never has to ARP;
-- pods as the CNI ``bridge`` delegate wires them (``overlaynet.modes.bridge``): ``cni0`` with
+- pods as the CNI ``bridge`` delegate wires them (``overlaynet.datapath.modes.bridge``): ``cni0`` with
   the subnet's first address, a veth per pod with hairpin on, the pod's ``eth0`` at the
   flannel MTU with a default route and a route for the cluster CIDR, both via the bridge
   address; addresses from host-local IPAM over the node's subnet.
@@ -26,13 +26,22 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from overlaynet import ipam, names
-from overlaynet.modes import DEFAULT_OPTIONS, IPAM_HOST_LOCAL, KERNEL_VXLAN, Mode, PluginOptions, bridge, pod_cidr_of
-from overlaynet.plan import Address, FdbEntry, Neighbour, Plan, Route, Vxlan
+from overlaynet import names
+from overlaynet.datapath.modes import (
+    DEFAULT_OPTIONS,
+    IPAM_HOST_LOCAL,
+    KERNEL_VXLAN,
+    Mode,
+    PluginOptions,
+    bridge,
+    pod_cidr_of,
+)
+from overlaynet.datapath.plan import Address, FdbEntry, Neighbour, Plan, Route, Vxlan
+from overlaynet.ipam import allocators
 
 if TYPE_CHECKING:
-    from overlaynet.model import ClusterSpec
-    from overlaynet.topology import NodeInfo, PodInfo
+    from overlaynet.api.model import ClusterSpec
+    from overlaynet.datapath.topology import NodeInfo, PodInfo
 
 VNI = 1
 VXLAN_PORT = 8472
@@ -66,7 +75,7 @@ class FlannelMode:
         return spec.underlay_mtu - VXLAN_OVERHEAD
 
     def pod_capacity(self, spec: ClusterSpec, pod_cidr: ipaddress.IPv4Network) -> int:
-        return ipam.pod_capacity(pod_cidr)
+        return allocators.pod_capacity(pod_cidr)
 
     def render_conflist_entry(self, spec: ClusterSpec, node: str, pod_cidr: ipaddress.IPv4Network,
                               state_dir: str, data_dir: str) -> dict:

@@ -18,12 +18,12 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from overlaynet import names
-from overlaynet.modes import IPAM_PLUGIN, PluginOptions, pod_cidr_of
-from overlaynet.plan import Address, Bridge, Plan, Route, VethPair
+from overlaynet.datapath.modes import IPAM_PLUGIN, PluginOptions, pod_cidr_of
+from overlaynet.datapath.plan import Address, Bridge, Plan, Route, VethPair
 
 if TYPE_CHECKING:
-    from overlaynet.model import ClusterSpec
-    from overlaynet.topology import NodeInfo, PodInfo
+    from overlaynet.api.model import ClusterSpec
+    from overlaynet.datapath.topology import NodeInfo, PodInfo
 
 BRIDGE = "cni0"
 

@@ -17,8 +17,8 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from overlaynet import names
+from overlaynet.datapath.modes import DEFAULT_MODE, canonical_mode, check_cluster
 from overlaynet.errors import CapacityError, invalid
-from overlaynet.modes import DEFAULT_MODE, canonical_mode, check_cluster
 
 DEFAULT_CLUSTER_NAME = "overlaynet"
 DEFAULT_NODE_COUNT = 3

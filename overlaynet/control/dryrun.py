@@ -11,17 +11,18 @@ from __future__ import annotations
 import ipaddress
 from collections import Counter
 
-from overlaynet import ipam, scheduler
-from overlaynet.manifests import DeploymentManifest, Manifest, PodManifest, PodTemplate
-from overlaynet.model import ClusterSpec
-from overlaynet.modes import IPAM_BLOCKS, get_mode
+from overlaynet.api.manifests import DeploymentManifest, Manifest, PodManifest, PodTemplate
+from overlaynet.api.model import ClusterSpec
+from overlaynet.control import scheduler
+from overlaynet.datapath.modes import IPAM_BLOCKS, get_mode
+from overlaynet.ipam import allocators
 
 
 def simulate(spec: ClusterSpec, manifests: list[Manifest]) -> tuple[list[dict], list[dict]]:
     nodes, used_cidrs, used_ips, cursor = [], [], [], 0
     for node_spec in spec.nodes:
-        cidr, cursor = ipam.allocate_node_cidr(spec.cluster_cidr, spec.node_cidr_mask_size, used_cidrs, cursor)
-        ip = ipam.allocate_node_ip(spec.node_network, used_ips)
+        cidr, cursor = allocators.allocate_node_cidr(spec.cluster_cidr, spec.node_cidr_mask_size, used_cidrs, cursor)
+        ip = allocators.allocate_node_ip(spec.node_network, used_ips)
         used_cidrs.append(cidr)
         used_ips.append(ip)
         nodes.append({"kind": "Node", "metadata": {"name": node_spec.name, "labels": node_spec.label_dict()},
@@ -45,7 +46,7 @@ def _place(spec: ClusterSpec, nodes: list[dict], requests: list[tuple[str, str, 
     mode = get_mode(spec.cni)
     pool = None
     if mode.ipam == IPAM_BLOCKS:
-        from overlaynet.blocks import PoolState
+        from overlaynet.ipam.blocks import PoolState
 
         pool = PoolState(spec.cluster_cidr, spec.block_size)
     pods = []
@@ -63,7 +64,7 @@ def _place(spec: ClusterSpec, nodes: list[dict], requests: list[tuple[str, str, 
             node = next(n for n in nodes if n["metadata"]["name"] == decision.node)
             if pool is None:
                 taken = addresses[decision.node]
-                ip = ipam.allocate_pod_ip(decision.node, ipaddress.IPv4Network(node["spec"]["podCIDR"]), taken,
+                ip = allocators.allocate_pod_ip(decision.node, ipaddress.IPv4Network(node["spec"]["podCIDR"]), taken,
                                           taken[-1] if taken else None)
             else:
                 ip = pool.allocate(decision.node, f"{namespace}.{name}")

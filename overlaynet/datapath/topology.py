@@ -14,8 +14,8 @@ import json
 from dataclasses import dataclass, field
 
 from overlaynet import names
-from overlaynet.model import ClusterSpec
-from overlaynet.plan import Address, Bridge, Netns, Plan, Route, Sysctl, VethPair
+from overlaynet.api.model import ClusterSpec
+from overlaynet.datapath.plan import Address, Bridge, Netns, Plan, Route, Sysctl, VethPair
 
 
 @dataclass(frozen=True)

@@ -19,17 +19,28 @@ import shutil
 from collections import Counter
 from dataclasses import dataclass, replace
 
-from overlaynet import bgpsync, ipam, kubelet, kubeproxy, names, scheduler, topology
+from overlaynet import names
+from overlaynet.api.manifests import (
+    DeploymentManifest,
+    Manifest,
+    PodManifest,
+    PodTemplate,
+    parse_document,
+    pod_probes,
+    served_ports,
+)
+from overlaynet.api.model import ClusterSpec, NodeSpec, spec_from_document
+from overlaynet.api.services import EndpointSlice, Service
+from overlaynet.control import scheduler
+from overlaynet.control.store import Store
+from overlaynet.datapath import topology
+from overlaynet.datapath.modes import get_mode, uses_ipam_blocks
+from overlaynet.datapath.plan import Netns, Plan
+from overlaynet.datapath.topology import NodeInfo, internal_ip
 from overlaynet.errors import AgentError, ConflictError, InvalidInput, KernelError, NotFoundError
+from overlaynet.ipam import allocators
 from overlaynet.kernel import netns
-from overlaynet.manifests import (DeploymentManifest, Manifest, PodManifest, PodTemplate, parse_document, pod_probes,
-                                  served_ports)
-from overlaynet.model import ClusterSpec, NodeSpec, spec_from_document
-from overlaynet.modes import get_mode, uses_ipam_blocks
-from overlaynet.plan import Netns, Plan
-from overlaynet.services import EndpointSlice, Service
-from overlaynet.store import Store
-from overlaynet.topology import NodeInfo, internal_ip
+from overlaynet.node import bgp_mesh, kubelet, proxier
 
 NETNS = "netns"
 AGENT = "agent"
@@ -231,7 +242,7 @@ class ClusterManager:
         socket_path = self.agent_socket(cluster)
         self.runtime.stop_agent(cluster, socket_path)
         self.store.forget(cluster, AGENT, socket_path)
-        bgpsync.stop_all(self, cluster)  # a BIRD would outlive its namespace's name
+        bgp_mesh.stop_all(self, cluster)  # a BIRD would outlive its namespace's name
         namespaces = self.store.owned(cluster, NETNS)  # newest first: pods, then nodes, underlay
         lingering = self.runtime.delete_namespaces(namespaces)
         for name in namespaces:
@@ -281,7 +292,7 @@ class ClusterManager:
         self.runtime.start_agent(cluster, socket_path, log_path)
 
     def _record_namespaces(self, cluster: str, plan: Plan) -> None:
-        from overlaynet.plan import namespaces
+        from overlaynet.datapath.plan import namespaces
 
         with self.store.transaction():
             for name in namespaces(plan):
@@ -292,11 +303,11 @@ class ClusterManager:
     def _allocate_node(self, spec: ClusterSpec, mode, node_spec: NodeSpec) -> NodeInfo:
         existing = self.nodes(spec.name)
         cursor = int(self.store.get_meta(spec.name, "node-cidr-cursor", "0"))
-        cidr, cursor = ipam.allocate_node_cidr(
+        cidr, cursor = allocators.allocate_node_cidr(
             spec.cluster_cidr, spec.node_cidr_mask_size,
             [ipaddress.IPv4Network(n["spec"]["podCIDR"]) for n in existing], cursor,
         )
-        ip = ipam.allocate_node_ip(spec.node_network, [node_info(n).ip for n in existing])
+        ip = allocators.allocate_node_ip(spec.node_network, [node_info(n).ip for n in existing])
         annotations = {NETNS_ANNOTATION: names.node_netns(spec.name, node_spec.name),
                        **mode.node_annotations(spec, node_spec.name, str(ip))}
         record = {
@@ -329,7 +340,7 @@ class ClusterManager:
                 raise ConflictError(f'node "{node_spec.name}" already exists in cluster "{cluster}"')
             mode = get_mode(spec.cni)
             grown = replace(spec, nodes=spec.nodes + (node_spec,))
-            from overlaynet.model import check_ranges
+            from overlaynet.api.model import check_ranges
 
             check_ranges(grown)
             peers = [node_info(n) for n in self.nodes(cluster)]
@@ -349,7 +360,7 @@ class ClusterManager:
             self._set_node_ready(cluster, node.name)
             self._update_document(cluster, grown)
             self._schedule_pending(spec)
-            kubeproxy.sync(self, spec)
+            proxier.sync(self, spec)
             return self.node(cluster, node.name)
 
     def remove_node(self, cluster: str, name: str) -> None:
@@ -366,14 +377,14 @@ class ClusterManager:
             self._update_document(cluster, replace(spec, nodes=tuple(n for n in spec.nodes if n.name != name)))
             self._reconcile_deployments(spec)
             self._sync_routes(spec)
-            kubeproxy.sync(self, spec)
+            proxier.sync(self, spec)
 
     def _remove_node_objects(self, spec: ClusterSpec, mode, node: NodeInfo, peers: list[NodeInfo]) -> None:
         """Undo a node: the peers' routes to it first (Flannel's lease removal), then the node."""
         if spec.bgp == "bird":
-            bgpsync.stop_node(self, spec.name, node.name)
+            bgp_mesh.stop_node(self, spec.name, node.name)
         if uses_ipam_blocks(spec):
-            from overlaynet.blocks import BlockIPAM
+            from overlaynet.ipam.blocks import BlockIPAM
 
             BlockIPAM(self.store, spec.name, spec.cluster_cidr, spec.block_size).release_node(node.name)
             self.store.set_meta(spec.name, f"routes/{node.name}", "[]")
@@ -403,7 +414,7 @@ class ClusterManager:
             creates: list[_PodRequest] = []
             deletes: list[dict] = []
             deployments: list[dict] = []
-            service_lines, service_documents = kubeproxy.plan_services(
+            service_lines, service_documents = proxier.plan_services(
                 self, spec, [m for m in manifests if isinstance(m, Service)],
                 [m for m in manifests if isinstance(m, EndpointSlice)])
             for manifest in manifests:
@@ -415,13 +426,13 @@ class ClusterManager:
                     deployments.append(record)
             for request in creates:  # a name the kernel would refuse stops the apply before any change
                 names.pod_netns(cluster, request.namespace, request.name)
-            kubeproxy.store(self, spec, service_documents)
+            proxier.store(self, spec, service_documents)
             self._delete_pods(spec, deletes)
             self._create_pods(spec, creates)
             for record in deployments:
                 self.store.put(cluster, record)
             self._refresh_deployment_status(cluster)
-            kubeproxy.sync(self, spec)
+            proxier.sync(self, spec)
             return report + service_lines
 
     def _apply_pod_manifest(self, cluster: str, manifest: PodManifest, creates: list[_PodRequest]) -> str:
@@ -504,7 +515,7 @@ class ClusterManager:
             self._delete_pods(spec, [self.pod(cluster, namespace, name)])
             self._reconcile_deployments(spec)
             self._schedule_pending(spec)
-            kubeproxy.sync(self, spec)
+            proxier.sync(self, spec)
 
     def delete_deployment(self, cluster: str, namespace: str, name: str) -> None:
         with self.store.cluster_lock(cluster):
@@ -514,13 +525,13 @@ class ClusterManager:
             self._delete_pods(spec, self._owned_pods(cluster, namespace, name))
             self.store.delete(cluster, "Deployment", name, namespace)
             self._schedule_pending(spec)
-            kubeproxy.sync(self, spec)
+            proxier.sync(self, spec)
 
     def delete_service(self, cluster: str, namespace: str, name: str) -> None:
         with self.store.cluster_lock(cluster):
             spec = self.spec(cluster)
-            kubeproxy.delete_service(self, spec, namespace, name)
-            kubeproxy.sync(self, spec)
+            proxier.delete_service(self, spec, namespace, name)
+            proxier.sync(self, spec)
 
     # -- the kubelet's part: pods in and out of the kernel ---------------------------------------
 
@@ -673,7 +684,7 @@ class ClusterManager:
             self.store.put(cluster, record)
             spec = self.spec(cluster)
             self._refresh_deployment_status(cluster)
-            kubeproxy.sync(self, spec)
+            proxier.sync(self, spec)
 
     def _delete_pods(self, spec: ClusterSpec, records: list[dict]) -> None:
         """Stop the test server, CNI DEL, delete the sandbox, forget the pod."""
@@ -706,7 +717,7 @@ class ClusterManager:
         the blocks, on every node."""
         if not uses_ipam_blocks(spec):
             return
-        from overlaynet.routing import sync_routes
+        from overlaynet.node.routes import sync_routes
 
         sync_routes(self, spec)
 

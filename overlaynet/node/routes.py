@@ -14,16 +14,16 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, replace
 
-from overlaynet.model import ClusterSpec
-from overlaynet.modes import get_mode
-from overlaynet.plan import Plan, Route
-from overlaynet.topology import NodeInfo
+from overlaynet.api.model import ClusterSpec
+from overlaynet.datapath.modes import get_mode
+from overlaynet.datapath.plan import Plan, Route
+from overlaynet.datapath.topology import NodeInfo
 
 
 def node_infos(manager, spec: ClusterSpec) -> list[NodeInfo]:
     """Every node with the blocks it holds and the addresses it borrowed, from the IPAM state."""
-    from overlaynet.blocks import BlockIPAM
-    from overlaynet.cluster import node_info
+    from overlaynet.control.manager import node_info
+    from overlaynet.ipam.blocks import BlockIPAM
 
     ipam = BlockIPAM(manager.store, spec.name, spec.cluster_cidr, spec.block_size)
     return [replace(node_info(record), blocks=ipam.node_blocks(record["metadata"]["name"]),
@@ -44,9 +44,9 @@ def plan_routes(spec: ClusterSpec, node: NodeInfo, nodes: list[NodeInfo]) -> Pla
 def sync_routes(manager, spec: ClusterSpec) -> None:
     nodes = node_infos(manager, spec)
     if spec.bgp == "bird":
-        from overlaynet import bgpsync
+        from overlaynet.node import bgp_mesh
 
-        bgpsync.sync(manager, spec, nodes)
+        bgp_mesh.sync(manager, spec, nodes)
         return
     for node in nodes:
         key = f"routes/{node.name}"

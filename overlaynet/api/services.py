@@ -36,8 +36,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from overlaynet import names
+from overlaynet.api.objects import Where, object_namespace
 from overlaynet.errors import CapacityError
-from overlaynet.objects import Where, object_namespace
 
 SERVICE_TYPES = ("ClusterIP", "NodePort")
 PROTOCOLS = ("TCP", "UDP")

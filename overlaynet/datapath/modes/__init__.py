@@ -44,9 +44,9 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from overlaynet.errors import invalid
 
 if TYPE_CHECKING:
-    from overlaynet.model import ClusterSpec
-    from overlaynet.plan import Plan
-    from overlaynet.topology import NodeInfo, PodInfo
+    from overlaynet.api.model import ClusterSpec
+    from overlaynet.datapath.plan import Plan
+    from overlaynet.datapath.topology import NodeInfo, PodInfo
 
 DEFAULT_MODE = "flannel"
 IPAM_PLUGIN = "overlaynet-ipam"  # the IPAM plugin our conflists delegate to
@@ -127,8 +127,8 @@ _MEMBERS = tuple(Mode.__annotations__) + tuple(n for n in vars(Mode) if not n.st
 
 # name -> (module, aliases)
 _BUILTIN = {
-    "flannel": ("overlaynet.modes.flannel", ("vxlan",)),
-    "calico": ("overlaynet.modes.calico", ("routed",)),
+    "flannel": ("overlaynet.datapath.modes.flannel", ("vxlan",)),
+    "calico": ("overlaynet.datapath.modes.calico", ("routed",)),
 }
 
 
@@ -205,5 +205,5 @@ def pod_cidr_of(node: NodeInfo) -> ipaddress.IPv4Network:
 def uses_ipam_blocks(spec: ClusterSpec) -> bool:
     """Whether our blocks IPAM gives this cluster's pods their addresses: the mode's IPAM is
     ``IPAM_BLOCKS`` and no conflist of the user's (``cniConfig``) wires the pods instead. Then
-    the routes between nodes follow the blocks (``overlaynet.routing``)."""
+    the routes between nodes follow the blocks (``overlaynet.node.routes``)."""
     return not spec.cni_config and get_mode(spec.cni).ipam == IPAM_BLOCKS

@@ -1,7 +1,7 @@
 """Kubernetes YAML in, validated manifest values out (pure: the only I/O is reading the file).
 
 Accepted kinds: ``Pod`` (v1), ``Deployment`` (apps/v1), ``Service`` (v1) and ``EndpointSlice``
-(discovery.k8s.io/v1, parsed by ``overlaynet.services``), ``List`` of those, and our own
+(discovery.k8s.io/v1, parsed by ``overlaynet.api.services``), ``List`` of those, and our own
 ``Cluster`` document (for ``up -f``). Multi-document files are read in order. Fields that
 cannot apply to an emulated network (``image``, ``command``, ``resources``) are accepted and
 ignored; readiness and liveness probes are validated here and run by the agent, so the YAML of a real cluster applies unchanged; fields that would
@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from overlaynet import health, model, names, services
+from overlaynet import names
+from overlaynet.api import model, probes, services
+from overlaynet.api.objects import DEFAULT_NAMESPACE, Where, object_namespace  # DEFAULT_NAMESPACE: for the CLI's -n
 from overlaynet.errors import InvalidInput
-from overlaynet.objects import DEFAULT_NAMESPACE, Where, object_namespace  # DEFAULT_NAMESPACE: for the CLI's -n
 
 # The port every test server answers on, TCP and UDP, whatever the pod declares (like agnhost
 # netexec's --http-port); declared containerPorts are served as well.
@@ -169,7 +170,7 @@ def _parse_template(spec, labels: dict[str, str], where: Where, field_path: str)
             p_path = f"{c_path}.ports[{p_index}]"
             ports.append(_parse_port(port, where, p_path, port_names))
         try:
-            health.container_probes(c_path, container)
+            probes.container_probes(c_path, container)
         except InvalidInput as exc:
             raise where.error(str(exc)) from None
     node_name = spec.get("nodeName")
@@ -241,10 +242,10 @@ def _parse_deployment(document: dict, where: Where, namespace: str | None) -> De
     )
 
 
-def pod_probes(spec: dict) -> list[health.ProbeSpec]:
+def pod_probes(spec: dict) -> list[probes.ProbeSpec]:
     """The readiness and liveness probes of a (validated) pod spec, every container's."""
     return [probe for index, container in enumerate(spec.get("containers") or [])
-            for probe in health.container_probes(f"spec.containers[{index}]", container)]
+            for probe in probes.container_probes(f"spec.containers[{index}]", container)]
 
 
 def served_ports(template: PodTemplate) -> tuple[tuple[int, str], ...]:
