@@ -464,7 +464,7 @@ def _rules_diff(live: str, rendered: str, tables: list[str]) -> list[str]:
     normalisations (address forms, match order, defaults) so only real differences show."""
     import difflib
 
-    from overlaynet.proxy.trace import canonical_tables
+    from overlaynet.proxy.rules import canonical_tables
 
     def lines(text: str) -> list[str]:
         canonical = canonical_tables(text)

@@ -2,12 +2,14 @@
 
 - ``proxy.render``: Services + EndpointSlices -> the ``iptables-restore`` payload of one node
   (``render.render``, full or partial sync) and the jumps from the built-in chains;
-- ``proxy.trace``: reads rule text back: a packet tracer over it, a jump-target check, and
-  the read-back normalisation that compares rendered rules with ``iptables-save`` output.
+- ``proxy.rules``: reads rule text back (``iptables-restore`` input, ``iptables-save`` output)
+  into values, and the read-back normalisation that compares rendered rules with what the
+  kernel holds;
+- ``proxy.trace``: follows packets through rule text (the tracer) and checks jump targets.
 
 Loading the payload is ``overlaynet.kernel.iptables`` (the only module with side effects).
 The submodules are imported by name (``from overlaynet.proxy import render``); nothing is
 re-exported here, so ``proxy.render`` is always the module.
 """
 
-__all__ = ["render", "trace"]
+__all__ = ["render", "rules", "trace"]

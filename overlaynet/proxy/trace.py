@@ -1,9 +1,7 @@
-"""Reading iptables rule text back (pure): a parser, a packet tracer, a jump-target check and
-the read-back normalisation of reference/kube-proxy.md §8.
+"""Following packets through iptables rule text (pure): the packet tracer and the
+jump-target check. The text is read by ``proxy.rules``.
 
 What this module owns:
-- ``parse_tables``: ``iptables-restore`` input or ``iptables-save`` output -> tables of chains of
-  parsed ``Rule`` values (``-X`` lines delete chains, as the restore would);
 - ``Tracer``: walks a packet through the netfilter hooks the way the kernel would, over the
   rules of one node - nat PREROUTING (arriving) or OUTPUT (sent by the node), then filter
   INPUT/FORWARD/OUTPUT, then nat POSTROUTING - and reports every outcome with its probability:
@@ -11,193 +9,20 @@ What this module owns:
   ``statistic --mode random`` rules split the walk into weighted branches, so the tracer
   gives the exact distribution over endpoints rather than a sample (kube-proxy's own unit
   tests trace packets the same way, pkg/proxy/iptables/proxier_test.go);
-- ``missing_targets``: every ``-j`` must name a standard target or a chain of its table;
-- ``canonical_tables``: rule text in the form ``iptables-save`` prints it (addresses with
-  ``/32``, generic options first, comments unquoted, MARK ``--set-xmark``, REJECT's default,
-  statistic probabilities as the kernel's 31-bit fraction, ``recent`` defaults), so rendered
-  and read-back rules compare equal exactly when the kernel holds what was rendered.
+- ``missing_targets``: every ``-j`` must name a standard target or a chain of its table.
 
-What it never does: run iptables. It understands the matches and targets kube-proxy uses
-(comment, tcp/udp, addrtype, statistic, recent, mark, conntrack; DNAT, MASQUERADE, MARK,
-REJECT, DROP, ACCEPT, RETURN, jumps); anything else is an error, so a new rule form cannot
-slip past the tests untraced.
+What it never does: run iptables, or parse rule text itself. A match or target it cannot
+follow is a ``RuleError``, so a new rule form cannot slip past the tests untraced.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from overlaynet.proxy.render import Jump
-
-STANDARD_TARGETS = frozenset({"ACCEPT", "DROP", "REJECT", "RETURN", "DNAT", "SNAT", "MASQUERADE", "MARK"})
-BUILTIN_CHAINS = {
-    "filter": ("INPUT", "FORWARD", "OUTPUT"),
-    "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
-    "mangle": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"),
-    "raw": ("PREROUTING", "OUTPUT"),
-}
-_TOKEN = re.compile(r'"((?:[^"\\]|\\.)*)"|(\S+)')
-_GENERIC = {"-s": "src", "--source": "src", "-d": "dst", "--destination": "dst", "-p": "proto",
-            "--protocol": "proto", "-i": "in", "--in-interface": "in", "-o": "out", "--out-interface": "out"}
-
-
-class RuleError(ValueError):
-    """Rule text this module cannot read (a test-time defect, not a user error)."""
-
-
-# --------------------------------------------------------------------------- parsing
-
-
-@dataclass(frozen=True)
-class Option:
-    name: str  # "--dport"
-    values: tuple[str, ...]
-    negated: bool = False
-
-
-@dataclass(frozen=True)
-class Match:
-    name: str  # "tcp", "comment", ...
-    options: tuple[Option, ...]
-
-    def get(self, name: str) -> Option | None:
-        return next((o for o in self.options if o.name == name), None)
-
-
-@dataclass(frozen=True)
-class Rule:
-    chain: str
-    generic: tuple[tuple[str, str, bool], ...]  # (field, value, negated) for src/dst/proto/in/out
-    matches: tuple[Match, ...]
-    target: str | None
-    target_options: tuple[Option, ...]
-    text: str = field(default="", compare=False)
-
-    def generic_value(self, key: str) -> tuple[str, bool] | None:
-        for name, value, negated in self.generic:
-            if name == key:
-                return value, negated
-        return None
-
-    @property
-    def comment(self) -> str | None:
-        for match in self.matches:
-            if match.name == "comment":
-                option = match.get("--comment")
-                return option.values[0] if option else None
-        return None
-
-
-def tokenize(line: str) -> list[str]:
-    """Split a rule line like iptables-restore does: words, or double-quoted strings."""
-    return [m.group(1).replace('\\"', '"') if m.group(1) is not None else m.group(2)
-            for m in _TOKEN.finditer(line)]
-
-
-def parse_rule(line: str) -> Rule:
-    """One ``-A CHAIN ...`` line."""
-    tokens = tokenize(line)
-    if len(tokens) < 2 or tokens[0] not in ("-A", "--append"):
-        raise RuleError(f"not an -A rule: {line!r}")
-    chain = tokens[1]
-    generic: list[tuple[str, str, bool]] = []
-    matches: list[tuple[str, list[Option]]] = []
-    target: str | None = None
-    target_options: list[Option] = []
-    negate = False
-    i = 2
-    while i < len(tokens):
-        token = tokens[i]
-        if token == "!":
-            negate = True
-            i += 1
-            continue
-        if token in _GENERIC:
-            generic.append((_GENERIC[token], tokens[i + 1], negate))
-            negate = False
-            i += 2
-            continue
-        if token in ("-m", "--match"):
-            matches.append((tokens[i + 1], []))
-            i += 2
-            continue
-        if token in ("-j", "--jump"):
-            target = tokens[i + 1]
-            i += 2
-            continue
-        if token in ("-g", "--goto"):
-            raise RuleError(f"-g (goto) is not used by kube-proxy: {line!r}")
-        if token.startswith("--"):
-            values = []
-            j = i + 1
-            while j < len(tokens) and not tokens[j].startswith("-") and tokens[j] != "!":
-                values.append(tokens[j])
-                j += 1
-            option = Option(token, tuple(values), negate)
-            negate = False
-            if target is not None:
-                target_options.append(option)
-            else:
-                if not matches:
-                    proto = next((v for k, v, _ in generic if k == "proto"), None)
-                    if proto in ("tcp", "udp") and token in ("--dport", "--sport", "--destination-port",
-                                                             "--source-port"):
-                        matches.append((proto, []))  # the implicit protocol match
-                    else:
-                        raise RuleError(f"option {token} outside any match: {line!r}")
-                matches[-1][1].append(option)
-            i = j
-            continue
-        raise RuleError(f"cannot read {token!r} in {line!r}")
-    return Rule(chain, tuple(generic), tuple(Match(n, tuple(o)) for n, o in matches), target,
-                tuple(target_options), line)
-
-
-@dataclass
-class Tables:
-    """Parsed rule text: table -> chain -> rules, plus the declared chains in order."""
-
-    chains: dict[str, dict[str, list[Rule]]] = field(default_factory=dict)
-
-    def table(self, name: str) -> dict[str, list[Rule]]:
-        return self.chains.setdefault(name, {})
-
-
-def parse_tables(text: str, base: Tables | None = None) -> Tables:
-    """Parse restore input or save output. With ``base``, apply it as ``--noflush`` would:
-    declared chains are flushed and refilled, others kept, ``-X`` deletes."""
-    tables = base if base is not None else Tables()
-    current: dict[str, list[Rule]] | None = None
-    for number, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("*"):
-            current = tables.table(line[1:])
-            continue
-        if line == "COMMIT":
-            current = None
-            continue
-        if current is None:
-            raise RuleError(f"line {number}: outside a table: {line!r}")
-        if line.startswith(":"):
-            current[line[1:].split()[0]] = []
-        elif line.startswith(("-X ", "--delete-chain ")):
-            chain = line.split()[1]
-            if current.get(chain):
-                raise RuleError(f"line {number}: -X {chain}: the chain is not empty")
-            current.pop(chain, None)
-        elif line.startswith(("-A ", "--append ")):
-            rule = parse_rule(line)
-            if rule.chain not in current:
-                raise RuleError(f"line {number}: chain {rule.chain} was not declared")
-            current[rule.chain].append(rule)
-        else:
-            raise RuleError(f"line {number}: cannot read {line!r}")
-    return tables
+from overlaynet.proxy.rules import BUILTIN_CHAINS, STANDARD_TARGETS, Rule, RuleError, parse_rule, parse_tables
 
 
 def missing_targets(payload: str, jumps: Iterable[Jump] = (), existing: Mapping[str, Iterable[str]] | None = None
@@ -220,94 +45,6 @@ def missing_targets(payload: str, jumps: Iterable[Jump] = (), existing: Mapping[
     return problems
 
 
-# --------------------------------------------------------------------------- canonical form
-
-
-def _address(value: str) -> str:
-    try:
-        return str(ipaddress.ip_network(value, strict=False))
-    except ValueError:
-        return value
-
-
-def _hex(value: str) -> str:
-    if "/" in value:
-        left, right = value.split("/", 1)
-        return f"{_hex(left)}/{_hex(right)}"
-    return hex(int(value, 0))
-
-
-def _canonical_match(match: Match) -> tuple:
-    options: list[tuple] = []
-    for option in match.options:
-        values = option.values
-        if match.name == "statistic" and option.name == "--probability":
-            values = (str(round(float(values[0]) * 2 ** 31)),)  # the kernel's 31-bit fraction
-        elif match.name == "mark" and option.name == "--mark":
-            values = (_hex(values[0]),)
-        elif match.name == "conntrack" and option.name in ("--ctstate", "--ctstatus"):
-            values = (",".join(sorted(values[0].split(","))),)
-        options.append((option.name, values, option.negated))
-    if match.name == "recent":
-        names = {o[0] for o in options}
-        if "--mask" not in names:
-            options.append(("--mask", ("255.255.255.255",), False))
-        if "--rsource" not in names and "--rdest" not in names:
-            options.append(("--rsource", (), False))
-    return match.name, tuple(sorted(options))
-
-
-def _canonical_target(rule: Rule) -> tuple:
-    target = rule.target
-    options = [(o.name, o.values, o.negated) for o in rule.target_options]
-    if target == "MARK":
-        converted = []
-        for name, values, negated in options:
-            if name == "--or-mark":
-                converted.append(("--set-xmark", (f"{_hex(values[0])}/{_hex(values[0])}",), negated))
-            elif name == "--xor-mark":
-                converted.append(("--set-xmark", (f"{_hex(values[0])}/0x0",), negated))
-            elif name in ("--set-xmark", "--set-mark"):
-                value = values[0] if "/" in values[0] else f"{values[0]}/0xffffffff"
-                converted.append(("--set-xmark", (_hex(value),), negated))
-            else:
-                converted.append((name, values, negated))
-        options = converted
-    elif target == "REJECT" and not options:
-        options = [("--reject-with", ("icmp-port-unreachable",), False)]
-    return target, tuple(sorted(options))
-
-
-def canonical_rule(rule: Rule) -> tuple:
-    """The rule as iptables-save would print it, as a comparable value."""
-    order = {"src": 0, "dst": 1, "in": 2, "out": 3, "proto": 4}
-    generic = tuple(sorted(((k, _address(v) if k in ("src", "dst") else v.lower(), n) for k, v, n in rule.generic),
-                           key=lambda g: order[g[0]]))
-    return (rule.chain, generic, tuple(_canonical_match(m) for m in rule.matches), _canonical_target(rule))
-
-
-def canonical_tables(text: str, chains: Iterable[str] | None = None) -> dict[str, dict[str, list[tuple]]]:
-    """table -> chain -> canonical rules, optionally only for ``chains``."""
-    wanted = set(chains) if chains is not None else None
-    return {table: {chain: [canonical_rule(r) for r in rules] for chain, rules in table_chains.items()
-                    if wanted is None or chain in wanted}
-            for table, table_chains in parse_tables(text).chains.items()}
-
-
-def saved_chain_lines(text: str) -> dict[str, dict[str, list[str]]]:
-    """``iptables-save`` output -> table -> chain -> the rule lines exactly as printed."""
-    result: dict[str, dict[str, list[str]]] = {}
-    table: dict[str, list[str]] | None = None
-    for line in text.splitlines():
-        if line.startswith("*"):
-            table = result.setdefault(line[1:], {})
-        elif table is not None and line.startswith(":"):
-            table.setdefault(line[1:].split()[0], [])
-        elif table is not None and line.startswith("-A "):
-            table.setdefault(line.split()[1], []).append(line)
-    return result
-
-
 # --------------------------------------------------------------------------- tracing
 
 
@@ -328,7 +65,9 @@ class Packet:
 
 
 @dataclass(frozen=True)
-class Outcome:
+class TraceOutcome:
+    """One way a traced packet can go, and its probability."""
+
     probability: float
     verdict: str  # "DNAT" (to destination), "ACCEPT" (not a service: untouched), "REJECT", "DROP"
     destination: str | None  # "ip:port" after DNAT
@@ -353,7 +92,7 @@ class Outcome:
 @dataclass(frozen=True)
 class TraceResult:
     packet: Packet
-    outcomes: tuple[Outcome, ...]
+    outcomes: tuple[TraceOutcome, ...]
 
     @property
     def destinations(self) -> dict[str | None, float]:
@@ -376,7 +115,7 @@ class TraceResult:
         values = {o.masquerade for o in self.outcomes}
         return values.pop() if len(values) == 1 else None
 
-    def only(self) -> Outcome:
+    def only(self) -> TraceOutcome:
         """The single outcome of a deterministic trace."""
         if len(self.outcomes) != 1:
             raise AssertionError(f"{len(self.outcomes)} outcomes: {self.outcomes}")
@@ -428,7 +167,7 @@ class Tracer:
         self._recent = {k: set(v) for k, v in (recent or {}).items()}
         state = _State(packet.src, packet.dst, packet.dport)
         first = "OUTPUT" if packet.origin == "node" else "PREROUTING"
-        outcomes: list[Outcome] = []
+        outcomes: list[TraceOutcome] = []
         for p, st, verdict in self._hook("nat", first, 1.0, state):
             if verdict in ("DROP", "REJECT"):
                 outcomes.append(self._outcome(p, st, verdict))
@@ -446,7 +185,7 @@ class Tracer:
                     continue
                 for p3, st3, _ in self._hook("nat", "POSTROUTING", p2, st2):
                     outcomes.append(self._outcome(p3, st3, "DNAT" if st3.dnat else "ACCEPT"))
-        merged: dict[tuple, Outcome] = {}
+        merged: dict[tuple, TraceOutcome] = {}
         for outcome in outcomes:
             key = (outcome.verdict, outcome.destination, outcome.masquerade, outcome.path, outcome.recent_set)
             if key in merged:
@@ -456,8 +195,8 @@ class Tracer:
         return TraceResult(packet, tuple(merged.values()))
 
     @staticmethod
-    def _outcome(p: float, st: _State, verdict: str) -> Outcome:
-        return Outcome(p, verdict, st.dnat, st.masquerade, st.path, st.recent_set)
+    def _outcome(p: float, st: _State, verdict: str) -> TraceOutcome:
+        return TraceOutcome(p, verdict, st.dnat, st.masquerade, st.path, st.recent_set)
 
     def _hook(self, table: str, chain: str, p: float, st: _State) -> list[_Branch]:
         """A built-in chain: falling off the end (or RETURN) is its policy, ACCEPT."""

@@ -20,7 +20,8 @@ import yaml
 from overlaynet.api.services import parse_service_document
 from overlaynet.control.endpoints import build_endpoint_slices
 from overlaynet.proxy.render import NodeConfig, Ruleset, render, sep_chain, svc_chain
-from overlaynet.proxy.trace import Packet, Tracer, missing_targets, parse_tables
+from overlaynet.proxy.rules import parse_tables
+from overlaynet.proxy.trace import Packet, Tracer, missing_targets
 
 HERE = pathlib.Path(__file__).parent
 NODE_IPS = {"node-1": "172.20.0.11", "node-2": "172.20.0.12", "node-3": "172.20.0.13"}

@@ -29,7 +29,7 @@ from overlaynet.kernel import apply as kapply
 from overlaynet.kernel import iptables as kip
 from overlaynet.kernel import netns
 from overlaynet.proxy import render as R
-from overlaynet.proxy.trace import canonical_rule, canonical_tables, parse_rule, saved_chain_lines
+from overlaynet.proxy.rules import canonical_rule, canonical_tables, parse_rule, saved_chain_lines
 from tests.golden.test_kube_proxy import PODS, node_config, pod, render_all
 
 BACKENDS = ["legacy", "nf_tables"]

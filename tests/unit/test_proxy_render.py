@@ -19,7 +19,7 @@ from overlaynet.api.services import (
     ServicePort,
 )
 from overlaynet.proxy import render as R
-from overlaynet.proxy.trace import parse_tables
+from overlaynet.proxy.rules import parse_tables
 
 NODE = R.NodeConfig("node-1", ("172.20.0.11",), "10.244.0.0/16")
 
