@@ -44,12 +44,12 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from overlaynet.api.services import (  # noqa: E402
-    Endpoint,
     EndpointConditions,
     EndpointPort,
     EndpointSlice,
     Service,
     ServicePort,
+    SliceEndpoint,
 )
 from overlaynet.kernel import iptables as kip  # noqa: E402
 from overlaynet.kernel import netns  # noqa: E402
@@ -75,7 +75,7 @@ def cluster(count: int, endpoints: int) -> tuple[list[Service], list[EndpointSli
         svc = Service("bench", f"svc-{i}", (ServicePort("http", 80, 8080),),
                       cluster_ip=str(ipaddress.IPv4Address(first_ip + i)), selector=(("app", f"svc-{i}"),))
         services.append(svc)
-        eps = tuple(Endpoint((str(ipaddress.IPv4Address(first_pod + i * endpoints + j)),),
+        eps = tuple(SliceEndpoint((str(ipaddress.IPv4Address(first_pod + i * endpoints + j)),),
                              EndpointConditions(True, True, False), f"node-{j % 3 + 1}") for j in range(endpoints))
         slices.append(EndpointSlice("bench", f"svc-{i}-bench", f"svc-{i}", (EndpointPort("http", 8080),), eps))
     return services, slices

@@ -177,7 +177,9 @@ class TargetRef:
 
 
 @dataclass(frozen=True)
-class Endpoint:
+class SliceEndpoint:
+    """One endpoint of an EndpointSlice (discovery.k8s.io/v1 ``endpoints[]``)."""
+
     addresses: tuple[str, ...]
     conditions: EndpointConditions = EndpointConditions()
     node_name: str | None = None
@@ -192,7 +194,7 @@ class EndpointSlice:
     name: str
     service_name: str | None  # the kubernetes.io/service-name label; kube-proxy ignores slices without it
     ports: tuple[EndpointPort, ...]
-    endpoints: tuple[Endpoint, ...]
+    endpoints: tuple[SliceEndpoint, ...]
     address_type: str = "IPv4"
     managed_by: str | None = None
     labels: tuple[tuple[str, str], ...] = ()
@@ -549,7 +551,7 @@ def parse_endpointslice_document(document: dict, source: str, namespace: str | N
                 raise where.error(f"{path}.targetRef.name is required when targetRef is given")
             ref = TargetRef(str(target_ref.get("kind", "Pod")), str(target_ref.get("namespace", slice_namespace)),
                             str(target_ref["name"]))
-        endpoints.append(Endpoint(tuple(checked), EndpointConditions(**values), node_name, ref,
+        endpoints.append(SliceEndpoint(tuple(checked), EndpointConditions(**values), node_name, ref,
                                   endpoint.get("hostname"), endpoint.get("zone")))
     return EndpointSlice(
         namespace=slice_namespace,

@@ -40,12 +40,12 @@ from overlaynet import names
 from overlaynet.api.services import (
     CONTROLLER_NAME,
     SERVICE_NAME_LABEL,
-    Endpoint,
     EndpointConditions,
     EndpointPort,
     EndpointSlice,
     Service,
     ServicePort,
+    SliceEndpoint,
     TargetRef,
 )
 
@@ -126,7 +126,7 @@ def build_endpoint_slices(service: Service, pods: Iterable[dict]) -> EndpointsRe
         notes.append(f"selector {selector_text} matches no pods in namespace {service.namespace}: "
                      "no endpoints (connections are refused)")
 
-    groups: dict[tuple[tuple[str, int, str], ...], list[Endpoint]] = {}
+    groups: dict[tuple[tuple[str, int, str], ...], list[SliceEndpoint]] = {}
     for pod in matched:
         name = pod["metadata"]["name"]
         status = pod.get("status") or {}
@@ -154,7 +154,7 @@ def build_endpoint_slices(service: Service, pods: Iterable[dict]) -> EndpointsRe
         pod_ready = pod_is_ready(pod)
         serving = service.publish_not_ready_addresses or pod_ready
         ready = serving and (service.publish_not_ready_addresses or not terminating)
-        endpoint = Endpoint(
+        endpoint = SliceEndpoint(
             addresses=(str(ip),),
             conditions=EndpointConditions(ready=ready, serving=serving, terminating=terminating),
             node_name=(pod.get("spec") or {}).get("nodeName"),

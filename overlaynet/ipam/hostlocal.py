@@ -222,7 +222,7 @@ def requested_ips(conf: Mapping, env_args: Mapping[str, str]) -> list[IPAddress]
 # --------------------------------------------------------------------------- the store
 
 
-class Store(Protocol):
+class AllocationStore(Protocol):
     """What the allocator needs; every method is called with the lock held."""
 
     def lock(self) -> contextlib.AbstractContextManager: ...
@@ -378,7 +378,7 @@ def _range_of(rset: RangeSet, ip: IPAddress) -> Range | None:
     return next((r for r in rset.ranges if ip in r), None)
 
 
-def allocate(cfg: IpamConfig, store: Store, container_id: str, ifname: str,
+def allocate(cfg: IpamConfig, store: AllocationStore, container_id: str, ifname: str,
              requested: list[IPAddress] | None = None) -> list[IPConfig]:
     """One address per range set for the attachment (all or none). Call with the lock held."""
     requested = list(requested or [])
@@ -427,7 +427,7 @@ def allocate(cfg: IpamConfig, store: Store, container_id: str, ifname: str,
     return out
 
 
-def release(store: Store, container_id: str, ifname: str) -> list[IPAddress]:
+def release(store: AllocationStore, container_id: str, ifname: str) -> list[IPAddress]:
     """Free every address of the attachment (idempotent). Call with the lock held."""
     freed = [ip for ip, text in store.reserved().items() if belongs_to(text, container_id, ifname)]
     for ip in freed:
@@ -435,12 +435,12 @@ def release(store: Store, container_id: str, ifname: str) -> list[IPAddress]:
     return sorted(freed, key=lambda ip: (ip.version, ip))
 
 
-def addresses_of(store: Store, container_id: str, ifname: str) -> list[IPAddress]:
+def addresses_of(store: AllocationStore, container_id: str, ifname: str) -> list[IPAddress]:
     return sorted((ip for ip, text in store.reserved().items() if belongs_to(text, container_id, ifname)),
                   key=lambda ip: (ip.version, ip))
 
 
-def collect_garbage(store: Store, valid: set[tuple[str, str]]) -> list[IPAddress]:
+def collect_garbage(store: AllocationStore, valid: set[tuple[str, str]]) -> list[IPAddress]:
     """Free every address whose attachment is not in ``valid``. Call with the lock held."""
     valid_ids = {cid for cid, _ in valid}
     freed = []
@@ -453,7 +453,7 @@ def collect_garbage(store: Store, valid: set[tuple[str, str]]) -> list[IPAddress
     return sorted(freed, key=lambda ip: (ip.version, ip))
 
 
-def free_count(cfg: IpamConfig, store: Store) -> list[tuple[RangeSet, int]]:
+def free_count(cfg: IpamConfig, store: AllocationStore) -> list[tuple[RangeSet, int]]:
     """Free addresses per range set (gateways excluded)."""
     reserved = store.reserved()
     out = []
@@ -496,7 +496,7 @@ def store_for(cfg: IpamConfig) -> DiskStore:
     return DiskStore(cfg.data_dir, cfg.network)
 
 
-def cmd_add(conf: Mapping, env: spec.CniEnv, store: Store | None = None) -> Result:
+def cmd_add(conf: Mapping, env: spec.CniEnv, store: AllocationStore | None = None) -> Result:
     cfg = parse_config(conf)
     store = store or store_for(cfg)
     dns = _dns(cfg)
@@ -505,14 +505,14 @@ def cmd_add(conf: Mapping, env: spec.CniEnv, store: Store | None = None) -> Resu
     return Result(ips=ips, routes=list(cfg.routes), dns=dns)
 
 
-def cmd_del(conf: Mapping, env: spec.CniEnv, store: Store | None = None) -> list[IPAddress]:
+def cmd_del(conf: Mapping, env: spec.CniEnv, store: AllocationStore | None = None) -> list[IPAddress]:
     cfg = parse_config(conf)
     store = store or store_for(cfg)
     with store.lock():
         return release(store, env.container_id, env.ifname)
 
 
-def cmd_check(conf: Mapping, env: spec.CniEnv, store: Store | None = None) -> None:
+def cmd_check(conf: Mapping, env: spec.CniEnv, store: AllocationStore | None = None) -> None:
     cfg = parse_config(conf)
     store = store or store_for(cfg)
     with store.lock():
@@ -532,7 +532,7 @@ def cmd_check(conf: Mapping, env: spec.CniEnv, store: Store | None = None) -> No
                            f"{env.container_id}/{env.ifname} (it holds {', '.join(map(str, held))})")
 
 
-def cmd_gc(conf: Mapping, env: spec.CniEnv, store: Store | None = None) -> list[IPAddress]:
+def cmd_gc(conf: Mapping, env: spec.CniEnv, store: AllocationStore | None = None) -> list[IPAddress]:
     cfg = parse_config(conf)
     store = store or store_for(cfg)
     valid = spec.valid_attachments(conf)
@@ -540,7 +540,7 @@ def cmd_gc(conf: Mapping, env: spec.CniEnv, store: Store | None = None) -> list[
         return collect_garbage(store, valid)
 
 
-def cmd_status(conf: Mapping, env: spec.CniEnv, store: Store | None = None) -> None:
+def cmd_status(conf: Mapping, env: spec.CniEnv, store: AllocationStore | None = None) -> None:
     cfg = parse_config(conf)
     store = store or store_for(cfg)
     try:

@@ -198,7 +198,8 @@ def packet_lab(prefix: str) -> dict[str, str]:
 
 
 def lab_rules():
-    from overlaynet.api.services import Endpoint, EndpointConditions, EndpointPort, EndpointSlice, Service, ServicePort
+    from overlaynet.api.services import (EndpointConditions, EndpointPort, EndpointSlice, Service, ServicePort,
+                                         SliceEndpoint)
 
     services, slices = [], []
     for name, ip, port, protocol, target, has_endpoints in SERVICES:
@@ -208,7 +209,7 @@ def lab_rules():
         services.append(svc)
         if has_endpoints:
             slices.append(EndpointSlice("default", f"{name}-x", name, (EndpointPort("", target, protocol),),
-                                        (Endpoint((POD_IP,), EndpointConditions(True, True, False), "node-1"),)))
+                                        (SliceEndpoint((POD_IP,), EndpointConditions(True, True, False), "node-1"),)))
     return R.render(node_config("node-1"), services, slices)
 
 

@@ -11,12 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from overlaynet.api.services import (
-    Endpoint,
     EndpointConditions,
     EndpointPort,
     EndpointSlice,
     Service,
     ServicePort,
+    SliceEndpoint,
 )
 from overlaynet.proxy import render as R
 from overlaynet.proxy.rules import parse_tables
@@ -30,7 +30,7 @@ def service(name="web", port=ServicePort("http", 80, 8080), ip="10.96.100.10", n
 
 
 def ep(ip, node="node-2", ready=True, serving=None, terminating=None):
-    return Endpoint((ip,), EndpointConditions(ready, serving, terminating), node)
+    return SliceEndpoint((ip,), EndpointConditions(ready, serving, terminating), node)
 
 
 def slice_(svc, endpoints, port_name="http", port=8080, protocol="TCP", name=None):
