@@ -635,3 +635,7 @@ def _print_report(verifying, report, pod_eps, node_eps, elapsed, cluster, cni) -
         click.echo(f"... and {len(report.failures) - 50} more failures (-o json lists all)")
     verdict = "PASSED" if report.passed else f"FAILED ({len(report.failures)} checks)"
     click.echo(f"\nKubernetes network model: {verdict} in {elapsed:.2f}s")
+
+from overlaynet.cli.tools_doctor_graph_capture import doctor  # noqa: E402 - registered last, beside the core commands
+
+cli.add_command(doctor)
