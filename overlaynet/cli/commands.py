@@ -639,3 +639,8 @@ def _print_report(verifying, report, pod_eps, node_eps, elapsed, cluster, cni) -
 from overlaynet.cli.tools_doctor_graph_capture import doctor  # noqa: E402 - registered last, beside the core commands
 
 cli.add_command(doctor)
+
+
+from overlaynet.cli.lab import lab  # noqa: E402 - registered last, beside the core commands
+
+cli.add_command(lab)
