@@ -483,9 +483,8 @@ def _rules_diff(live: str, rendered: str, tables: list[str]) -> list[str]:
 def render_rules(files, node_name, table):
     """The kube-proxy rules a node would get, without root and without a cluster."""
     from overlaynet.api.manifests import load_documents, parse_document
-    from overlaynet.api.services import EndpointSlice, Service, allocate
-    from overlaynet.control import dryrun
-    from overlaynet.control.endpoints import build_endpoint_slices
+    from overlaynet.control.offline import run_offline
+    from overlaynet.node import proxier
 
     spec, manifests = model.build_spec(), []
     for path in files:
@@ -494,14 +493,14 @@ def render_rules(files, node_name, table):
                 spec = load_cluster(path)
             else:
                 manifests.append(parse_document(document, path, None, index))
-    nodes, pods = dryrun.simulate(spec, manifests)
-    node = next((n for n in nodes if n["metadata"]["name"] == node_name), None)
-    if node is None:
-        raise NotFoundError(f'node "{node_name}" is not in cluster "{spec.name}" '
-                            f"(nodes: {', '.join(n['metadata']['name'] for n in nodes)})")
-    services = allocate([m for m in manifests if isinstance(m, Service)], spec.service_cidr)
-    slices = [m for m in manifests if isinstance(m, EndpointSlice)]
-    slices += [s for service in services for s in build_endpoint_slices(service, pods).slices]
+    with run_offline(spec, manifests) as manager:
+        nodes = manager.nodes(spec.name)
+        node = next((n for n in nodes if n["metadata"]["name"] == node_name), None)
+        if node is None:
+            raise NotFoundError(f'node "{node_name}" is not in cluster "{spec.name}" '
+                                f"(nodes: {', '.join(n['metadata']['name'] for n in nodes)})")
+        services = proxier.stored_services(manager, spec.name)
+        slices = proxier.stored_slices(manager, spec.name)
     ruleset = _render_node(spec, node, services, slices)
     click.echo(f"# kube-proxy (iptables mode) for node {node_name} ({internal_ip(node)}) of cluster "
                f'"{spec.name}": {len(services)} services; load with iptables-restore --noflush')

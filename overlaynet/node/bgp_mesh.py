@@ -5,7 +5,8 @@ keeps every node's configuration in step with the IPAM blocks (rewrite, then ``b
 configure``), starts a node's BIRD the first time (recorded in the store *before* it starts,
 so ``down`` stops it after any crash), and waits, boundedly, until the routes a change
 implies have been learned. Rendering the configuration is ``overlaynet.node.bird_config``'s (pure); the
-daemon itself is driven by ``overlaynet.kernel.bird``.
+files and the daemons are reached only through the ``Bird`` seam it is given
+(``overlaynet.kernel.bird`` on a real host).
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ import time
 
 from overlaynet import names
 from overlaynet.api.model import DEFAULT_BGP_AS, ClusterSpec
+from overlaynet.control.ownership import BIRD, PATH
+from overlaynet.control.runtime import Bird
+from overlaynet.control.store import Store
 from overlaynet.datapath.topology import NodeInfo
+from overlaynet.kernel.bird import MeshReport
 from overlaynet.node import bird_config
 
-BIRD = "bird"  # store ownership kind: a BIRD daemon, named by its pid file
 ROUTE_WAIT = 15.0  # seconds to wait for BGP to carry a change to every node
 
 
@@ -31,39 +35,26 @@ def bird_files(state_dir: str, cluster: str, node: str) -> tuple[str, str, str]:
     return f"{base}.conf", f"{base}.ctl", f"{base}.pid"
 
 
-def sync(manager, spec: ClusterSpec, nodes: list[NodeInfo]) -> None:
-    from overlaynet.control.manager import PATH
-    from overlaynet.kernel import bird
-
-    directory = bird_dir(manager.store.directory, spec.name)
-    manager.store.record(spec.name, PATH, directory)
-    os.makedirs(directory, mode=0o755, exist_ok=True)
+def sync(store: Store, bird: Bird, spec: ClusterSpec, nodes: list[NodeInfo]) -> None:
+    store.record(spec.name, PATH, bird_dir(store.directory, spec.name))
     for node in nodes:
-        conf, ctl, pid = bird_files(manager.store.directory, spec.name, node.name)
-        text = bird_config.render_node_config(node, nodes, as_number=DEFAULT_BGP_AS)
-        changed = not os.path.exists(conf) or open(conf).read() != text
-        if changed:
-            with open(conf + ".tmp", "w") as handle:
-                handle.write(text)
-            os.replace(conf + ".tmp", conf)
+        conf, ctl, pid = bird_files(store.directory, spec.name, node.name)
+        changed = bird.write_config(conf, bird_config.render_node_config(node, nodes, as_number=DEFAULT_BGP_AS))
         if bird.running_pid(pid) is None:
-            manager.store.record(spec.name, BIRD, pid)
-            bird.start_bird(names.node_netns(spec.name, node.name), conf, ctl, pid)
+            store.record(spec.name, BIRD, pid)
+            bird.start(names.node_netns(spec.name, node.name), conf, ctl, pid)
         elif changed:
             bird.reconfigure(ctl)
-    wait_for_routes(spec, nodes)
+    wait_for_routes(bird, spec, nodes)
 
 
-def wait_for_routes(spec: ClusterSpec, nodes: list[NodeInfo], timeout: float = ROUTE_WAIT) -> list[str]:
+def wait_for_routes(bird: Bird, spec: ClusterSpec, nodes: list[NodeInfo], timeout: float = ROUTE_WAIT) -> list[str]:
     """Wait until every node has a BIRD route for every other node's blocks; return what is missing."""
-    from overlaynet.kernel import observe
-
     deadline = time.monotonic() + timeout
     while True:
         missing = []
         for node in nodes:
-            learned = {r["dst"] for r in observe.observe_routes(names.node_netns(spec.name, node.name))
-                       if r["proto"] == "bird"}
+            learned = bird.learned_routes(names.node_netns(spec.name, node.name))
             for peer in nodes:
                 if peer.name != node.name:
                     missing += [f"{node.name}: {block} via {peer.name}" for block in peer.blocks
@@ -73,37 +64,30 @@ def wait_for_routes(spec: ClusterSpec, nodes: list[NodeInfo], timeout: float = R
         time.sleep(0.1)
 
 
-def stop_all(manager, cluster: str) -> None:
+def stop_all(store: Store, bird: Bird, cluster: str) -> None:
     """Stop every BIRD the cluster started (before its namespaces go)."""
-    from overlaynet.kernel import bird
-
-    for pid_path in manager.store.owned(cluster, BIRD):
-        bird.stop_bird(pid_path)
-        manager.store.forget(cluster, BIRD, pid_path)
+    for pid_path in store.owned(cluster, BIRD):
+        bird.stop(pid_path)
+        store.forget(cluster, BIRD, pid_path)
 
 
-def stop_node(manager, cluster: str, node: str) -> None:
-    from overlaynet.kernel import bird
-
-    _, _, pid_path = bird_files(manager.store.directory, cluster, node)
-    bird.stop_bird(pid_path)
-    manager.store.forget(cluster, BIRD, pid_path)
+def stop_node(store: Store, bird: Bird, cluster: str, node: str) -> None:
+    _, _, pid_path = bird_files(store.directory, cluster, node)
+    bird.stop(pid_path)
+    store.forget(cluster, BIRD, pid_path)
 
 
 def sessions(manager, spec: ClusterSpec, node: str) -> list[dict]:
-    from overlaynet.kernel import bird
-
+    """The BGP sessions of a node's BIRD (``manager``: the store and the runtime of the cluster)."""
     _, ctl, _ = bird_files(manager.store.directory, spec.name, node)
     try:
-        return [s for s in bird.sessions(ctl) if s.get("proto") == "BGP"]
+        return [s for s in manager.runtime.bird.sessions(ctl) if s.get("proto") == "BGP"]
     except Exception as error:  # describe shows what it can
         return [{"name": "(bird)", "state": "down", "info": str(error)}]
 
 
-def mesh_report(manager, spec: ClusterSpec, timeout: float):
+def mesh_report(manager, spec: ClusterSpec, timeout: float) -> MeshReport:
     """Wait (bounded) for every BGP session to be Established; the report says which are not."""
-    from overlaynet.kernel import bird
-
     controls = {n["metadata"]["name"]: bird_files(manager.store.directory, spec.name, n["metadata"]["name"])[1]
                 for n in manager.nodes(spec.name)}
-    return bird.wait_established(controls, timeout)
+    return manager.runtime.bird.wait_established(controls, timeout)

@@ -10,7 +10,9 @@ previous sync of each node is remembered in the store, so a change re-renders th
 loads a partial sync (KEP-3453): only the changed services' chains plus the top-level ones.
 
 A pod is an endpoint when its Ready condition is True: at once, or, with a readiness probe,
-as the agent's prober reports (``ClusterManager.pod_health``).
+as the agent's prober reports (``ClusterManager.pod_health``). The rules reach a node only
+through the ``Iptables`` seam of the runtime it is given; the one sysctl it needs, through its
+``apply``.
 """
 
 from __future__ import annotations
@@ -30,25 +32,40 @@ from overlaynet.api.services import (
     parse_service_document,
 )
 from overlaynet.control.endpoints import build_endpoint_slices
+from overlaynet.control.runtime import Runtime
+from overlaynet.control.store import Store
+from overlaynet.datapath.plan import Sysctl
 from overlaynet.datapath.topology import internal_ip
+from overlaynet.errors import NotFoundError
+from overlaynet.proxy.render import NodeConfig, Ruleset, is_service_chain, render
 
 SERVICE = "Service"
 SLICE = "EndpointSlice"
 
 
 def stored_services(manager, cluster: str) -> list[Service]:
-    return [parse_service_document(doc, "store") for doc in manager.store.list(cluster, SERVICE)]
+    """The Services of ``cluster`` (``manager``: anything with the cluster's ``store``)."""
+    return _services(manager.store, cluster)
 
 
 def stored_slices(manager, cluster: str) -> list[EndpointSlice]:
-    return [parse_endpointslice_document(doc, "store") for doc in manager.store.list(cluster, SLICE)]
+    """The EndpointSlices of ``cluster``, the controller's and hand-written ones."""
+    return _slices(manager.store, cluster)
 
 
-def plan_services(manager, spec: ClusterSpec, services: list[Service],
+def _services(store: Store, cluster: str) -> list[Service]:
+    return [parse_service_document(doc, "store") for doc in store.list(cluster, SERVICE)]
+
+
+def _slices(store: Store, cluster: str) -> list[EndpointSlice]:
+    return [parse_endpointslice_document(doc, "store") for doc in store.list(cluster, SLICE)]
+
+
+def plan_services(store: Store, spec: ClusterSpec, services: list[Service],
                   slices: list[EndpointSlice]) -> tuple[list[str], list[dict]]:
     """Allocate Services and check slices against what is stored, without writing anything:
-    kubectl-style lines and the documents to store (``store`` writes them)."""
-    existing = {s.key: s for s in stored_services(manager, spec.name)}
+    kubectl-style lines and the documents to store (``store_documents`` writes them)."""
+    existing = {s.key: s for s in _services(store, spec.name)}
     updated = [carry_over(service, existing.get(service.key)) for service in services]
     keys = {s.key for s in updated}
     others = [s for key, s in existing.items() if key not in keys]
@@ -64,90 +81,77 @@ def plan_services(manager, spec: ClusterSpec, services: list[Service],
     for endpoint_slice in slices:
         document = endpoint_slice.to_document()
         meta = document["metadata"]
-        old = manager.store.get(spec.name, SLICE, meta["name"], meta["namespace"])
+        old = store.get(spec.name, SLICE, meta["name"], meta["namespace"])
         verb = "created" if old is None else ("unchanged" if old == document else "configured")
         lines.append(f"endpointslice.discovery.k8s.io/{meta['name']} {verb}")
         documents.append(document)
     return lines, documents
 
 
-def store(manager, spec: ClusterSpec, documents: list[dict]) -> None:
-    with manager.store.transaction():
+def store_documents(store: Store, spec: ClusterSpec, documents: list[dict]) -> None:
+    with store.transaction():
         for document in documents:
-            manager.store.put(spec.name, document)
+            store.put(spec.name, document)
 
 
-def delete_service(manager, spec: ClusterSpec, namespace: str, name: str) -> None:
-    from overlaynet.errors import NotFoundError
-
-    if manager.store.get(spec.name, SERVICE, name, namespace) is None:
+def delete_service(store: Store, spec: ClusterSpec, namespace: str, name: str) -> None:
+    if store.get(spec.name, SERVICE, name, namespace) is None:
         raise NotFoundError(f'service "{name}" not found in namespace "{namespace}" of cluster "{spec.name}"')
-    manager.store.delete(spec.name, SERVICE, name, namespace)
+    store.delete(spec.name, SERVICE, name, namespace)
 
 
-def _controller_slices(manager, spec: ClusterSpec, services: list[Service]) -> list[EndpointSlice]:
+def _controller_slices(store: Store, spec: ClusterSpec, services: list[Service]) -> list[EndpointSlice]:
     """The EndpointSlice controller: slices for every Service with a selector, stored for `get`."""
-    pods = manager.pods(spec.name)
+    pods = store.list(spec.name, "Pod")
     slices = []
-    with manager.store.transaction():
-        for document in manager.store.list(spec.name, SLICE):
+    with store.transaction():
+        for document in store.list(spec.name, SLICE):
             if document["metadata"].get("labels", {}).get(MANAGED_BY_LABEL) == CONTROLLER_NAME:
-                manager.store.delete(spec.name, SLICE, document["metadata"]["name"], document["metadata"]["namespace"])
+                store.delete(spec.name, SLICE, document["metadata"]["name"], document["metadata"]["namespace"])
         for service in services:
             for endpoint_slice in build_endpoint_slices(service, pods).slices:
-                manager.store.put(spec.name, endpoint_slice.to_document())
+                store.put(spec.name, endpoint_slice.to_document())
                 slices.append(endpoint_slice)
     return slices
 
 
-def sync(manager, spec: ClusterSpec) -> None:
+def sync(store: Store, runtime: Runtime, spec: ClusterSpec) -> None:
     """Endpoints from pods, then kube-proxy's rules into every node (a full sync)."""
-    services = stored_services(manager, spec.name)
-    if not services and manager.store.get_meta(spec.name, "kube-proxy-backend") is None:
+    services = _services(store, spec.name)
+    if not services and store.get_meta(spec.name, "kube-proxy-backend") is None:
         return  # a cluster that never had a Service has no kube-proxy rules to keep
-    from overlaynet.kernel import iptables
-    from overlaynet.proxy.render import NodeConfig, is_service_chain, render
-
-    _controller_slices(manager, spec, services)
-    slices = stored_slices(manager, spec.name)
-    backend = manager.store.get_meta(spec.name, "kube-proxy-backend") or iptables.backend()
-    manager.store.set_meta(spec.name, "kube-proxy-backend", backend)
-    synced = json.loads(manager.store.get_meta(spec.name, "kube-proxy-synced", "{}"))
-    for node in manager.nodes(spec.name):
+    _controller_slices(store, spec, services)
+    slices = _slices(store, spec.name)
+    backend = store.get_meta(spec.name, "kube-proxy-backend") or runtime.iptables.backend()
+    store.set_meta(spec.name, "kube-proxy-backend", backend)
+    synced = json.loads(store.get_meta(spec.name, "kube-proxy-synced", "{}"))
+    for node in store.list(spec.name, "Node"):
         node_name = node["metadata"]["name"]
         netns = names.node_netns(spec.name, node_name)
         config = NodeConfig(name=node_name, ips=(internal_ip(node),), cluster_cidr=str(spec.cluster_cidr))
         previous = _previous_render(config, synced.get(node_name))
-        existing = [c for c in iptables.chains(netns, backend, "nat") if is_service_chain(c)]
+        existing = [c for c in runtime.iptables.chains(netns, backend, "nat") if is_service_chain(c)]
         ruleset = render(config, services, slices, previous, existing_chains=existing)
         if ruleset.full:
             # kube-proxy sets route_localnet for NodePorts on 127.0.0.1 (--iptables-localhost-nodeports).
-            manager.runtime.apply((_route_localnet(netns),))
-            iptables.ensure_jumps(netns, ruleset.jumps, backend)
+            runtime.apply((Sysctl(netns, "net.ipv4.conf.all.route_localnet", "1"),))
+            runtime.iptables.ensure_jumps(netns, ruleset.jumps, backend)
         try:
-            iptables.restore(netns, ruleset.payload, backend)
+            runtime.iptables.restore(netns, ruleset.payload, backend)
         except Exception:
             synced.pop(node_name, None)  # the next sync of this node is a full one, as kube-proxy does
-            manager.store.set_meta(spec.name, "kube-proxy-synced", json.dumps(synced))
+            store.set_meta(spec.name, "kube-proxy-synced", json.dumps(synced))
             raise
         synced[node_name] = {"services": [s.to_document() for s in services],
                              "slices": [s.to_document() for s in slices]}
-        manager.store.set_meta(spec.name, "kube-proxy-synced", json.dumps(synced))
+        store.set_meta(spec.name, "kube-proxy-synced", json.dumps(synced))
 
 
-def _previous_render(config, state: dict | None):
+def _previous_render(config: NodeConfig, state: dict | None) -> Ruleset | None:
     """What this node was last synced to, rendered again (pure): the base of a partial sync
     that rewrites only the chains of services whose Service or endpoints changed."""
     if state is None:
         return None
-    from overlaynet.proxy.render import render
-
     services = [parse_service_document(doc, "store") for doc in state["services"]]
     slices = [parse_endpointslice_document(doc, "store") for doc in state["slices"]]
     return render(config, services, slices, full=True)
-
-
-def _route_localnet(netns: str):
-    from overlaynet.datapath.plan import Sysctl
-
-    return Sysctl(netns, "net.ipv4.conf.all.route_localnet", "1")

@@ -15,20 +15,22 @@ import json
 from dataclasses import asdict, replace
 
 from overlaynet.api.model import ClusterSpec
-from overlaynet.datapath.modes import get_mode
+from overlaynet.control.records import node_info
+from overlaynet.control.runtime import Runtime
+from overlaynet.control.store import Store
+from overlaynet.datapath.modes import get_mode, uses_ipam_blocks
 from overlaynet.datapath.plan import Plan, Route
 from overlaynet.datapath.topology import NodeInfo
+from overlaynet.ipam.blocks import BlockIPAM
+from overlaynet.node import bgp_mesh
 
 
-def node_infos(manager, spec: ClusterSpec) -> list[NodeInfo]:
+def node_infos(store: Store, spec: ClusterSpec) -> list[NodeInfo]:
     """Every node with the blocks it holds and the addresses it borrowed, from the IPAM state."""
-    from overlaynet.control.manager import node_info
-    from overlaynet.ipam.blocks import BlockIPAM
-
-    ipam = BlockIPAM(manager.store, spec.name, spec.cluster_cidr, spec.block_size)
+    ipam = BlockIPAM(store, spec.name, spec.cluster_cidr, spec.block_size)
     return [replace(node_info(record), blocks=ipam.node_blocks(record["metadata"]["name"]),
                     borrowed=ipam.borrowed(record["metadata"]["name"]))
-            for record in manager.nodes(spec.name)]
+            for record in store.list(spec.name, "Node")]
 
 
 def plan_routes(spec: ClusterSpec, node: NodeInfo, nodes: list[NodeInfo]) -> Plan:
@@ -41,20 +43,21 @@ def plan_routes(spec: ClusterSpec, node: NodeInfo, nodes: list[NodeInfo]) -> Pla
     return plan
 
 
-def sync_routes(manager, spec: ClusterSpec) -> None:
-    nodes = node_infos(manager, spec)
+def sync_routes(store: Store, runtime: Runtime, spec: ClusterSpec) -> None:
+    """Bring every node's block routes in step with the IPAM state (nothing in a mode without blocks)."""
+    if not uses_ipam_blocks(spec):
+        return
+    nodes = node_infos(store, spec)
     if spec.bgp == "bird":
-        from overlaynet.node import bgp_mesh
-
-        bgp_mesh.sync(manager, spec, nodes)
+        bgp_mesh.sync(store, runtime.bird, spec, nodes)
         return
     for node in nodes:
         key = f"routes/{node.name}"
-        previous = tuple(Route(**entry) for entry in json.loads(manager.store.get_meta(spec.name, key, "[]")))
+        previous = tuple(Route(**entry) for entry in json.loads(store.get_meta(spec.name, key, "[]")))
         desired = plan_routes(spec, node, nodes)
         stale = tuple(route for route in previous if route not in desired)
         if stale:
-            manager.runtime.remove(stale)
+            runtime.remove(stale)
         if desired != previous:
-            manager.runtime.apply(desired)
-            manager.store.set_meta(spec.name, key, json.dumps([asdict(route) for route in desired]))
+            runtime.apply(desired)
+            store.set_meta(spec.name, key, json.dumps([asdict(route) for route in desired]))

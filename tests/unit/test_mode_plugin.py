@@ -16,8 +16,8 @@ import pytest
 from overlaynet import names
 from overlaynet.api import model
 from overlaynet.api.manifests import parse_document
-from overlaynet.control import dryrun
-from overlaynet.control.manager import ClusterManager
+from overlaynet.control.offline import run_offline
+from overlaynet.control.pods import pod_capacity
 from overlaynet.datapath import modes, plan, topology
 from overlaynet.datapath.modes import Mode, PluginOptions, get_mode
 from overlaynet.errors import InvalidInput
@@ -158,12 +158,13 @@ def test_the_kubelet_renders_the_modes_conflist_entry():
 def test_capacity_and_render_addresses_come_from_the_node_pod_cidr():
     spec = model.build_spec(name="hgw", cni=HOSTGW, nodes=2, node_cidr_mask_size=29)
     node = {"spec": {"podCIDR": "10.244.0.0/29"}}
-    assert ClusterManager._pod_capacity(spec, node) == 5
+    assert pod_capacity(spec, node) == 5
     manifest = parse_document({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
                                "spec": {"replicas": 12, "selector": {"matchLabels": {"app": "web"}},
                                         "template": {"metadata": {"labels": {"app": "web"}},
                                                      "spec": {"containers": [{"name": "web"}]}}}}, "test")
-    nodes, pods = dryrun.simulate(spec, [manifest])
+    with run_offline(spec, [manifest]) as manager:
+        nodes, pods = manager.nodes(spec.name), manager.pods(spec.name)
     cidrs = {n["metadata"]["name"]: ipaddress.IPv4Network(n["spec"]["podCIDR"]) for n in nodes}
     running = [p for p in pods if p["status"]["phase"] == "Running"]
     assert len(running) == 10  # 5 per /29, the rest stay Pending
@@ -200,24 +201,24 @@ def main_conf(cni: str, plugin_type: str, **extra) -> dict:
 
 
 def test_the_skeleton_runs_the_mode_of_the_document_with_the_entrys_options():
-    from overlaynet.cni import plugins
+    from overlaynet.cni import main_config
 
     conf = main_conf(HOSTGW, "overlaynet-hostgw", mtu=1400, bridge="br-pods", hairpinMode=False)
-    cfg = plugins.parse_main_config("overlaynet-hostgw", conf)
+    cfg = main_config.parse_main_config("overlaynet-hostgw", conf)
     assert cfg.mode is hostgw.MODE and cfg.options == PluginOptions(mtu=1400, bridge="br-pods", hairpin=False)
-    assert plugins.parse_main_config("overlaynet-flannel", main_conf("vxlan", "overlaynet-flannel")).mode \
+    assert main_config.parse_main_config("overlaynet-flannel", main_conf("vxlan", "overlaynet-flannel")).mode \
         is get_mode("flannel")
 
 
 def test_the_skeleton_refuses_a_document_whose_mode_another_plugin_wires():
-    from overlaynet.cni import plugins, spec
+    from overlaynet.cni import main_config, spec
     from overlaynet.errors import CniError
 
     with pytest.raises(CniError) as error:
-        plugins.parse_main_config("overlaynet-flannel", main_conf(HOSTGW, "overlaynet-flannel"))
+        main_config.parse_main_config("overlaynet-flannel", main_conf(HOSTGW, "overlaynet-flannel"))
     assert error.value.code == spec.ERR_UNSUPPORTED_FIELD
     assert "overlaynet-flannel does not wire that mode (its plugin is overlaynet-hostgw)" in error.value.msg
     conf = main_conf(HOSTGW, "overlaynet-hostgw")
     del conf["overlaynet"]["node"]["podCIDR"]
     with pytest.raises(CniError, match="podCIDR is required by the host-gw mode"):
-        plugins.parse_main_config("overlaynet-hostgw", conf)
+        main_config.parse_main_config("overlaynet-hostgw", conf)

@@ -1,0 +1,173 @@
+"""The pods' lifecycle: scheduled, given a sandbox and a CNI ADD, served; and taken down again.
+
+For a batch of pod requests this module does what the scheduler and then each node's kubelet
+do: place every pod (``scheduler``, over the nodes' capacity), record its namespace and
+create it, run the node's CNI chain (``Runtime.cni_add``), start what the pod serves on the
+agent (with its probes), mark it Running; deleting runs the same steps backwards. A failure
+part-way removes what the batch built before the error travels on. It reaches side effects
+only through the ``Runtime`` it is given and never decides how many pods a Deployment wants
+(``deployments`` does).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+
+from overlaynet import names
+from overlaynet.api.manifests import parse_document, pod_probes, served_ports
+from overlaynet.api.model import ClusterSpec
+from overlaynet.control import scheduler
+from overlaynet.control.ownership import NETNS, agent_socket
+from overlaynet.control.records import (
+    PodRequest,
+    mark_running,
+    node_info,
+    pod_key,
+    pod_record,
+    sandbox_of,
+)
+from overlaynet.control.runtime import Runtime
+from overlaynet.control.store import Store
+from overlaynet.datapath.modes import get_mode
+from overlaynet.datapath.plan import Netns
+from overlaynet.errors import AgentError, KernelError, NotFoundError
+from overlaynet.kernel import netns
+from overlaynet.node import kubelet, routes
+
+__all__ = ["create_pods", "delete_pods", "pending_requests", "pod_capacity"]
+
+
+def pod_capacity(spec: ClusterSpec, node: dict) -> int:
+    """Pods a node can take: as many as the mode gives it, or the pool's addresses when a
+    conflist of the user's wires the pods."""
+    if spec.cni_config:
+        return spec.cluster_cidr.num_addresses
+    return get_mode(spec.cni).pod_capacity(spec, ipaddress.IPv4Network(node["spec"]["podCIDR"]))
+
+
+def _pod(store: Store, cluster: str, namespace: str, name: str) -> dict:
+    record = store.get(cluster, "Pod", name, namespace)
+    if record is None:
+        raise NotFoundError(f'pod "{name}" not found in namespace "{namespace}" of cluster "{cluster}"')
+    return record
+
+
+def create_pods(store: Store, runtime: Runtime, spec: ClusterSpec, requests: list[PodRequest]) -> None:
+    """Schedule, create each sandbox, run the node's CNI chain, start the test server.
+
+    A pod whose CNI ADD fails stays ContainerCreating with the plugin's message, its
+    sandbox removed (the runtime already sent DEL), as a kubelet leaves it.
+    """
+    if not requests:
+        return
+    cluster = spec.name
+    nodes = {n["metadata"]["name"]: n for n in store.list(cluster, "Node")}
+    placed = Counter(p["spec"]["nodeName"] for p in store.list(cluster, "Pod") if p["spec"].get("nodeName"))
+    sandboxes: list[tuple[kubelet.Sandbox, PodRequest]] = []
+    with store.transaction():
+        for request in requests:
+            candidates = [
+                scheduler.Candidate(
+                    name=name, labels=record["metadata"].get("labels", {}),
+                    ready=record["status"]["conditions"][0]["status"] == "True",
+                    free_ips=pod_capacity(spec, record) - placed[name], pods=placed[name],
+                )
+                for name, record in nodes.items()
+            ]
+            decision = scheduler.schedule(request.template.node_name, dict(request.template.node_selector), candidates)
+            if decision.node is None:
+                store.put(cluster, pod_record(cluster, request, None, "", decision))
+                continue
+            placed[decision.node] += 1
+            sandbox = kubelet.Sandbox(request.namespace, request.name, decision.node,
+                                      netns.path(names.pod_netns(cluster, request.namespace, request.name)),
+                                      kubelet.new_container_id())
+            store.put(cluster, pod_record(cluster, request, node_info(nodes[decision.node]),
+                                          sandbox.container_id, decision))
+            store.record(cluster, NETNS, names.pod_netns(cluster, request.namespace, request.name))
+            sandboxes.append((sandbox, request))
+    try:
+        runtime.apply(tuple(Netns(names.pod_netns(cluster, s.namespace, s.name)) for s, _ in sandboxes))
+        outcomes = runtime.cni_add(store.directory, cluster, [s for s, _ in sandboxes])
+    except BaseException:
+        delete_pods(store, runtime, spec, [_pod(store, cluster, s.namespace, s.name) for s, _ in sandboxes])
+        for request in requests:  # and the Pending ones this request wrote
+            store.delete(cluster, "Pod", request.name, request.namespace)
+        raise
+    failed = [(s, outcome) for s, outcome in outcomes.items() if not isinstance(outcome, dict)]
+    lingering = runtime.delete_namespaces(
+        [names.pod_netns(cluster, s.namespace, s.name) for s, _ in failed]) if failed else []
+    with store.transaction():
+        for sandbox, outcome in outcomes.items():
+            record = _pod(store, cluster, sandbox.namespace, sandbox.name)
+            if isinstance(outcome, dict):
+                ip = kubelet.pod_ip(outcome)
+                record["status"].update(podIP=ip, podIPs=[{"ip": ip}])
+            else:
+                record["status"]["message"] = f"FailedCreatePodSandBox: {outcome}"
+                netns_name = names.pod_netns(cluster, sandbox.namespace, sandbox.name)
+                if netns_name not in lingering:
+                    store.forget(cluster, NETNS, netns_name)
+            store.put(cluster, record)
+    started = [(s, r) for s, r in sandboxes if isinstance(outcomes[s], dict)]
+    try:
+        agent = runtime.agent(cluster, agent_socket(store, cluster))
+        for sandbox, request in started:
+            pod_netns = names.pod_netns(cluster, sandbox.namespace, sandbox.name)
+            probes = pod_probes(request.template.spec)
+            health = {"specs": [p.as_dict() for p in probes], "podIP": kubelet.pod_ip(outcomes[sandbox]),
+                      "nodeNetns": names.node_netns(cluster, sandbox.node), "podNetns": pod_netns} if probes else None
+            agent.serve(pod_key(sandbox.namespace, sandbox.name), pod_netns, sandbox.name,
+                        list(served_ports(request.template)), health)
+    except BaseException:
+        delete_pods(store, runtime, spec, [_pod(store, cluster, s.namespace, s.name) for s, _ in started])
+        raise
+    routes.sync_routes(store, runtime, spec)
+    with store.transaction():
+        for sandbox, _ in started:
+            record = _pod(store, cluster, sandbox.namespace, sandbox.name)
+            mark_running(record)
+            store.put(cluster, record)
+
+
+def delete_pods(store: Store, runtime: Runtime, spec: ClusterSpec, records: list[dict]) -> None:
+    """Stop the test server, CNI DEL, delete the sandbox, forget the pod."""
+    if not records:
+        return
+    cluster = spec.name
+    # Attached pods only: a pod whose ADD failed was given its DEL then, and has no sandbox.
+    bound = [r for r in records if r["status"].get("podIP")]
+    if bound:
+        try:
+            agent = runtime.agent(cluster, agent_socket(store, cluster))
+            for record in bound:
+                agent.unserve(pod_key(record["metadata"]["namespace"], record["metadata"]["name"]))
+        except AgentError:  # an agent that is gone holds no sockets
+            pass
+        runtime.cni_delete(store.directory, cluster, [sandbox_of(cluster, r) for r in bound])
+        lingering = runtime.delete_namespaces(
+            [names.pod_netns(cluster, r["metadata"]["namespace"], r["metadata"]["name"]) for r in bound])
+        if lingering:
+            raise KernelError(f'cluster "{cluster}": pod namespaces still present after delete: {", ".join(lingering)}')
+    with store.transaction():
+        for record in records:
+            meta = record["metadata"]
+            store.forget(cluster, NETNS, names.pod_netns(cluster, meta["namespace"], meta["name"]))
+            store.delete(cluster, "Pod", meta["name"], meta["namespace"])
+    routes.sync_routes(store, runtime, spec)
+
+
+def pending_requests(store: Store, cluster: str) -> list[PodRequest]:
+    """Take the Pending pods out of the store, as requests to schedule again (a node joined or
+    capacity was freed)."""
+    requests = []
+    for record in store.list(cluster, "Pod"):
+        if record["status"].get("podIP"):
+            continue
+        meta = record["metadata"]
+        manifest = parse_document({"kind": "Pod", "metadata": meta, "spec": record["spec"]}, "store")
+        owner = next((o["name"] for o in meta.get("ownerReferences", []) if o.get("kind") == "Deployment"), None)
+        requests.append(PodRequest(meta["namespace"], meta["name"], manifest.template, owner))
+        store.delete(cluster, "Pod", meta["name"], meta["namespace"])
+    return requests
