@@ -117,7 +117,7 @@ def lab_check(ctx, which, lang, output):
     passed = all(item.ok for item in items)
     if output == "json":
         click.echo(json.dumps({"lab": chosen.nn, "cluster": chosen.cluster, "passed": passed,
-                               "seconds": round(seconds, 3), "items": [i.as_dict(lang) for i in items]}, indent=2))
+                               "seconds": round(seconds, 3), "items": [i.as_dict(lang) for i in items]}, indent=2, ensure_ascii=False))
     else:
         click.echo(f"Lab {chosen.nn}: {chosen.title(lang)} ({_say(lang, 'cluster', 'clúster')} {chosen.cluster})")
         for item in items:
