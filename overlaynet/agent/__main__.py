@@ -1,14 +1,38 @@
 """``python -m overlaynet.agent --cluster NAME --socket PATH``: run the agent in the foreground.
 
 ``client.start_agent`` runs exactly this command line (detached, output to a log file), and
-``client.find_agent_pids`` finds the process again by it; keep the two in step.
+``client.find_agent_pids`` finds the process again by it; keep the two in step. This is the
+edge where the agent meets the control plane: probe results are reported to the cluster's
+``ClusterManager.pod_health`` over the store beside the socket, and nowhere else in
+``overlaynet.agent`` is the controller known.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+
+from overlaynet.agent.server import HealthReport, serve_forever
+
+
+def report_to_controller(cluster: str, state_dir: str) -> HealthReport:
+    """The callback that hands a probe result to the controller, over the store in ``state_dir``."""
+
+    def report(namespace: str, name: str, kind: str, ok: bool) -> None:
+        # Imported on the first report: the controller (yaml, the planners) would cost every
+        # agent start, and most agents serve pods without probes.
+        from overlaynet.control.manager import ClusterManager
+        from overlaynet.control.store import Store
+
+        manager = ClusterManager(Store(state_dir))
+        try:
+            manager.pod_health(cluster, namespace, name, kind, ok)
+        finally:
+            manager.store.close()
+
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,9 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s agent[%(process)d] %(levelname)s %(message)s",
     )
-    from overlaynet.agent.server import serve_forever
-
-    return serve_forever(args.cluster, args.socket)
+    return serve_forever(args.cluster, args.socket, report_to_controller(args.cluster, os.path.dirname(args.socket)))
 
 
 if __name__ == "__main__":

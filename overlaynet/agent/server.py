@@ -23,8 +23,9 @@ an ``OverlaynetError`` carries a message meant for users, anything else is logge
 traceback and answered as an internal error.
 
 What it never does: create or delete namespaces, addresses or routes, or decide what a pod
-serves (the kubelet does, through ``serve``). It keeps no state on disk: after a restart the
-kubelet serves its pods again.
+serves (the kubelet does, through ``serve``), or run the controller: what a pod's probes
+find goes to the ``HealthReport`` callback it was started with. It keeps no state on disk:
+after a restart the kubelet serves its pods again.
 """
 
 from __future__ import annotations
@@ -38,8 +39,11 @@ import resource
 import signal
 import socket
 import stat
+from collections.abc import Callable
 
 from overlaynet.agent import reachability, testserver
+from overlaynet.agent.prober import Prober
+from overlaynet.api.probes import ProbeSpec
 from overlaynet.errors import AgentError, OverlaynetError
 
 log = logging.getLogger("overlaynet.agent")
@@ -47,24 +51,16 @@ log = logging.getLogger("overlaynet.agent")
 CONTROL_LINE_LIMIT = 64 * 1024 * 1024  # a probe request for 30,000 probes is ~3 MB
 CNI_WORKERS = 16  # CNI operations at once (netlink and IPAM locks, not CPU, bound them)
 
-
-def _report_health(cluster: str, socket_path: str, key: str, kind: str, ok: bool) -> None:
-    """Tell the controller (through the store beside our socket) what a probe found."""
-    from overlaynet.control.manager import ClusterManager
-    from overlaynet.control.store import Store
-
-    _, namespace, name = key.split("/", 2)
-    manager = ClusterManager(Store(os.path.dirname(socket_path)))
-    try:
-        manager.pod_health(cluster, namespace, name, kind, ok)
-    finally:
-        manager.store.close()
+# What a pod's probe found, as (namespace, pod, "readiness" or "liveness", passed): told to
+# whoever started the agent (``__main__`` wires the controller in); called in a worker thread.
+HealthReport = Callable[[str, str, str, bool], None]
 
 
 class Agent:
-    def __init__(self, cluster: str, socket_path: str) -> None:
+    def __init__(self, cluster: str, socket_path: str, report_health: HealthReport) -> None:
         self.cluster = cluster
         self.socket_path = socket_path
+        self.report_health = report_health
         self.keys: dict[str, testserver.ServedKey] = {}
         self.probers: dict = {}  # key -> agent.prober.Prober, for pods with probes
         self._lock = asyncio.Lock()  # serve / unserve / set_serving change sockets one at a time
@@ -131,17 +127,14 @@ class Agent:
             await old.stop()
         if not health:
             return
-        from overlaynet.agent.prober import Prober
-        from overlaynet.api.probes import ProbeSpec
-
         specs = [ProbeSpec.from_dict(spec) for spec in health["specs"]]
 
         async def on_change(kind: str, ok: bool) -> None:
             if kind == "liveness" and not ok and key in self.keys:  # restart the "container"
                 await self.keys[key].set_serving(False)
                 await self.keys[key].set_serving(True)
-            await asyncio.get_running_loop().run_in_executor(None, _report_health, self.cluster,
-                                                             self.socket_path, key, kind, ok)
+            _, namespace, name = key.split("/", 2)
+            await asyncio.get_running_loop().run_in_executor(None, self.report_health, namespace, name, kind, ok)
 
         prober = Prober(key, specs, health["nodeNetns"], health["podNetns"], health["podIP"], on_change)
         self.probers[key] = prober
@@ -337,5 +330,5 @@ def _raise_fd_limit() -> None:
             pass
 
 
-def serve_forever(cluster: str, socket_path: str) -> int:
-    return asyncio.run(Agent(cluster, socket_path).run())
+def serve_forever(cluster: str, socket_path: str, report_health: HealthReport) -> int:
+    return asyncio.run(Agent(cluster, socket_path, report_health).run())

@@ -25,6 +25,7 @@ from overlaynet.control.records import (
     node_info,
     pod_key,
     pod_record,
+    pod_sandbox,
     sandbox_of,
 )
 from overlaynet.control.runtime import Runtime
@@ -32,7 +33,6 @@ from overlaynet.control.store import Store
 from overlaynet.datapath.modes import get_mode
 from overlaynet.datapath.plan import Netns
 from overlaynet.errors import AgentError, KernelError, NotFoundError
-from overlaynet.kernel import netns
 from overlaynet.node import kubelet, routes
 
 __all__ = ["create_pods", "delete_pods", "pending_requests", "pod_capacity"]
@@ -80,13 +80,11 @@ def create_pods(store: Store, runtime: Runtime, spec: ClusterSpec, requests: lis
                 store.put(cluster, pod_record(cluster, request, None, "", decision))
                 continue
             placed[decision.node] += 1
-            sandbox = kubelet.Sandbox(request.namespace, request.name, decision.node,
-                                      netns.path(names.pod_netns(cluster, request.namespace, request.name)),
-                                      kubelet.new_container_id())
+            attachment = pod_sandbox(cluster, request.namespace, request.name, decision.node, kubelet.new_container_id())
             store.put(cluster, pod_record(cluster, request, node_info(nodes[decision.node]),
-                                          sandbox.container_id, decision))
+                                          attachment.container_id, decision))
             store.record(cluster, NETNS, names.pod_netns(cluster, request.namespace, request.name))
-            sandboxes.append((sandbox, request))
+            sandboxes.append((attachment, request))
     try:
         runtime.apply(tuple(Netns(names.pod_netns(cluster, s.namespace, s.name)) for s, _ in sandboxes))
         outcomes = runtime.cni_add(store.directory, cluster, [s for s, _ in sandboxes])

@@ -23,7 +23,8 @@ from overlaynet.node.kubelet import Sandbox
 
 __all__ = [
     "CONTAINER_ANNOTATION", "NETNS_ANNOTATION", "PodRequest", "is_ready", "mark_running", "node_info",
-    "node_key", "node_ready", "node_record", "now", "pod_key", "pod_record", "sandbox_of", "set_ready",
+    "node_key", "node_ready", "node_record", "now", "pod_key", "pod_record", "pod_sandbox", "sandbox_of",
+    "set_ready",
 ]
 
 NETNS_ANNOTATION = "overlaynet.dev/netns"
@@ -86,11 +87,15 @@ def node_ready(record: dict) -> None:
                                        "message": "overlaynet node is ready", "lastTransitionTime": now()}]
 
 
+def pod_sandbox(cluster: str, namespace: str, name: str, node: str, container_id: str) -> Sandbox:
+    """A pod's CNI attachment: its namespace's path on ``node``, under ``container_id``."""
+    return Sandbox(namespace, name, node, netns.path(names.pod_netns(cluster, namespace, name)), container_id)
+
+
 def sandbox_of(cluster: str, record: dict) -> Sandbox:
     """The CNI attachment of a scheduled pod, as recorded when its sandbox was made."""
     meta = record["metadata"]
-    return Sandbox(meta["namespace"], meta["name"], record["spec"]["nodeName"],
-                   netns.path(names.pod_netns(cluster, meta["namespace"], meta["name"])),
+    return pod_sandbox(cluster, meta["namespace"], meta["name"], record["spec"]["nodeName"],
                    meta["annotations"][CONTAINER_ANNOTATION])
 
 

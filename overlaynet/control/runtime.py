@@ -22,10 +22,11 @@ from overlaynet.errors import OverlaynetError
 from overlaynet.kernel import apply as kernel_apply
 from overlaynet.kernel import bird as kernel_bird
 from overlaynet.kernel import host, iptables, netns, observe
+from overlaynet.kernel.bird import MeshReport
 from overlaynet.node import kubelet
 from overlaynet.proxy.render import Jump
 
-__all__ = ["Agent", "Bird", "HostBird", "HostIptables", "HostRuntime", "Iptables", "Runtime"]
+__all__ = ["Agent", "Bird", "HostBird", "HostIptables", "HostRuntime", "Iptables", "MeshReport", "Runtime"]
 
 
 class Agent(Protocol):
@@ -69,7 +70,7 @@ class Bird(Protocol):
 
     def sessions(self, ctl_path: str) -> list[dict]: ...
 
-    def wait_established(self, ctl_paths: Mapping[str, str], timeout: float) -> kernel_bird.MeshReport: ...
+    def wait_established(self, ctl_paths: Mapping[str, str], timeout: float) -> MeshReport: ...
 
 
 class Runtime(Protocol):
@@ -152,7 +153,7 @@ class HostBird:
     def sessions(self, ctl_path: str) -> list[dict]:
         return kernel_bird.sessions(ctl_path)
 
-    def wait_established(self, ctl_paths: Mapping[str, str], timeout: float) -> kernel_bird.MeshReport:
+    def wait_established(self, ctl_paths: Mapping[str, str], timeout: float) -> MeshReport:
         return kernel_bird.wait_established(ctl_paths, timeout)
 
 

@@ -17,10 +17,9 @@ import time
 from overlaynet import names
 from overlaynet.api.model import DEFAULT_BGP_AS, ClusterSpec
 from overlaynet.control.ownership import BIRD, PATH
-from overlaynet.control.runtime import Bird
+from overlaynet.control.runtime import Bird, MeshReport
 from overlaynet.control.store import Store
 from overlaynet.datapath.topology import NodeInfo
-from overlaynet.kernel.bird import MeshReport
 from overlaynet.node import bird_config
 
 ROUTE_WAIT = 15.0  # seconds to wait for BGP to carry a change to every node
