@@ -19,7 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from overlaynet.cni import plugins, spec
+from overlaynet.cni import ipam_plugin, plugins, spec
+from overlaynet.cni.invocation import PluginOutput
 from overlaynet.errors import CapacityError, CniError
 from overlaynet.ipam import hostlocal
 
@@ -302,7 +303,7 @@ def test_unwritable_data_dir_is_an_io_error(tmp_path):
 # -- the overlaynet-ipam plugin, in-process ------------------------------------------------
 
 
-def run_ipam(conf: dict, command="ADD", cid="ctr1", **extra_env) -> plugins.Outcome:
+def run_ipam(conf: dict, command="ADD", cid="ctr1", **extra_env) -> PluginOutput:
     environ = {"CNI_COMMAND": command, "CNI_CONTAINERID": cid, "CNI_NETNS": "/run/netns/x", "CNI_IFNAME": "eth0",
                "CNI_PATH": "/x", **extra_env}
     return plugins.run("overlaynet-ipam", environ, json.dumps(conf).encode())
@@ -372,32 +373,32 @@ class FakeBlockIPAM:
 def test_blocks_add_del_check_with_a_fake():
     fake = FakeBlockIPAM()
     conf = request(mode="blocks")
-    result = plugins.blocks_command("ADD", conf, env("ADD", "c1"), fake, "node-1")
+    result = ipam_plugin.blocks_command("ADD", conf, env("ADD", "c1"), fake, "node-1")
     assert addresses(result) == ["10.250.0.0/32"] and result.ips[0].gateway is None
     assert fake.lookup("c1.eth0") == ipaddress.ip_address("10.250.0.0")
-    plugins.blocks_command("CHECK", {**conf, "prevResult": result.to_dict("1.0.0")}, env("CHECK", "c1"), fake, "node-1")
+    ipam_plugin.blocks_command("CHECK", {**conf, "prevResult": result.to_dict("1.0.0")}, env("CHECK", "c1"), fake, "node-1")
     with pytest.raises(CniError) as info:
-        plugins.blocks_command("CHECK", conf, env("CHECK", "c2"), fake, "node-1")
+        ipam_plugin.blocks_command("CHECK", conf, env("CHECK", "c2"), fake, "node-1")
     assert "c2.eth0" in info.value.msg
-    plugins.blocks_command("DEL", conf, env("DEL", "c1"), fake, "node-1")
-    plugins.blocks_command("DEL", conf, env("DEL", "c1"), fake, "node-1")
+    ipam_plugin.blocks_command("DEL", conf, env("DEL", "c1"), fake, "node-1")
+    ipam_plugin.blocks_command("DEL", conf, env("DEL", "c1"), fake, "node-1")
     assert fake.allocations == {}
 
 
 def test_blocks_exhausted_pool_status_and_gc_with_a_fake():
     fake = FakeBlockIPAM("10.250.0.0/31")
     conf = request(mode="blocks", version="1.1.0")
-    plugins.blocks_command("ADD", conf, env("ADD", "mine"), fake, "node-1")
-    plugins.blocks_command("STATUS", conf, env("STATUS"), fake, "node-1")
-    plugins.blocks_command("ADD", conf, env("ADD", "theirs"), fake, "node-2")
+    ipam_plugin.blocks_command("ADD", conf, env("ADD", "mine"), fake, "node-1")
+    ipam_plugin.blocks_command("STATUS", conf, env("STATUS"), fake, "node-1")
+    ipam_plugin.blocks_command("ADD", conf, env("ADD", "theirs"), fake, "node-2")
     with pytest.raises(CniError) as info:
-        plugins.blocks_command("ADD", conf, env("ADD", "more"), fake, "node-1")
+        ipam_plugin.blocks_command("ADD", conf, env("ADD", "more"), fake, "node-1")
     assert "10.250.0.0/31" in info.value.msg
     with pytest.raises(CniError) as info:
-        plugins.blocks_command("STATUS", conf, env("STATUS"), fake, "node-1")
+        ipam_plugin.blocks_command("STATUS", conf, env("STATUS"), fake, "node-1")
     assert info.value.code == 50
     # GC on node-1 with nothing valid frees node-1's handle only: node-2's pods are not its business
-    plugins.blocks_command("GC", {**conf, "cni.dev/valid-attachments": []}, env("GC"), fake, "node-1")
+    ipam_plugin.blocks_command("GC", {**conf, "cni.dev/valid-attachments": []}, env("GC"), fake, "node-1")
     assert set(fake.allocations) == {"theirs.eth0"}
 
 

@@ -1,0 +1,134 @@
+"""``overlaynet-ipam``: the IPAM plugin, in one of two modes.
+
+- ``"mode": "host-local"`` (the default): the reference host-local plugin's semantics
+  (``overlaynet.ipam.hostlocal``: ranges of the configuration, state in ``dataDir``);
+- ``"mode": "blocks"``: Calico-like blocks (``overlaynet.ipam.blocks.BlockIPAM``, state in
+  the cluster store), one handle ``<containerID>.<ifname>`` per attachment.
+
+What it never does: touch the kernel, or parse the CNI envelope (``invocation.answer`` hands
+it the parsed configuration).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from overlaynet.cni import spec
+from overlaynet.cni.invocation import Invocation
+from overlaynet.cni.spec import CniEnv, IPConfig, Result
+from overlaynet.datapath.modes import IPAM_BLOCKS, IPAM_HOST_LOCAL
+from overlaynet.errors import CniError, OverlaynetError
+from overlaynet.ipam import hostlocal
+
+DEFAULT_BLOCK_SIZE = 26  # Calico's default IPv4 block (calico.md §2)
+
+
+def command(inv: Invocation, conf: dict) -> Result | None:
+    """One command of ``overlaynet-ipam``: the ``ipam`` object's ``mode`` picks the allocator."""
+    ipam = conf.get("ipam")
+    if not isinstance(ipam, dict):
+        raise CniError(spec.ERR_INVALID_CONFIG, f'network "{conf["name"]}": ipam must be an object')
+    mode = ipam.get("mode", IPAM_HOST_LOCAL)
+    cni_command = inv.env.command
+    if mode == IPAM_HOST_LOCAL:
+        if cni_command == "ADD":
+            return hostlocal.cmd_add(conf, inv.env)
+        if cni_command == "DEL":
+            hostlocal.cmd_del(conf, inv.env)
+        elif cni_command == "CHECK":
+            hostlocal.cmd_check(conf, inv.env)
+        elif cni_command == "GC":
+            hostlocal.cmd_gc(conf, inv.env)
+        elif cni_command == "STATUS":
+            hostlocal.cmd_status(conf, inv.env)
+        return None
+    if mode == IPAM_BLOCKS:
+        ipam_obj, node, close = open_block_ipam(conf)
+        try:
+            return blocks_command(cni_command, conf, inv.env, ipam_obj, node)
+        finally:
+            close()
+    raise CniError(spec.ERR_UNSUPPORTED_FIELD, f'ipam.mode "{mode}" is not supported', "host-local or blocks")
+
+
+def open_block_ipam(conf: Mapping) -> tuple[Any, str, Callable[[], None]]:
+    """``BlockIPAM`` for the request: ``ipam.{cluster,pool,blockSize,node,stateDir}``; all but
+    ``stateDir`` default to the ``overlaynet`` object's cluster document and node, ``stateDir``
+    to the store's (``$OVERLAYNET_STATE_DIR``)."""
+    ipam = conf["ipam"]
+    top = conf.get("overlaynet") if isinstance(conf.get("overlaynet"), dict) else {}
+    cluster_doc = top.get("cluster") if isinstance(top.get("cluster"), dict) else {}
+    node_doc = top.get("node") if isinstance(top.get("node"), dict) else {}
+    cluster = ipam.get("cluster") or (cluster_doc.get("metadata") or {}).get("name")
+    pool = ipam.get("pool") or (cluster_doc.get("spec") or {}).get("clusterCIDR")
+    node = ipam.get("node") or node_doc.get("name")
+    missing = [k for k, v in (("cluster", cluster), ("pool", pool), ("node", node)) if not v]
+    if missing:
+        raise CniError(spec.ERR_INVALID_CONFIG,
+                       f'network "{conf["name"]}": ipam (blocks) needs {", ".join(missing)}',
+                       "set them in ipam, or give the overlaynet object (cluster document and node)")
+    block_size = ipam.get("blockSize") or (cluster_doc.get("spec") or {}).get("blockSize") or DEFAULT_BLOCK_SIZE
+    try:
+        pool_net = ipaddress.IPv4Network(str(pool))
+    except ValueError:
+        raise CniError(spec.ERR_INVALID_CONFIG, f"ipam.pool {pool!r} is not an IPv4 CIDR") from None
+    try:
+        from overlaynet.ipam import blocks
+    except ImportError as exc:
+        raise CniError(spec.ERR_PLUGIN, "ipam mode blocks is not available: overlaynet.ipam.blocks cannot be imported",
+                       str(exc)) from None
+    from overlaynet.control.store import Store, state_dir
+
+    try:
+        store = Store(ipam.get("stateDir") or state_dir())
+    except Exception as exc:  # sqlite3 or OS errors: the state is unusable
+        raise CniError(spec.ERR_IO, f"ipam (blocks): cannot open the store: {exc}") from exc
+    try:
+        ipam_obj = blocks.BlockIPAM(store, str(cluster), pool_net, block_size)
+    except OverlaynetError as exc:
+        store.close()
+        raise CniError(spec.ERR_INVALID_CONFIG, f"ipam (blocks): {exc}") from None
+    return ipam_obj, str(node), store.close
+
+
+def blocks_command(command: str, conf: Mapping, env: CniEnv, ipam: Any, node: str) -> Result | None:
+    """One command against a ``BlockIPAM``-like object (handle = ``<containerID>.<ifname>``)."""
+    if command == "ADD":
+        handle = f"{env.container_id}.{env.ifname}"
+        try:
+            ip = ipam.allocate(node, handle)
+        except OverlaynetError as exc:
+            raise CniError(spec.ERR_PLUGIN, str(exc)) from None
+        return Result(ips=[IPConfig(address=f"{ip}/32")])
+    if command == "DEL":
+        ipam.release(f"{env.container_id}.{env.ifname}")
+    elif command == "CHECK":
+        handle = f"{env.container_id}.{env.ifname}"
+        ip = ipam.lookup(handle)
+        if ip is None:
+            raise CniError(spec.ERR_PLUGIN, f"ipam (blocks): no address is allocated to handle {handle}")
+        prev = conf.get("prevResult")
+        if isinstance(prev, dict):
+            listed = {ipaddress.ip_interface(i.address).ip for i in Result.from_dict(prev, "prevResult").ips}
+            if listed and ip not in listed:
+                shown = ", ".join(map(str, sorted(listed)))
+                raise CniError(spec.ERR_PLUGIN, f"ipam (blocks): handle {handle} holds {ip}, prevResult lists {shown}")
+    elif command == "GC":
+        valid = {f"{cid}.{ifname}" for cid, ifname in spec.valid_attachments(conf)}
+        errors = []
+        for handle in sorted(ipam.handles(node)):  # this node's allocations only: GC is per node
+            if handle not in valid:
+                try:
+                    ipam.release(handle)
+                except OverlaynetError as exc:
+                    errors.append(f"{handle}: {exc}")
+        if errors:
+            raise CniError(spec.ERR_PLUGIN, "ipam (blocks): GC could not release every handle", "; ".join(errors))
+    elif command == "STATUS":
+        used = len(ipam.handles())
+        if used >= ipam.pool.num_addresses:
+            raise CniError(spec.ERR_NOT_AVAILABLE, f"IP pool {ipam.pool} has no free address",
+                           f"all {ipam.pool.num_addresses} addresses are allocated")
+    return None
