@@ -643,3 +643,11 @@ cli.add_command(doctor)
 from overlaynet.cli.lab import lab  # noqa: E402 - registered last, beside the core commands
 
 cli.add_command(lab)
+
+from overlaynet.cli.tools_doctor_graph_capture import graph  # noqa: E402
+
+cli.add_command(graph)
+
+from overlaynet.cli.tools_doctor_graph_capture import capture  # noqa: E402
+
+cli.add_command(capture)
