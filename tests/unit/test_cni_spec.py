@@ -506,6 +506,17 @@ def test_without_a_usable_agent_the_plugin_runs_standalone(tmp_path, agent_kind)
         assert agent.requests and agent.requests[0]["op"] == "cni"
 
 
+def test_a_standalone_ipam_plugin_does_not_import_the_main_plugins_code(tmp_path):
+    conf = {"cniVersion": "1.0.0", "name": "lean", "type": "overlaynet-ipam",
+            "ipam": {"type": "overlaynet-ipam", "ranges": [[{"subnet": "10.99.0.0/30"}]], "dataDir": str(tmp_path)}}
+    proc = run_plugin("overlaynet-ipam", ADD_ENV, conf, importtime=True)
+    assert proc.returncode == 0, proc.stdout
+    loaded = imported(proc.stderr)
+    assert "overlaynet.cni.ipam_plugin" in loaded
+    main_code = ("pyroute2", "overlaynet.api.model", "overlaynet.kernel", "overlaynet.cni.main_plugin")
+    assert not [m for m in loaded if m.startswith(main_code)], sorted(m for m in loaded if m.startswith(main_code))
+
+
 def test_version_is_answered_without_the_plugin_code():
     proc = run_plugin("overlaynet-calico", {"CNI_COMMAND": "VERSION"}, {"cniVersion": "0.4.0"}, importtime=True)
     assert json.loads(proc.stdout) == {"cniVersion": "0.4.0", "supportedVersions": ["0.4.0", "1.0.0", "1.1.0"]}
