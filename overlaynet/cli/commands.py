@@ -651,3 +651,8 @@ cli.add_command(graph)
 from overlaynet.cli.tools_doctor_graph_capture import capture  # noqa: E402
 
 cli.add_command(capture)
+
+from overlaynet.cli.trace_fault import fault, trace  # noqa: E402
+
+cli.add_command(trace)
+cli.add_command(fault)
