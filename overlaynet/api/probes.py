@@ -55,31 +55,33 @@ def parse_probe(where: str, kind: str, probe: object, ports: dict[str, int]) -> 
             if port not in ports:
                 raise InvalidInput(f'{where}.{path}.port "{port}" names no containerPort of this container')
             return ports[port]
-        if isinstance(port, bool) or not str(port).isdigit() or not 1 <= int(port) <= 65535:
+        if isinstance(port, bool) or not str(port).isdigit() or not 1 <= int(str(port)) <= 65535:
             raise InvalidInput(f"{where}.{path}.port {port!r} is out of range 1-65535")
-        return int(port)
+        return int(str(port))
 
-    timing = {
-        "initial_delay": _number(where, probe, "initialDelaySeconds", 0, 0),
-        "period": _number(where, probe, "periodSeconds", 10, 1),
-        "timeout": _number(where, probe, "timeoutSeconds", 1, 1),
-        "success_threshold": int(_number(where, probe, "successThreshold", 1, 1)),
-        "failure_threshold": int(_number(where, probe, "failureThreshold", 3, 1)),
-    }
-    if kind == "liveness" and timing["success_threshold"] != 1:
+    initial_delay = _number(where, probe, "initialDelaySeconds", 0, 0)
+    period = _number(where, probe, "periodSeconds", 10, 1)
+    timeout = _number(where, probe, "timeoutSeconds", 1, 1)
+    success_threshold = int(_number(where, probe, "successThreshold", 1, 1))
+    failure_threshold = int(_number(where, probe, "failureThreshold", 3, 1))
+    if kind == "liveness" and success_threshold != 1:
         raise InvalidInput(f"{where}.successThreshold must be 1 for a liveness probe")
+
+    def probe_spec(action: str, port: int = 0, path: str = "/", command: tuple[str, ...] = ()) -> ProbeSpec:
+        return ProbeSpec(kind, action, port, path, command, initial_delay, period, timeout, success_threshold,
+                         failure_threshold)
+
     if isinstance(probe.get("httpGet"), dict):
         action = probe["httpGet"]
         path = str(action.get("path", "/"))
-        return ProbeSpec(kind, "http", port_of(action, "httpGet"), path if path.startswith("/") else "/" + path,
-                         **timing)
+        return probe_spec("http", port_of(action, "httpGet"), path if path.startswith("/") else "/" + path)
     if isinstance(probe.get("tcpSocket"), dict):
-        return ProbeSpec(kind, "tcp", port_of(probe["tcpSocket"], "tcpSocket"), **timing)
+        return probe_spec("tcp", port_of(probe["tcpSocket"], "tcpSocket"))
     if isinstance(probe.get("exec"), dict):
         command = probe["exec"].get("command")
         if not isinstance(command, list) or not command or not all(isinstance(c, str) for c in command):
             raise InvalidInput(f"{where}.exec.command must be a non-empty list of strings")
-        return ProbeSpec(kind, "exec", command=tuple(command), **timing)
+        return probe_spec("exec", command=tuple(command))
     raise InvalidInput(f"{where} needs one of httpGet, tcpSocket or exec (grpc is not supported)")
 
 

@@ -471,6 +471,7 @@ def parse_endpointslice_document(document: dict, source: str, namespace: str | N
         raise where.error(f'apiVersion "{api_version}" is not supported for EndpointSlice '
                           "(supported: discovery.k8s.io/v1)")
     slice_namespace, slice_name = _metadata(document, where, namespace, dns1035=False)
+    assert isinstance(metadata, dict)  # _metadata refuses a document without one
     labels = metadata.get("labels") or {}
     if not isinstance(labels, dict):
         raise where.error("metadata.labels must be a mapping of strings")

@@ -35,31 +35,17 @@ SUPPORTED_VERSIONS = ("0.4.0", "1.0.0", "1.1.0")
 LATEST_VERSION = "1.1.0"
 
 # Error codes (cni.md §2).
-ERR_INCOMPATIBLE_VERSION = 1
-ERR_UNSUPPORTED_FIELD = 2
-ERR_UNKNOWN_CONTAINER = 3
-ERR_INVALID_ENV = 4
-ERR_IO = 5
-ERR_DECODE = 6
-ERR_INVALID_CONFIG = 7
-ERR_TRY_AGAIN = 11
-ERR_NOT_AVAILABLE = 50
-ERR_LIMITED = 51
-ERR_PLUGIN = 999
-
-ERROR_CODES = {
-    ERR_INCOMPATIBLE_VERSION: "incompatible CNI version",
-    ERR_UNSUPPORTED_FIELD: "unsupported field in network configuration",
-    ERR_UNKNOWN_CONTAINER: "container unknown or does not exist",
-    ERR_INVALID_ENV: "invalid or missing environment variables",
-    ERR_IO: "I/O failure",
-    ERR_DECODE: "failed to decode content",
-    ERR_INVALID_CONFIG: "invalid network configuration",
-    ERR_TRY_AGAIN: "try again later",
-    ERR_NOT_AVAILABLE: "plugin not available",
-    ERR_LIMITED: "plugin not available, existing containers may have limited connectivity",
-    ERR_PLUGIN: "plugin-specific error",
-}
+ERR_INCOMPATIBLE_VERSION = 1  # incompatible CNI version
+ERR_UNSUPPORTED_FIELD = 2  # unsupported field in network configuration
+ERR_UNKNOWN_CONTAINER = 3  # container unknown or does not exist
+ERR_INVALID_ENV = 4  # invalid or missing environment variables
+ERR_IO = 5  # I/O failure
+ERR_DECODE = 6  # failed to decode content
+ERR_INVALID_CONFIG = 7  # invalid network configuration
+ERR_TRY_AGAIN = 11  # try again later
+ERR_NOT_AVAILABLE = 50  # plugin not available
+ERR_LIMITED = 51  # plugin not available, existing containers may have limited connectivity
+ERR_PLUGIN = 999  # plugin-specific error
 
 # The code an overlaynet error becomes when it ends a CNI operation: the nearest class in
 # its MRO listed here, else ERR_PLUGIN. Not mapped on purpose: NotFoundError (code 3 would tell
@@ -246,6 +232,14 @@ class CniEnv(Record):
     _defaults = {"container_id": "", "netns": "", "ifname": "", "args": Factory(dict), "path": (),
                  "environ": Factory(dict)}
 
+    command: str
+    container_id: str
+    netns: str
+    ifname: str
+    args: dict[str, str]
+    path: tuple[str, ...]
+    environ: dict[str, str]
+
     @property
     def pod_namespace(self) -> str:
         return self.args.get("K8S_POD_NAMESPACE", "")
@@ -361,6 +355,13 @@ class NetworkConfigList(Record):
     __slots__ = ("name", "cni_version", "plugins", "disable_check", "disable_gc", "raw")
     _defaults = {"disable_check": False, "disable_gc": False, "raw": Factory(dict)}
 
+    name: str
+    cni_version: str
+    plugins: list[dict]
+    disable_check: bool
+    disable_gc: bool
+    raw: dict
+
 
 def _bool(doc: Mapping, key: str, where: str) -> bool:
     value = doc.get(key, False)
@@ -436,6 +437,13 @@ class Interface(Record):
     __slots__ = ("name", "mac", "mtu", "sandbox", "socket_path", "pci_id")
     _defaults = {"mac": None, "mtu": None, "sandbox": None, "socket_path": None, "pci_id": None}
 
+    name: str
+    mac: str | None
+    mtu: int | None
+    sandbox: str | None
+    socket_path: str | None
+    pci_id: str | None
+
     def to_dict(self, version: tuple[int, int, int]) -> dict:
         out: dict = {"name": self.name}
         if self.mac:
@@ -459,6 +467,10 @@ class IPConfig(Record):
     __slots__ = ("address", "gateway", "interface")
     _defaults = {"gateway": None, "interface": None}
 
+    address: str
+    gateway: str | None
+    interface: int | None
+
     def to_dict(self, version: tuple[int, int, int]) -> dict:
         out: dict = {}
         if version < (1, 0, 0):
@@ -481,6 +493,14 @@ class RouteEntry(Record):
     __slots__ = ("dst", "gw", "mtu", "advmss", "priority", "table", "scope")
     _defaults = {"gw": None, "mtu": None, "advmss": None, "priority": None, "table": None, "scope": None}
 
+    dst: str
+    gw: str | None
+    mtu: int | None
+    advmss: int | None
+    priority: int | None
+    table: int | None
+    scope: int | None
+
     def to_dict(self, version: tuple[int, int, int]) -> dict:
         out: dict = {"dst": self.dst}
         if self.gw:
@@ -496,6 +516,11 @@ class RouteEntry(Record):
 class DNS(Record):
     __slots__ = ("nameservers", "domain", "search", "options")
     _defaults = {"nameservers": Factory(list), "domain": None, "search": Factory(list), "options": Factory(list)}
+
+    nameservers: list[str]
+    domain: str | None
+    search: list[str]
+    options: list[str]
 
     def to_dict(self) -> dict:
         out: dict = {}
@@ -516,6 +541,11 @@ class Result(Record):
 
     __slots__ = ("interfaces", "ips", "routes", "dns")
     _defaults = {"interfaces": Factory(list), "ips": Factory(list), "routes": Factory(list), "dns": Factory(DNS)}
+
+    interfaces: list[Interface]
+    ips: list[IPConfig]
+    routes: list[RouteEntry]
+    dns: DNS
 
     def to_dict(self, version: str) -> dict:
         """The result as a plugin prints it for ``version`` (key order as the Go types)."""

@@ -55,9 +55,14 @@ class Range(Record):
 
     __slots__ = ("subnet", "start", "end", "gateway")
 
+    subnet: IPNetwork
+    start: IPAddress
+    end: IPAddress
+    gateway: IPAddress | None
+
     def __contains__(self, ip: object) -> bool:
         return (isinstance(ip, (ipaddress.IPv4Address, ipaddress.IPv6Address)) and ip.version == self.subnet.version
-                and self.start <= ip <= self.end)
+                and int(self.start) <= int(ip) <= int(self.end))
 
     @property
     def capacity(self) -> int:
@@ -72,6 +77,8 @@ class RangeSet(Record):
     """One address per attachment comes from each range set: ``ranges``, walked in order."""
 
     __slots__ = ("ranges",)
+
+    ranges: tuple[Range, ...]
 
     def __contains__(self, ip: object) -> bool:
         return any(ip in r for r in self.ranges)
@@ -92,6 +99,12 @@ class IpamConfig(Record):
 
     __slots__ = ("network", "range_sets", "routes", "data_dir", "resolv_conf")
     _defaults = {"routes": (), "data_dir": DEFAULT_DATA_DIR, "resolv_conf": None}
+
+    network: str
+    range_sets: tuple[RangeSet, ...]
+    routes: tuple[RouteEntry, ...]
+    data_dir: str
+    resolv_conf: str | None
 
 
 def _invalid(network: str, message: str) -> CniError:
@@ -128,9 +141,9 @@ def parse_range(network: str, where: str, doc: object) -> Range:
     start = _address(network, f"{where}.rangeStart", doc["rangeStart"]) if doc.get("rangeStart") else first
     end = _address(network, f"{where}.rangeEnd", doc["rangeEnd"]) if doc.get("rangeEnd") else last
     for key, ip in (("rangeStart", start), ("rangeEnd", end)):
-        if ip.version != subnet.version or not first <= ip <= last:
+        if ip.version != subnet.version or not int(first) <= int(ip) <= int(last):
             raise _invalid(network, f"{where}.{key} {ip} is not a usable address of subnet {subnet}")
-    if start > end:
+    if int(start) > int(end):  # the same version: checked above
         raise _invalid(network, f"{where}: rangeStart {start} is after rangeEnd {end}")
     gateway: IPAddress | None = first
     if doc.get("gateway"):
@@ -178,7 +191,7 @@ def parse_config(conf: Mapping) -> IpamConfig:
         for a in range(len(ranges)):
             for b in range(a + 1, len(ranges)):
                 ra, rb = ranges[a], ranges[b]
-                if ra.start <= rb.end and rb.start <= ra.end:
+                if int(ra.start) <= int(rb.end) and int(rb.start) <= int(ra.end):
                     raise _invalid(network, f"ranges[{i}]: range {ra} overlaps range {rb}")
         sets.append(RangeSet(ranges))
     for a in range(len(sets)):
@@ -352,7 +365,7 @@ def _candidates(rset: RangeSet, last: IPAddress | None) -> Iterator[tuple[Range,
     if last is not None:
         for index, r in enumerate(ranges):
             if last in r:
-                if last < r.end:
+                if int(last) < int(r.end):
                     first_range, first_ip = index, int(last) + 1
                 else:
                     first_range = (index + 1) % len(ranges)

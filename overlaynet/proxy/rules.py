@@ -58,6 +58,13 @@ class Match:
     def get(self, name: str) -> Option | None:
         return next((o for o in self.options if o.name == name), None)
 
+    def require(self, name: str, rule: Rule) -> Option:
+        """The option ``name``, which this match of ``rule`` cannot go without."""
+        option = self.get(name)
+        if option is None:
+            raise RuleError(f"match {self.name} without {name}: {rule.text!r}")
+        return option
+
 
 @dataclass(frozen=True)
 class Rule:
@@ -233,7 +240,7 @@ def _canonical_target(rule: Rule) -> tuple:
     target = rule.target
     options = [(o.name, o.values, o.negated) for o in rule.target_options]
     if target == "MARK":
-        converted = []
+        converted: list[tuple[str, tuple[str, ...], bool]] = []
         for name, values, negated in options:
             if name == "--or-mark":
                 converted.append(("--set-xmark", (f"{_hex(values[0])}/{_hex(values[0])}",), negated))

@@ -200,7 +200,7 @@ class Tracer:
 
     def _hook(self, table: str, chain: str, p: float, st: _State) -> list[_Branch]:
         """A built-in chain: falling off the end (or RETURN) is its policy, ACCEPT."""
-        results = []
+        results: list[_Branch] = []
         for bp, bst, verdict in self._chain(table, chain, p, st, 0):
             results.append((bp, bst, verdict if verdict not in (None, "RETURN") else "ACCEPT"))
         return results
@@ -257,11 +257,11 @@ class Tracer:
                     raise RuleError(f"MARK {option.name} is not understood: {rule.text!r}")
             return [(p, replace(st, mark=mark), None)]
         if target == "DNAT":
-            option = next((o for o in rule.target_options if o.name == "--to-destination"), None)
-            if option is None:
+            destination = next((o for o in rule.target_options if o.name == "--to-destination"), None)
+            if destination is None:
                 raise RuleError(f"DNAT without --to-destination: {rule.text!r}")
-            ip, _, port = option.values[0].rpartition(":")
-            return [(p, replace(st, dnat=option.values[0], dst=ip, dport=int(port)), "DNAT")]
+            ip, _, port = destination.values[0].rpartition(":")
+            return [(p, replace(st, dnat=destination.values[0], dst=ip, dport=int(port)), "DNAT")]
         if target == "MASQUERADE":
             return [(p, replace(st, masquerade=True), "MASQUERADE")]
         if target in STANDARD_TARGETS:
@@ -306,11 +306,11 @@ class Tracer:
                     if self._is_local(address) == option.negated:
                         return [(1.0, False, st)]
             elif name == "mark":
-                option = match.get("--mark")
-                value, _, mask = option.values[0].partition("/")
+                mark = match.require("--mark", rule)
+                value, _, mask = mark.values[0].partition("/")
                 mask_value = int(mask, 0) if mask else 0xFFFFFFFF
                 hit = (st.mark & mask_value) == int(value, 0)
-                if hit == option.negated:
+                if hit == mark.negated:
                     return [(1.0, False, st)]
             elif name == "conntrack":
                 for option in match.options:
@@ -324,9 +324,9 @@ class Tracer:
                 mode = match.get("--mode")
                 if mode is None or mode.values[0] != "random":
                     raise RuleError(f"statistic other than --mode random is not traced: {rule.text!r}")
-                split = float(match.get("--probability").values[0])
+                split = float(match.require("--probability", rule).values[0])
             elif name == "recent":
-                list_name = match.get("--name").values[0]
+                list_name = match.require("--name", rule).values[0]
                 if match.get("--rcheck") is not None:
                     if st.src not in self._recent.get(list_name, ()):
                         return [(1.0, False, st)]

@@ -48,6 +48,26 @@ if TYPE_CHECKING:
     from overlaynet.datapath.plan import Plan
     from overlaynet.datapath.topology import NodeInfo, PodInfo
 
+# The interface and its constants; the mode modules (flannel, calico, and bridge, which
+# flannel's pod side is built on) are reached through get_mode, never by star-import.
+__all__ = [
+    "DEFAULT_MODE",
+    "DEFAULT_OPTIONS",
+    "IPAM_BLOCKS",
+    "IPAM_HOST_LOCAL",
+    "IPAM_KINDS",
+    "IPAM_PLUGIN",
+    "KERNEL_FEATURES",
+    "KERNEL_VXLAN",
+    "Mode",
+    "PluginOptions",
+    "canonical_mode",
+    "check_cluster",
+    "get_mode",
+    "pod_cidr_of",
+    "uses_ipam_blocks",
+]
+
 DEFAULT_MODE = "flannel"
 IPAM_PLUGIN = "overlaynet-ipam"  # the IPAM plugin our conflists delegate to
 IPAM_HOST_LOCAL = "host-local"  # pods take addresses from their node's pod CIDR (host-local semantics)
