@@ -14,15 +14,17 @@ import os
 import shutil
 import subprocess
 import sys
-import time
+from typing import Any
 
 import click
 
 from overlaynet import names
 from overlaynet.api.manifests import DEFAULT_NAMESPACE
-from overlaynet.cli.commands import _manager, _resolve_cluster, cluster_option, require_privileges
-from overlaynet.errors import HostError, InvalidInput, NotFoundError
+from overlaynet.errors import HostError, InvalidInput
 
+# Like the core commands' --name; those commands' helpers are imported where used, since
+# overlaynet.cli.commands imports this module to register its commands.
+cluster_option = click.option("--name", "cluster", metavar="CLUSTER", help="The cluster (default: the only one).")
 _MARKS = {"ok": ("✓", "green"), "warn": ("!", "yellow"), "fail": ("✗", "red")}
 
 
@@ -63,7 +65,7 @@ def doctor(ctx, output):
 # -- graph -------------------------------------------------------------------------------------
 
 _GRAPH_FORMATS = ("text", "dot", "svg", "png")
-_TEXT_STYLES = {"title": {"bold": True}, "bad": {"fg": "red"}, "dim": {"dim": True}}
+_TEXT_STYLES: dict[str, dict[str, Any]] = {"title": {"bold": True}, "bad": {"fg": "red"}, "dim": {"dim": True}}
 
 
 def _style(text: str, role: str) -> str:
@@ -88,6 +90,7 @@ def graph(output, path, cluster):
       overlaynet graph -o svg               # overlaynet.svg, open it in a browser
       overlaynet graph --file lab4.png
     """
+    from overlaynet.cli.commands import require_privileges
     from overlaynet.tools import graph as graphing
 
     fmt = output or (_format_of(path) if path else "text")
@@ -124,6 +127,7 @@ def _format_of(path: str) -> str:
 
 
 def _observe_topology(cluster: str | None):
+    from overlaynet.cli.commands import _manager, _resolve_cluster
     from overlaynet.datapath.modes import get_mode, uses_ipam_blocks
     from overlaynet.ipam.blocks import BlockIPAM
     from overlaynet.kernel import cluster_view
@@ -158,7 +162,8 @@ def _draw(dot_text: str, fmt: str) -> bytes:
         raise HostError(f"graph -o {fmt} needs Graphviz's dot: apt-get install -y graphviz "
                         "(or use -o text, or -o dot and draw it elsewhere)")
     try:
-        result = subprocess.run([program, f"-T{fmt}"], input=dot_text.encode(), capture_output=True, timeout=120)
+        result = subprocess.run([program, f"-T{fmt}"], input=dot_text.encode(), capture_output=True, timeout=120,
+                                check=False)
     except subprocess.TimeoutExpired:
         raise HostError("graph: dot did not finish within 120 s") from None
     if result.returncode != 0:
@@ -171,7 +176,7 @@ def _draw(dot_text: str, fmt: str) -> bytes:
 
 @click.command()
 @click.argument("target")
-@click.option("-i", "--interface", help="The interface (default: eth0; underlay0 for underlay).")
+@click.option("-i", "--interface", metavar="IFACE", help="The interface (default: eth0; underlay0 for underlay).")
 @click.option("--count", type=click.IntRange(min=0), default=10, show_default=True,
               help="Stop after this many packets (0: until --timeout).")
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
@@ -193,6 +198,7 @@ def capture(target, interface, count, timeout, bpf_filter, pcap_path, namespace,
       overlaynet exec client-a -- ping -c 2 <a pod IP on another node>    # in another terminal
       tshark -r vxlan.pcap -V                                             # the same packets
     """
+    from overlaynet.cli.commands import _manager, _resolve_cluster, require_privileges
     from overlaynet.kernel import capture as capturing
     from overlaynet.kernel import observe
     from overlaynet.tools import capture as decoding
@@ -251,7 +257,7 @@ def _capture_target(manager, cluster: str, target: str, namespace: str) -> tuple
     if target.startswith("node/"):
         node = manager.node(cluster, target[5:])["metadata"]["name"]
         return names.node_netns(cluster, node), f"node {node}", names.NODE_UPLINK
-    pod_name = target[4:] if target.startswith("pod/") else target
+    pod_name = target.removeprefix("pod/")
     record = manager.pod(cluster, namespace, pod_name)
     if not record["status"].get("podIP"):
         raise InvalidInput(f'pod "{pod_name}": is {record["status"]["phase"]}, it has no network namespace yet')

@@ -79,7 +79,7 @@ def _run(argv: list[str | None]) -> str | None:
     if not all(argv):
         return None
     try:
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=_TIMEOUT)  # type: ignore[arg-type]
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=_TIMEOUT, check=False)  # type: ignore[arg-type]
     except (OSError, subprocess.TimeoutExpired):
         return None
     return result.stdout if result.returncode == 0 else None
@@ -152,7 +152,7 @@ def _probe_nf_tables(probe: str) -> str | None:
         return "not loaded as a module, and iptables-nft (to try it) is not installed"
     try:
         result = subprocess.run(["ip", "netns", "exec", probe, tool, "-t", "filter", "-L", "-n"],
-                                capture_output=True, text=True, timeout=_TIMEOUT)
+                                capture_output=True, text=True, timeout=_TIMEOUT, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"iptables-nft could not run: {exc}"
     return None if result.returncode == 0 else (result.stderr.strip().splitlines() or ["iptables-nft failed"])[-1]

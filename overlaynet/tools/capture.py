@@ -64,14 +64,14 @@ class Packet:
 
 def decode(pcap: bytes) -> list[Packet]:
     """Every frame of ``pcap`` (the bytes of a pcap file; Ethernet frames)."""
-    import scapy.layers.inet  # noqa: F401 - lazy (~0.3 s); importing registers how layers nest,
+    import scapy.layers.inet
     import scapy.layers.l2  # noqa: F401 - Ethernet as the pcap link type among them
     from scapy.utils import PcapReader
 
     if not pcap:
         return []
     packets, first = [], None
-    with PcapReader(io.BytesIO(pcap)) as reader:
+    with PcapReader(io.BytesIO(pcap)) as reader:  # type: ignore[arg-type]  # it takes a file object too
         for number, frame in enumerate(reader, 1):
             stamp = float(frame.time)
             first = stamp if first is None else first

@@ -105,7 +105,7 @@ class Topology:
         return found
 
 
-def build_topology(spec: ClusterSpec, description: str, nodes: Sequence[Mapping], pods: Sequence[Mapping],
+def build_topology(spec: ClusterSpec, description: str, nodes: Sequence[dict], pods: Sequence[Mapping],
                    pod_ranges: Mapping[str, Sequence[str]], range_kind: str, kernel: Mapping) -> Topology:
     """``kernel``: ``{"underlay": <namespace>, "nodes": {node: <namespace>}, "pods": {"ns/name": <uplink>}}``,
     each as ``kernel.cluster_view`` observes it."""
@@ -305,26 +305,26 @@ def render_dot(topology: Topology) -> str:
     their devices and pods, tunnels (blue, dashed) or routes (green) between nodes; anything
     broken in red with its problem."""
     t = topology
+    title = f"cluster {t.cluster}: cni {t.cni} ({t.description})"
+    ranges = "\n".join([f"node network {t.node_network} (real)", f"cluster CIDR {t.cluster_cidr} (virtual)"]
+                       + [f"{t.range_kind} {n.name}: {' '.join(n.pod_ranges) or '-'}" for n in t.nodes]
+                       + [f"service CIDR {t.service_cidr} (virtual)"])
+    underlay = "\n".join([f"{names.UNDERLAY_BRIDGE} {t.gateway}", f"the node network {t.node_network}"]
+                         + [f"✗ {p}" for p in t.problems])
     out = [f"digraph {_quote(t.cluster)} {{",
-           '  graph [rankdir=TB, fontname="Helvetica", fontsize=12, nodesep=0.25, ranksep=0.55, labelloc=t, '
-           f"newrank=true, label={_quote(f'cluster {t.cluster}: cni {t.cni} ({t.description})')}];",
-           '  node [fontname="Helvetica", fontsize=10, shape=box, style="rounded,filled", fillcolor=white, '
-           f'color="{_OK_COLOUR}"];',
+           ('  graph [rankdir=TB, fontname="Helvetica", fontsize=12, nodesep=0.25, ranksep=0.55, labelloc=t, '
+            f"newrank=true, label={_quote(title)}];"),
+           ('  node [fontname="Helvetica", fontsize=10, shape=box, style="rounded,filled", fillcolor=white, '
+            f'color="{_OK_COLOUR}"];'),
            f'  edge [fontname="Helvetica", fontsize=9, arrowhead=none, color="{_OK_COLOUR}"];',
-           "  ranges [shape=note, style=filled, fillcolor=\"#fff8dc\", label="
-           + _quote(f"node network {t.node_network} (real)\ncluster CIDR {t.cluster_cidr} (virtual)\n"
-                    + "\n".join(f"{t.range_kind} {n.name}: {' '.join(n.pod_ranges) or '-'}" for n in t.nodes)
-                    + f"\nservice CIDR {t.service_cidr} (virtual)") + "];",
-           f"  underlay [fillcolor=\"#e8e8e8\", penwidth=2, "
-           f"color=\"{_BAD_COLOUR if t.problems else _OK_COLOUR}\", label="
-           + _quote(f"{names.UNDERLAY_BRIDGE} {t.gateway}\nthe node network {t.node_network}"
-                    + "".join(f"\n✗ {p}" for p in t.problems)) + "];",
-           "  { rank=same; ranges; underlay; }"]
+           f'  ranges [shape=note, style=filled, fillcolor="#fff8dc", label={_quote(ranges)}];',
+           (f'  underlay [fillcolor="#e8e8e8", penwidth=2, color="{_BAD_COLOUR if t.problems else _OK_COLOUR}", '
+            f"label={_quote(underlay)}];")]
     problems = t.all_problems
     if problems:
-        out += [f"  problems [shape=note, style=filled, fillcolor=\"#fde8e8\", color=\"{_BAD_COLOUR}\", "
-                f"fontcolor=\"{_BAD_COLOUR}\", label=" + _quote("\n".join(f"✗ {p}" for p in problems)) + "];",
-                "  { rank=same; ranges; underlay; problems; }"]
+        out.append(f'  problems [shape=note, style=filled, fillcolor="#fde8e8", color="{_BAD_COLOUR}", '
+                   f'fontcolor="{_BAD_COLOUR}", label={_quote(chr(10).join(f"✗ {p}" for p in problems))}];')
+    out.append("  { rank=same; ranges; underlay;" + (" problems;" if problems else "") + " }")
     for node in t.nodes:
         out += _dot_node(node)
     out.append("  { rank=same; " + " ".join(_id(n.name, "eth0") + ";" for n in t.nodes) + " }")
@@ -337,8 +337,8 @@ def _dot_node(node: NodeView) -> list[str]:
     broken = bool(node.problems)
     label = f"node {node.name}"
     out = [f"  subgraph {_quote('cluster_' + node.name)} {{",
-           f"    label={_quote(label)}; style=rounded; color=\"{_BAD_COLOUR if broken else '#888888'}\"; "
-           'fontname="Helvetica-Bold";']
+           (f"    label={_quote(label)}; style=rounded; color=\"{_BAD_COLOUR if broken else '#888888'}\"; "
+            'fontname="Helvetica-Bold";')]
     eth0 = _id(node.name, "eth0")
     eth0_label = f"eth0 {node.ip}\n" + " ".join(node.pod_ranges) + "".join(f"\n✗ {p}" for p in node.problems)
     out.append(f"    {eth0} [fillcolor=\"#eef3fb\", color=\"{_BAD_COLOUR if broken else _OK_COLOUR}\", "
