@@ -36,7 +36,7 @@ from overlaynet.cni.delegation import delegate
 from overlaynet.cni.invocation import Invocation
 from overlaynet.cni.main_config import MainConfig
 from overlaynet.cni.spec import Interface, IPConfig, Result, RouteEntry
-from overlaynet.datapath.modes import IPAM_HOST_LOCAL
+from overlaynet.datapath.modes import IPAM_HOST_LOCAL, pod_cidr_of
 from overlaynet.datapath.plan import Address, Plan, Route, VethPair, netns_of
 from overlaynet.errors import CniError, OverlaynetError
 from overlaynet.kernel import apply as kapply
@@ -82,7 +82,7 @@ def add(inv: Invocation, conf: dict, cfg: MainConfig) -> Result:
     pod_steps: Plan = ()
     try:
         address, _ = first_ipv4(ipam_result, conf["ipam"]["type"])
-        if cfg.mode.ipam == IPAM_HOST_LOCAL and address.ip not in cfg.node.pod_cidr:
+        if cfg.mode.ipam == IPAM_HOST_LOCAL and address.ip not in pod_cidr_of(cfg.node):
             raise CniError(spec.ERR_INVALID_CONFIG,
                            f"ipam gave {address.ip}, outside the node's podCIDR {cfg.node.pod_cidr}")
         pod = pod_info(inv, cfg, address.ip)
@@ -180,7 +180,7 @@ def delete(inv: Invocation, conf: dict, cfg: MainConfig) -> None:
             listed = next((i for i in prev.interfaces if i.name == veth.name and not i.sandbox and i.mac), None)
             if listed is not None:
                 current = next((link for link in observe.observe_links(host_ns) if link["name"] == veth.name), None)
-                if current is not None and (current["mac"] or "").lower() != listed.mac.lower():
+                if current is not None and (current["mac"] or "").lower() != (listed.mac or "").lower():
                     inv.log(f"{veth.name} in {host_ns} has MAC {current['mac']}, not {listed.mac} as prevResult says: "
                             "it belongs to a newer attachment; leaving it")
                     host_steps = tuple(s for s in host_steps

@@ -20,7 +20,7 @@ from overlaynet.cni.attachment import host_netns, plan_attachment, pod_info, pre
 from overlaynet.cni.delegation import delegate
 from overlaynet.cni.invocation import Invocation
 from overlaynet.cni.main_config import MainConfig
-from overlaynet.datapath.plan import Address, Route, Sysctl, VethPair
+from overlaynet.datapath.plan import Address, Route, Sysctl, VethPair, netns_of
 from overlaynet.errors import CniError, OverlaynetError
 from overlaynet.kernel import netns, observe
 
@@ -55,7 +55,7 @@ def check(inv: Invocation, conf: dict, cfg: MainConfig) -> None:
     if not netns.exists(host_ns):
         raise CniError(spec.ERR_PLUGIN, f'CHECK {who}: the node\'s network namespace "{host_ns}" does not exist')
     for step in plan:
-        where = "the sandbox" if step.netns == sandbox else "the node"
+        where = "the sandbox" if netns_of(step) == sandbox else "the node"
         if isinstance(step, VethPair):
             host_link = view(step.netns)["links"].get(step.name)
             if host_link is None:

@@ -53,14 +53,18 @@ def command(inv: Invocation, conf: dict) -> Result | None:
     raise CniError(spec.ERR_UNSUPPORTED_FIELD, f'ipam.mode "{mode}" is not supported', "host-local or blocks")
 
 
+def _object(value: object) -> dict:
+    """``value`` if it is a JSON object, else an empty one (an optional section)."""
+    return value if isinstance(value, dict) else {}
+
+
 def open_block_ipam(conf: Mapping) -> tuple[Any, str, Callable[[], None]]:
     """``BlockIPAM`` for the request: ``ipam.{cluster,pool,blockSize,node,stateDir}``; all but
     ``stateDir`` default to the ``overlaynet`` object's cluster document and node, ``stateDir``
     to the store's (``$OVERLAYNET_STATE_DIR``)."""
     ipam = conf["ipam"]
-    top = conf.get("overlaynet") if isinstance(conf.get("overlaynet"), dict) else {}
-    cluster_doc = top.get("cluster") if isinstance(top.get("cluster"), dict) else {}
-    node_doc = top.get("node") if isinstance(top.get("node"), dict) else {}
+    top = _object(conf.get("overlaynet"))
+    cluster_doc, node_doc = _object(top.get("cluster")), _object(top.get("node"))
     cluster = ipam.get("cluster") or (cluster_doc.get("metadata") or {}).get("name")
     pool = ipam.get("pool") or (cluster_doc.get("spec") or {}).get("clusterCIDR")
     node = ipam.get("node") or node_doc.get("name")

@@ -206,7 +206,7 @@ class CniRuntime:
 
     def cached_attachments(self) -> list[tuple[str, str]]:
         """(containerID, ifname) of every cached attachment of this network."""
-        out = []
+        out: list[tuple[str, str]] = []
         try:
             entries = os.listdir(os.path.join(self.cache_dir, "results"))
         except FileNotFoundError:
