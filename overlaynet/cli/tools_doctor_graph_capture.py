@@ -173,6 +173,8 @@ def _draw(dot_text: str, fmt: str) -> bytes:
 
 # -- capture -----------------------------------------------------------------------------------
 
+DEFAULT_FILTER = "ip or arp"  # IPv4, what the labs are about: the namespaces' IPv6 chatter stays out
+
 
 @click.command()
 @click.argument("target")
@@ -181,7 +183,8 @@ def _draw(dot_text: str, fmt: str) -> bytes:
               help="Stop after this many packets (0: until --timeout).")
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
               help="Stop after this many seconds.")
-@click.option("--filter", "bpf_filter", metavar="EXPR", help='A tcpdump (BPF) filter, e.g. "udp port 8472" or "icmp".')
+@click.option("--filter", "bpf_filter", metavar="EXPR", default=DEFAULT_FILTER, show_default=True,
+              help='A tcpdump (BPF) filter, e.g. "udp port 8472" or "icmp"; "" for every frame (IPv6 too).')
 @click.option("-w", "--write", "pcap_path", type=click.Path(dir_okay=False),
               help="Keep the capture in this pcap file (for tshark -r or Wireshark).")
 @click.option("-n", "--namespace", default=DEFAULT_NAMESPACE, show_default=True, help="A pod's namespace.")
@@ -212,7 +215,7 @@ def capture(target, interface, count, timeout, bpf_filter, pcap_path, namespace,
     if interface not in present:
         raise InvalidInput(f'capture: {where} has no interface "{interface}" (it has: {", ".join(present)})')
     what = f"{where}, {interface}" + (f', filter "{bpf_filter}"' if bpf_filter else "")
-    limit = (f"{count} packets or " if count else "") + f"{timeout:g} s"
+    limit = (f"{count} packet{'s' if count != 1 else ''} or " if count else "") + f"{timeout:g} s"
     progress = sys.stderr.isatty() and output != "json"
 
     def ready() -> None:

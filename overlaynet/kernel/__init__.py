@@ -5,4 +5,4 @@ target namespace, never through spawned ``ip`` commands. ``ensure_*`` functions 
 idempotent; ``delete_*`` functions succeed when the object is already gone.
 """
 
-__all__ = ["apply", "bird", "host", "iptables", "netns", "observe", "processes"]
+__all__ = ["apply", "bird", "capture", "cluster_view", "host", "iptables", "netns", "observe", "preflight", "processes"]

@@ -65,6 +65,7 @@ class Packet:
 def decode(pcap: bytes) -> list[Packet]:
     """Every frame of ``pcap`` (the bytes of a pcap file; Ethernet frames)."""
     import scapy.layers.inet
+    import scapy.layers.inet6  # noqa: F401
     import scapy.layers.l2  # noqa: F401 - Ethernet as the pcap link type among them
     from scapy.utils import PcapReader
 
@@ -83,6 +84,7 @@ def decode(pcap: bytes) -> list[Packet]:
 
 def _layers(frame, out: list[Layer], inner: bool) -> None:
     from scapy.layers.inet import ICMP, IP, TCP, UDP
+    from scapy.layers.inet6 import IPv6
     from scapy.layers.l2 import ARP, Ether
     from scapy.layers.vxlan import VXLAN
 
@@ -95,7 +97,12 @@ def _layers(frame, out: list[Layer], inner: bool) -> None:
         out.append(Layer("ARP", text, inner))
         return
     if not frame.haslayer(IP):
-        out.append(Layer("payload", frame.lastlayer().name, inner))
+        if frame.haslayer(IPv6):
+            ip6 = frame[IPv6]
+            out.append(Layer("IPv6", f"{ip6.src} → {ip6.dst}  hlim {ip6.hlim}", inner))
+            out.append(Layer("payload", ip6.payload.name, inner))
+        else:
+            out.append(Layer("payload", frame.lastlayer().name, inner))
         return
     ip = frame[IP]
     out.append(Layer("IPv4", f"{ip.src} → {ip.dst}  ttl {ip.ttl}  len {ip.len}"

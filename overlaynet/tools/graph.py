@@ -239,10 +239,13 @@ def render_text(topology: Topology, style: Callable[[str, str], str] = _plain) -
     lines = [style(f'cluster "{t.cluster}": cni {t.cni} ({t.description})', "title"),
              f"  node network  {t.node_network:<18} real: the nodes' eth0 on bridge {names.UNDERLAY_BRIDGE}",
              f"  cluster CIDR  {t.cluster_cidr:<18} virtual: every pod's address comes from it",
-             f"  {t.range_kind:<12}  "
-             + ", ".join(f"{n.name} {' '.join(n.pod_ranges) or '<none yet>'}" for n in t.nodes),
+             f"  {t.range_kind + ('s' if t.range_kind == 'pod CIDR' else ''):<12}  "
+             + ", ".join(f"{n.name} {' '.join(n.pod_ranges) or '<none yet>'}" for n in t.nodes)
+             + ("  (one per node, from the cluster CIDR)" if t.range_kind == "pod CIDR"
+                else "  (claimed by each node from the cluster CIDR)"),
              f"  service CIDR  {t.service_cidr:<18} virtual: ClusterIPs live only in iptables rules",
-             f"{names.UNDERLAY_BRIDGE} {t.gateway} ({t.underlay_netns}){''.join(bad(p) for p in t.problems)}"]
+             f"{names.UNDERLAY_BRIDGE} {t.gateway}: the node network's bridge (netns {t.underlay_netns})"
+             f"{''.join(bad(p) for p in t.problems)}"]
     for index, node in enumerate(t.nodes):
         last_node = index == len(t.nodes) - 1 and not t.unscheduled
         stem, indent = ("└── ", "    ") if last_node else ("├── ", "│   ")
@@ -335,12 +338,12 @@ def render_dot(topology: Topology) -> str:
 
 def _dot_node(node: NodeView) -> list[str]:
     broken = bool(node.problems)
-    label = f"node {node.name}"
+    label = f"{node.name}   ({' '.join(node.pod_ranges) or 'no pod range yet'})"
     out = [f"  subgraph {_quote('cluster_' + node.name)} {{",
            (f"    label={_quote(label)}; style=rounded; color=\"{_BAD_COLOUR if broken else '#888888'}\"; "
             'fontname="Helvetica-Bold";')]
     eth0 = _id(node.name, "eth0")
-    eth0_label = f"eth0 {node.ip}\n" + " ".join(node.pod_ranges) + "".join(f"\n✗ {p}" for p in node.problems)
+    eth0_label = "\n".join([f"eth0 {node.ip}"] + [f"✗ {p}" for p in node.problems])
     out.append(f"    {eth0} [fillcolor=\"#eef3fb\", color=\"{_BAD_COLOUR if broken else _OK_COLOUR}\", "
                f"label={_quote(eth0_label)}];")
     for device in node.devices:

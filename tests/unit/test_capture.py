@@ -89,3 +89,11 @@ def test_as_dict_carries_every_layer_for_scripts():
     document = packet.as_dict()
     assert document["number"] == 1 and document["summary"].startswith("VXLAN VNI 1")
     assert {"name": "VXLAN", "fields": "VNI 1", "inner": False} in document["layers"]
+
+
+def test_ipv6_frames_name_their_addresses_and_payload():
+    from scapy.layers.inet6 import ICMPv6ND_RS, IPv6
+
+    [packet] = capture.decode(pcap_of(Ether() / IPv6(src="fe80::1", dst="ff02::2", hlim=255) / ICMPv6ND_RS()))
+    assert [(layer.name, layer.fields) for layer in packet.layers][1:] == [
+        ("IPv6", "fe80::1 → ff02::2  hlim 255"), ("payload", "ICMPv6 Neighbor Discovery - Router Solicitation")]

@@ -124,7 +124,7 @@ def test_the_text_tree_shows_the_four_ranges_nodes_pods_and_tunnels():
         'cluster "g": cni flannel (VXLAN overlay)',
         "  node network  172.20.0.0/24      real: the nodes' eth0 on bridge underlay0",
         "  cluster CIDR  10.244.0.0/16      virtual: every pod's address comes from it",
-        "  pod CIDR      node-1 10.244.0.0/24, node-2 10.244.1.0/24",
+        "  pod CIDRs     node-1 10.244.0.0/24, node-2 10.244.1.0/24  (one per node, from the cluster CIDR)",
         "  service CIDR  10.96.0.0/12       virtual: ClusterIPs live only in iptables rules"]
     assert "│   ├── cni0 (bridge) 10.244.0.1/24" in text
     assert "│   │   └── pod a                      10.244.0.2       vetha" in text
