@@ -304,14 +304,17 @@ def render_text(report: TraceReport, who: Mapping[str, str]) -> str:
     head, tail = _common(branches)
     lines += _step_lines(branches[0].steps[:head])
     if len(branches) > 1:
+        mixed = len({b.masquerade for b in branches}) > 1
         rows = []
         for b in branches:
             middle = b.steps[head:len(b.steps) - tail]
-            rows.append([_percent(b.probability), " -> ".join(s.chain for s in middle) or "-",
+            rows.append([_percent(b.probability), " -> ".join(s.chain for s in middle if s.table == "nat") or "-",
                          b.destination if b.verdict == "DNAT" else b.verdict,
-                         who.get(destination_ip(b), "") if b.verdict == "DNAT" else ""])
+                         who.get(destination_ip(b), "") if b.verdict == "DNAT" else ""]
+                        + (["yes" if b.masquerade else "no"] if mixed else []))
         lines.append(f"  then one of {len(branches)} ways, chosen at random per connection (statistic):")
-        lines += ["    " + row for row in table(["P", "CHAINS", "DNAT TO", "ENDPOINT"], rows).splitlines()]
+        header = ["P", "CHAINS", "DNAT TO", "ENDPOINT"] + (["MASQUERADE"] if mixed else [])
+        lines += ["    " + row for row in table(header, rows).splitlines()]
     lines += _step_lines(branches[0].steps[len(branches[0].steps) - tail:] if tail else ())
     if len(branches) == 1:
         b = branches[0]
@@ -330,7 +333,8 @@ def render_text(report: TraceReport, who: Mapping[str, str]) -> str:
     elif masqueraded == {False}:
         lines.append(f"masquerade: no, the source stays {src.ip}")
     elif masqueraded:
-        lines.append("masquerade: on some ways only" + "".join(f"\n  {rule}" for rule in rules))
+        lines.append("masquerade: on the ways marked yes"
+                     + "".join(f"\n  {rule}" for rule in rules))
     hops = {destination_ip(b): b.hop for b in passing if b.hop}
     if hops:
         lines.append(f"route from {report.node} (the kernel's lookup, as ip route get):")
