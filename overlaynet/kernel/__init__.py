@@ -5,4 +5,5 @@ target namespace, never through spawned ``ip`` commands. ``ensure_*`` functions 
 idempotent; ``delete_*`` functions succeed when the object is already gone.
 """
 
-__all__ = ["apply", "bird", "capture", "cluster_view", "host", "iptables", "netns", "observe", "preflight", "processes"]
+__all__ = ["apply", "bird", "capture", "cluster_view", "faults", "host", "iptables", "netns", "observe", "preflight",
+           "processes", "routes"]
