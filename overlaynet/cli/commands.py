@@ -295,7 +295,7 @@ def get(resource, object_name, output, namespace, all_namespaces, cluster):
         if wide and uses_ipam_blocks(spec):
             from overlaynet.node.routes import node_infos
 
-            blocks = {n.name: ",".join(map(str, n.blocks)) or "<none>" for n in node_infos(manager, spec)}
+            blocks = {n.name: ",".join(map(str, n.blocks)) or "<none>" for n in node_infos(manager.store, spec)}
             ranges, range_header = [blocks[o["metadata"]["name"]] for o in objects], "BLOCKS"
         else:
             ranges, range_header = [o["spec"]["podCIDR"] for o in objects], "POD-CIDR"

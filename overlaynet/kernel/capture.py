@@ -65,7 +65,9 @@ def capture(netns: str, interface: str, count: int, timeout: float, bpf_filter: 
     tcpdump = shutil.which("tcpdump") or shutil.which("tcpdump", path="/usr/sbin:/sbin")
     if tcpdump is None:
         raise HostError("capture needs tcpdump: apt-get install -y tcpdump")
-    argv = ["ip", "netns", "exec", netns, tcpdump, "-i", interface, "-U", "-w", "-", "-s", "262144"]
+    # --immediate-mode: each packet as it arrives (TPACKET_V3 otherwise hands them over in blocks, and
+    # a block still open at Ctrl-C is lost); -U: each packet written to the pipe at once.
+    argv = ["ip", "netns", "exec", netns, tcpdump, "-i", interface, "--immediate-mode", "-U", "-w", "-", "-s", "262144"]
     if count:
         argv += ["-c", str(count)]
     if bpf_filter:

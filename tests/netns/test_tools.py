@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -103,6 +104,14 @@ def test_capture_on_a_node_decodes_vxlan_and_keeps_the_pcap(cli, tmp_path):
     assert f"inner IPv4      {left} → {right}" in out
     assert "2 packets in" in err and f"kept in {pcap}" in err
     assert [p[VXLAN].vni for p in rdpcap(str(pcap))] == [1, 1]
+
+    # Ctrl-C (SIGINT) right after the packets: what tcpdump had is decoded, none lost in an open block
+    endless = start_capture(cli, "underlay", "--name", FLANNEL, "--count", "0", "-o", "json")
+    assert in_netns(f"{FLANNEL}.pod.default.left", "ping", "-c1", "-W2", right).returncode == 0
+    endless.send_signal(signal.SIGINT)
+    out, err = endless.communicate(timeout=30)
+    summaries = [p["summary"] for p in json.loads(out)["packets"]]
+    assert f"VXLAN VNI 1: ICMP {left} → {right}  echo-request id" in " ".join(summaries), err
 
     quiet = cli.run("capture", "underlay", "--name", FLANNEL, "--filter", "tcp port 9", "--timeout", "1")
     assert "No packets captured on the underlay, underlay0" in quiet.stderr and quiet.stdout == ""
