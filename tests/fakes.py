@@ -1,4 +1,4 @@
-"""Fakes of the control plane's seams (``overlaynet.control.runtime``), for tests without root.
+"""Fakes of the control plane's seams (``overlaynet.control.seams``), for tests without root.
 
 - ``FakeRuntime``: ``OfflineRuntime`` (plans applied and removed, namespaces made and
   deleted, conflists, pod addresses from the real IPAM plugin) with the fakes below, and

@@ -67,7 +67,7 @@ def describe_node(manager, cluster: str, node_name: str) -> str:
     if uses_ipam_blocks(spec):
         from overlaynet.node.routes import node_infos
 
-        info = next(n for n in node_infos(manager, spec) if n.name == node_name)
+        info = next(n for n in node_infos(manager.store, spec) if n.name == node_name)
         lines += _section("IPAM blocks (affinity)", [str(b) for b in info.blocks])
         lines += _section("Borrowed addresses", [str(a) for a in info.borrowed])
     if spec.bgp == "bird":

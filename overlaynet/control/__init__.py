@@ -7,10 +7,10 @@
 - ``pods``: the pods' lifecycle (scheduled, sandboxed, attached, served); ``records``: the
   shapes of Node and Pod objects (pure);
 - ``scheduler``: pod placement (pure); ``endpoints``: the EndpointSlice controller (pure);
-- ``runtime``: the typed seams to the kernel, iptables, BIRD and the agent, and the host's
-  implementations; ``offline``: one that builds nothing, for ``overlaynet render``.
+- ``seams``: the typed interfaces to the kernel, iptables, BIRD and the agent; ``runtime``: the
+  host's implementations; ``offline``: one that builds nothing, for ``overlaynet render``.
 The controllers decide; what a node runs is in ``overlaynet.node``.
 """
 
 __all__ = ["deployments", "endpoints", "manager", "node_ipam", "offline", "ownership", "pods", "records",
-           "runtime", "scheduler", "store"]
+           "runtime", "scheduler", "seams", "store"]

@@ -11,6 +11,7 @@ lifecycle's (``overlaynet.control.pods``).
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import cast
 
 from overlaynet.api.manifests import DeploymentManifest, parse_document
 from overlaynet.control.records import PodRequest, is_ready, now
@@ -80,7 +81,7 @@ def reconcile(store: Store, cluster: str) -> tuple[list[PodRequest], list[dict]]
     creates: list[PodRequest] = []
     deletes: list[dict] = []
     for record in store.list(cluster, "Deployment"):
-        apply_manifest(store, cluster, parse_document(record, "store"), creates, deletes)
+        apply_manifest(store, cluster, cast(DeploymentManifest, parse_document(record, "store")), creates, deletes)
     return creates, deletes
 
 

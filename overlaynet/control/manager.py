@@ -1,10 +1,10 @@
 """A cluster's lifecycle: the order of up, down, node add and remove, apply and delete.
 
 ``ClusterManager`` turns requests into store updates and plans, and hands the plans to the
-kernel side through the ``Runtime`` it is given (``overlaynet.control.runtime``; the host's
-by default). It owns the order that makes crashes harmless: every namespace is recorded in
-the store before it is created, and any failure part-way through an operation removes what
-that operation built before the error reaches the user. The steps are other modules':
+kernel side through the ``Runtime`` it is given (``overlaynet.control.seams``; by default the
+host's, ``overlaynet.control.runtime``). It owns the order that makes crashes harmless: every
+namespace is recorded in the store before it is created, and any failure part-way through an
+operation removes what that operation built before the error reaches the user. The steps are other modules':
 node IPAM (``node_ipam``), the Deployment controller (``deployments``), the pods' lifecycle
 (``pods``), the object shapes (``records``), kube-proxy and the routes (``overlaynet.node``).
 It never builds kernel objects itself (``topology`` and ``modes`` plan them) and never
@@ -34,7 +34,7 @@ from overlaynet.control.records import (  # noqa: F401 - CONTAINER_ANNOTATION an
     pod_key,
     set_ready,
 )
-from overlaynet.control.runtime import Agent, HostRuntime, Runtime
+from overlaynet.control.seams import Agent, Runtime
 from overlaynet.control.store import Store
 from overlaynet.datapath import topology
 from overlaynet.datapath.modes import Mode, get_mode, uses_ipam_blocks
@@ -52,7 +52,17 @@ NODE_SERVER_PORTS = ((8080, "TCP"), (8080, "UDP"))
 class ClusterManager:
     def __init__(self, store: Store, runtime: Runtime | None = None):
         self.store = store
-        self.runtime: Runtime = runtime or HostRuntime()
+        self._runtime = runtime
+
+    @property
+    def runtime(self) -> Runtime:
+        """The side effects: the host's (``HostRuntime``) unless another was given."""
+        if self._runtime is None:
+            # Loaded on first use: reading commands (`get`) never load the kernel side or asyncio.
+            from overlaynet.control.runtime import HostRuntime
+
+            self._runtime = HostRuntime()
+        return self._runtime
 
     # -- reading --------------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """A runtime that builds nothing: the control plane without root, for ``overlaynet render``.
 
-``OfflineRuntime`` satisfies ``overlaynet.control.runtime.Runtime`` without touching the
+``OfflineRuntime`` satisfies ``overlaynet.control.seams.Runtime`` without touching the
 kernel or starting a process: plans are recorded (and the namespaces they make remembered),
 the agent and iptables only record what they are asked, and a BIRD "learns" at once every
 route the other daemons' configurations announce. One thing is real: CNI ADD and DEL run
@@ -138,7 +138,7 @@ class OfflineRuntime:
         outcomes: dict[kubelet.Sandbox, dict | OverlaynetError] = {}
         for sandbox in sandboxes:
             try:
-                outcomes[sandbox] = self._ipam("ADD", state_dir, cluster, sandbox) or {}
+                outcomes[sandbox] = self._ipam("ADD", state_dir, cluster, sandbox)
             except OverlaynetError as error:
                 outcomes[sandbox] = error
         return outcomes
@@ -147,8 +147,9 @@ class OfflineRuntime:
         for sandbox in sandboxes:
             self._ipam("DEL", state_dir, cluster, sandbox)
 
-    def _ipam(self, command: str, state_dir: str, cluster: str, sandbox: kubelet.Sandbox) -> dict | None:
-        """The node's IPAM plugin on the configuration libcni would give it (cni.md §3)."""
+    def _ipam(self, command: str, state_dir: str, cluster: str, sandbox: kubelet.Sandbox) -> dict:
+        """The node's IPAM plugin on the configuration libcni would give it (cni.md §3); its
+        result (empty for DEL)."""
         paths = kubelet.node_paths(state_dir, cluster, sandbox.node)
         conflist = self.conflists[paths.conflist]
         plugin = conflist["plugins"][0]
@@ -161,9 +162,9 @@ class OfflineRuntime:
                    "CNI_IFNAME": sandbox.ifname, "CNI_PATH": os.pathsep.join(kubelet.SYSTEM_CNI_PATH),
                    "CNI_ARGS": ";".join(f"{k}={v}" for k, v in args.items())}
         output = plugins.run(IPAM_PLUGIN, environ, json.dumps(config).encode())
-        answer = json.loads(output.stdout) if output.stdout else None
+        answer = json.loads(output.stdout) if output.stdout else {}
         if output.exit_code:
-            raise CniError(answer["code"], answer["msg"], answer.get("details", ""))
+            raise CniError(answer.get("code", ERR_PLUGIN), answer.get("msg", output.stderr), answer.get("details", ""))
         return answer
 
     def write_conflist(self, paths: kubelet.NodePaths, conflist: dict) -> None:

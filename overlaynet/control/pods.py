@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
+from typing import cast
 
 from overlaynet import names
-from overlaynet.api.manifests import parse_document, pod_probes, served_ports
+from overlaynet.api.manifests import PodManifest, parse_document, pod_probes, served_ports
 from overlaynet.api.model import ClusterSpec
 from overlaynet.control import scheduler
 from overlaynet.control.ownership import NETNS, agent_socket
@@ -28,7 +29,7 @@ from overlaynet.control.records import (
     pod_sandbox,
     sandbox_of,
 )
-from overlaynet.control.runtime import Runtime
+from overlaynet.control.seams import Runtime
 from overlaynet.control.store import Store
 from overlaynet.datapath.modes import get_mode
 from overlaynet.datapath.plan import Netns
@@ -108,13 +109,14 @@ def create_pods(store: Store, runtime: Runtime, spec: ClusterSpec, requests: lis
                 if netns_name not in lingering:
                     store.forget(cluster, NETNS, netns_name)
             store.put(cluster, record)
-    started = [(s, r) for s, r in sandboxes if isinstance(outcomes[s], dict)]
+    results = {s: outcome for s, outcome in outcomes.items() if isinstance(outcome, dict)}
+    started = [(s, r) for s, r in sandboxes if s in results]
     try:
         agent = runtime.agent(cluster, agent_socket(store, cluster))
         for sandbox, request in started:
             pod_netns = names.pod_netns(cluster, sandbox.namespace, sandbox.name)
             probes = pod_probes(request.template.spec)
-            health = {"specs": [p.as_dict() for p in probes], "podIP": kubelet.pod_ip(outcomes[sandbox]),
+            health = {"specs": [p.as_dict() for p in probes], "podIP": kubelet.pod_ip(results[sandbox]),
                       "nodeNetns": names.node_netns(cluster, sandbox.node), "podNetns": pod_netns} if probes else None
             agent.serve(pod_key(sandbox.namespace, sandbox.name), pod_netns, sandbox.name,
                         list(served_ports(request.template)), health)
@@ -164,7 +166,7 @@ def pending_requests(store: Store, cluster: str) -> list[PodRequest]:
         if record["status"].get("podIP"):
             continue
         meta = record["metadata"]
-        manifest = parse_document({"kind": "Pod", "metadata": meta, "spec": record["spec"]}, "store")
+        manifest = cast(PodManifest, parse_document({"kind": "Pod", "metadata": meta, "spec": record["spec"]}, "store"))
         owner = next((o["name"] for o in meta.get("ownerReferences", []) if o.get("kind") == "Deployment"), None)
         requests.append(PodRequest(meta["namespace"], meta["name"], manifest.template, owner))
         store.delete(cluster, "Pod", meta["name"], meta["namespace"])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 from dataclasses import dataclass
+from typing import Any
 
 from overlaynet import names
 from overlaynet.api.manifests import PodTemplate, pod_probes
@@ -103,12 +104,12 @@ def pod_record(cluster: str, request: PodRequest, node: NodeInfo | None, contain
                decision: Decision) -> dict:
     """A pod as the scheduler leaves it: Pending, bound to ``node`` or with the reason it is not."""
     spec = dict(request.template.spec)
-    metadata = {"name": request.name, "namespace": request.namespace, "labels": dict(request.template.labels),
-                "creationTimestamp": now()}
+    metadata: dict[str, Any] = {"name": request.name, "namespace": request.namespace,
+                                "labels": dict(request.template.labels), "creationTimestamp": now()}
     if request.owner:
         metadata["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": "Deployment", "name": request.owner}]
     if node is None:
-        status = {"phase": "Pending", "reason": decision.reason, "message": decision.message,
+        status: dict[str, Any] = {"phase": "Pending", "reason": decision.reason, "message": decision.message,
                   "conditions": [{"type": "PodScheduled", "status": "False", "reason": decision.reason,
                                   "message": decision.message}]}
     else:

@@ -16,6 +16,7 @@ The location is ``$OVERLAYNET_STATE_DIR`` (default ``/var/lib/overlaynet``).
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import fcntl
 import json
@@ -23,6 +24,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterator
+from typing import overload
 
 DEFAULT_STATE_DIR = "/var/lib/overlaynet"
 
@@ -169,7 +171,7 @@ class Store:
                 (cluster, kind, name),
             )
 
-    def owned(self, cluster: str, kind: str) -> list[str]:
+    def owned(self, cluster: str, kind: str) -> builtins.list[str]:  # `list` here is the method above
         """Owned objects of one kind, most recently recorded first (the order to remove them)."""
         rows = self._db.execute(
             "SELECT name FROM owned WHERE cluster=? AND kind=? ORDER BY seq DESC", (cluster, kind)
@@ -181,6 +183,12 @@ class Store:
             self._db.execute("DELETE FROM owned WHERE cluster=? AND kind=? AND name=?", (cluster, kind, name))
 
     # -- small values -------------------------------------------------------------------------
+
+    @overload
+    def get_meta(self, cluster: str, key: str) -> str | None: ...
+
+    @overload
+    def get_meta(self, cluster: str, key: str, default: str) -> str: ...
 
     def get_meta(self, cluster: str, key: str, default: str | None = None) -> str | None:
         row = self._db.execute("SELECT value FROM meta WHERE cluster=? AND key=?", (cluster, key)).fetchone()

@@ -13,14 +13,18 @@ from __future__ import annotations
 
 import os
 import time
+from typing import TYPE_CHECKING
 
 from overlaynet import names
 from overlaynet.api.model import DEFAULT_BGP_AS, ClusterSpec
 from overlaynet.control.ownership import BIRD, PATH
-from overlaynet.control.runtime import Bird, MeshReport
+from overlaynet.control.seams import Bird
 from overlaynet.control.store import Store
 from overlaynet.datapath.topology import NodeInfo
 from overlaynet.node import bird_config
+
+if TYPE_CHECKING:  # the report's type only: kernel.bird is the host runtime's to load
+    from overlaynet.kernel.bird import MeshReport
 
 ROUTE_WAIT = 15.0  # seconds to wait for BGP to carry a change to every node
 

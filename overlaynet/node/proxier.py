@@ -32,7 +32,7 @@ from overlaynet.api.services import (
     parse_service_document,
 )
 from overlaynet.control.endpoints import build_endpoint_slices
-from overlaynet.control.runtime import Runtime
+from overlaynet.control.seams import Runtime
 from overlaynet.control.store import Store
 from overlaynet.datapath.plan import Sysctl
 from overlaynet.datapath.topology import internal_ip
@@ -81,8 +81,8 @@ def plan_services(store: Store, spec: ClusterSpec, services: list[Service],
     for endpoint_slice in slices:
         document = endpoint_slice.to_document()
         meta = document["metadata"]
-        old = store.get(spec.name, SLICE, meta["name"], meta["namespace"])
-        verb = "created" if old is None else ("unchanged" if old == document else "configured")
+        stored = store.get(spec.name, SLICE, meta["name"], meta["namespace"])
+        verb = "created" if stored is None else ("unchanged" if stored == document else "configured")
         lines.append(f"endpointslice.discovery.k8s.io/{meta['name']} {verb}")
         documents.append(document)
     return lines, documents

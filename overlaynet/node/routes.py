@@ -16,7 +16,7 @@ from dataclasses import asdict, replace
 
 from overlaynet.api.model import ClusterSpec
 from overlaynet.control.records import node_info
-from overlaynet.control.runtime import Runtime
+from overlaynet.control.seams import Runtime
 from overlaynet.control.store import Store
 from overlaynet.datapath.modes import get_mode, uses_ipam_blocks
 from overlaynet.datapath.plan import Plan, Route

@@ -43,11 +43,22 @@ def _module_level(body: list[ast.stmt]) -> list[ast.stmt]:
     return found
 
 
+def _everywhere(node: ast.AST) -> list[ast.AST]:
+    """Every node under ``node`` but what ``if TYPE_CHECKING:`` holds (never run)."""
+    found: list[ast.AST] = []
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, ast.stmt) and _is_type_checking(child):
+            continue
+        found.append(child)
+        found += _everywhere(child)
+    return found
+
+
 def imports(module: str, module_level_only: bool) -> set[str]:
-    """The overlaynet modules ``module`` imports."""
+    """The overlaynet modules ``module`` imports (at import time, or anywhere), type-only imports aside."""
     path = MODULES[module]
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    nodes = _module_level(tree.body) if module_level_only else list(ast.walk(tree))
+    nodes = _module_level(tree.body) if module_level_only else _everywhere(tree)
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     named: set[str] = set()
     for node in nodes:
@@ -103,9 +114,12 @@ def test_the_cycle_finder_finds_a_circle_of_three_and_not_a_chain():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": set()}) == []
 
 
-def test_the_reader_sees_relative_and_conditional_imports(tmp_path):
-    tree = ast.parse("import os\nif True:\n    from overlaynet import names\ndef f():\n    import overlaynet.errors\n")
+def test_the_reader_sees_conditional_imports_and_skips_type_only_ones():
+    tree = ast.parse("import os\nif True:\n    from overlaynet import names\ndef f():\n    import overlaynet.errors\n"
+                     "if TYPE_CHECKING:\n    import overlaynet.kernel\n")
     assert [type(n).__name__ for n in _module_level(tree.body)] == ["Import", "If", "ImportFrom", "FunctionDef"]
+    everywhere = [ast.unparse(n) for n in _everywhere(tree) if isinstance(n, ast.Import | ast.ImportFrom)]
+    assert everywhere == ["import os", "from overlaynet import names", "import overlaynet.errors"]
 
 
 def test_no_import_cycle_inside_overlaynet():
