@@ -74,16 +74,21 @@ def _trace_source(manager, cluster: str, spec, source: str, namespace: str, dst:
 
     if source.startswith("node/"):
         record = manager.node(cluster, source[5:])
-        return tracing.Source("node", record["metadata"]["name"], internal_ip(record)), record["metadata"]["name"]
+        node = record["metadata"]["name"]
+        # A packet the node sends is routed before nat OUTPUT: the route chooses its source
+        # (to a remote pod in flannel mode, flannel.1's address, not eth0's).
+        chosen = routes.observe_route_get(names.node_netns(cluster, node), dst).get("prefsrc")
+        return tracing.Source("node", node, chosen or internal_ip(record)), node
     if source == "external":
         client = str(spec.external_client)
         lookup = routes.observe_route_get(names.external_netns(cluster), dst)
         nodes_by_ip = {internal_ip(n): n["metadata"]["name"] for n in manager.nodes(cluster)}
         hop = lookup.get("gateway") or dst
         if lookup["type"] == "error" or hop not in nodes_by_ip:
-            via = lookup.get("gateway") or lookup.get("error", "")
-            raise InvalidInput(f"trace: the external client ({client}) sends {dst} to {via}, which is not a node: "
-                               "no node sees the packet (trace a node address, e.g. a NodePort)")
+            via = f"via {lookup['gateway']}" if lookup.get("gateway") else lookup.get("error", "")
+            example = next(iter(nodes_by_ip), "NODE-IP")
+            raise InvalidInput(f"trace: the external client ({client}) routes {dst} {via}, which is not a node: no node "
+                               f"sees the packet; from outside, trace a node's address, e.g. external {example}:NODEPORT")
         return tracing.Source("external", "client", client), nodes_by_ip[hop]
     pod_name = source[4:] if source.startswith("pod/") else source
     record = manager.pod(cluster, namespace, pod_name)

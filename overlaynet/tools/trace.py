@@ -73,6 +73,7 @@ class Branch:
     steps: tuple[RuleStep, ...]
     dnat_rule: str | None
     masquerade_rules: tuple[str, ...]  # the MASQUERADE rules of the chains walked after routing
+    remembered: bool = False  # a ``recent --set`` list took the client (ClientIP session affinity)
     hop: RouteHop | None = None
 
 
@@ -183,6 +184,7 @@ def _branch(tables: Tables, packet: Packet, outcome: TraceOutcome) -> Branch:
         dnat_rule=next(iter(_rules_with_target(tables, steps, "DNAT", outcome.destination)), None)
         if outcome.destination else None,
         masquerade_rules=_rules_with_target(tables, postrouting, "MASQUERADE") if outcome.masquerade else (),
+        remembered=bool(outcome.recent_set),
     )
 
 
@@ -227,7 +229,7 @@ def describe_route(lookup: Mapping, link_kinds: Mapping[str, str], neighbours: S
     dev, gateway = lookup.get("dev"), lookup.get("gateway")
     dev_kind = link_kinds.get(dev or "", "")
     if dev_kind == "bridge":
-        return RouteHop("bridge", f"bridge {dev}: {target} is on this node", route)
+        return RouteHop("bridge", f"bridge {dev}: a pod of this node", route)
     if dev_kind == "vxlan":
         mac = next((n["mac"] for n in neighbours if n["ip"] == gateway), None)
         if mac is None:
@@ -239,16 +241,16 @@ def describe_route(lookup: Mapping, link_kinds: Mapping[str, str], neighbours: S
                             "(bridge fdb): no node to send it to, the packet is dropped", route)
         node = nodes_by_ip.get(remote, remote)
         return RouteHop("vxlan", f"{dev} -> {node} ({remote}): VXLAN to the node, neighbour {gateway} lladdr {mac}, "
-                        f"fdb {mac} dst {remote}; then {target}", route, nodes_by_ip.get(remote))
+                        f"fdb {mac} dst {remote}", route, nodes_by_ip.get(remote))
     if gateway and gateway in nodes_by_ip:
         how = "learned over BGP (proto bird)" if lookup["route"]["proto"] == "bird" else "a static route"
-        return RouteHop("via-node", f"via {nodes_by_ip[gateway]} ({gateway}) dev {dev}, {how}; then {target}",
+        return RouteHop("via-node", f"via {nodes_by_ip[gateway]} ({gateway}) dev {dev}, {how}",
                         route, nodes_by_ip[gateway])
     if gateway:
         return RouteHop("gateway", f"via {gateway} dev {dev}: the node network's router, not a node; "
                         f"the packet leaves the cluster network", route)
     if dst in nodes_by_ip:
-        return RouteHop("via-node", f"dev {dev}: {target} is on the node network", route, nodes_by_ip[dst])
+        return RouteHop("via-node", f"dev {dev}: {target}, on the node network", route, nodes_by_ip[dst])
     return RouteHop("veth" if dev_kind == "veth" else "device", f"dev {dev}: straight to {target}", route)
 
 
@@ -297,7 +299,9 @@ def render_text(report: TraceReport, who: Mapping[str, str]) -> str:
     """The trace as a learner reads it: the chains in order, the DNAT choices with their
     probabilities, masquerade or not, and the route to each (translated) destination."""
     src = report.source
-    lines = [f"trace {src.kind} {src.name} ({src.ip}) -> {report.destination} {report.proto}, "
+    asked = report.destination.rpartition(":")[0] if ":" in report.destination else report.destination
+    known = f" ({who[asked]})" if asked in who else ""
+    lines = [f"trace {src.kind} {src.name} ({src.ip}) -> {report.destination}{known} {report.proto}, "
              "the first packet of a connection",
              f"node {report.node} (netns {report.netns}), from {report.hook}, rules read live with iptables-save:"]
     branches = report.branches
@@ -324,6 +328,9 @@ def render_text(report: TraceReport, who: Mapping[str, str]) -> str:
             lines.append(f"{b.verdict}: the packet goes no further")
         else:
             lines.append(f"no DNAT: the destination stays {b.destination}")
+    if any(b.remembered for b in branches):
+        lines.append(f"session affinity: the endpoint chosen is remembered for {src.ip} (-m recent --set), "
+                     "so its next connections go to the same one")
     passing = [b for b in branches if b.verdict not in ("REJECT", "DROP")]
     masqueraded = {b.masquerade for b in passing}
     rules = sorted({rule for b in passing for rule in b.masquerade_rules})
@@ -335,11 +342,14 @@ def render_text(report: TraceReport, who: Mapping[str, str]) -> str:
     elif masqueraded:
         lines.append("masquerade: on the ways marked yes"
                      + "".join(f"\n  {rule}" for rule in rules))
-    hops = {destination_ip(b): b.hop for b in passing if b.hop}
+    hops: dict[RouteHop, list[str]] = {}
+    for b in passing:
+        if b.hop and destination_ip(b) not in hops.setdefault(b.hop, []):
+            hops[b.hop].append(destination_ip(b))
     if hops:
         lines.append(f"route from {report.node} (the kernel's lookup, as ip route get):")
-        for dst, hop in hops.items():
-            lines.append(f"  {dst}: {hop.route or 'no route'}")
+        for hop, destinations in hops.items():
+            lines.append(f"  {', '.join(destinations)}: {hop.route or 'no route'}")
             lines.append(f"    -> {hop.text}")
     return "\n".join(lines)
 
@@ -351,7 +361,7 @@ def as_dict(report: TraceReport) -> dict:
         "hook": report.hook,
         "outcomes": [{
             "probability": round(b.probability, 6), "verdict": b.verdict, "destination": b.destination,
-            "masquerade": b.masquerade, "dnatRule": b.dnat_rule, "masqueradeRules": list(b.masquerade_rules),
+            "masquerade": b.masquerade, "dnatRule": b.dnat_rule, "masqueradeRules": list(b.masquerade_rules), "remembered": b.remembered,
             "chains": [{"table": s.table, "chain": s.chain, "rule": s.rule} for s in b.steps],
             "route": None if b.hop is None else {"kind": b.hop.kind, "route": b.hop.route, "text": b.hop.text,
                                                  "nextNode": b.hop.next_node},

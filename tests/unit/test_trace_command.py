@@ -108,7 +108,7 @@ def test_a_vxlan_route_names_the_node_from_the_neighbour_and_fdb_entries():
     hop = T.describe_route(found, {"flannel.1": "vxlan"}, neigh, fdb, WHO, NODES)
     assert (hop.kind, hop.next_node) == ("vxlan", "node-2")
     assert hop.route == "10.244.1.0/24 via 10.244.1.0 dev flannel.1 onlink"
-    assert "pod default/web-b on node-2" in hop.text
+    assert "neighbour 10.244.1.0 lladdr aa:bb:cc:dd:ee:ff, fdb aa:bb:cc:dd:ee:ff dst 172.20.0.12" in hop.text
     assert "no FDB entry" in T.describe_route(found, {"flannel.1": "vxlan"}, neigh, [], WHO, NODES).text
     assert "no neighbour entry" in T.describe_route(found, {"flannel.1": "vxlan"}, [], fdb, WHO, NODES).text
 
@@ -131,6 +131,13 @@ def test_bridge_bgp_gateway_local_and_no_route():
     assert gone.kind == "dropped" and "Network is unreachable" in gone.text
 
 
+def test_session_affinity_is_named():
+    sticky = SAVE.replace("-j KUBE-MARK-MASQ\n-A KUBE-SEP-A -p tcp", "-j KUBE-MARK-MASQ\n-A KUBE-SEP-A -m recent --set "
+                          "--name KUBE-SEP-A --mask 255.255.255.255 --rsource -j KUBE-MARK-MASQ\n-A KUBE-SEP-A -p tcp")
+    remembered = {b.destination: b.remembered for b in branches(save=sticky)}
+    assert remembered == {"10.244.0.3:8080": True, "10.244.1.3:8080": False}
+
+
 def test_text_and_json_show_the_choices_the_masquerade_and_the_route():
     result = branches()
     hop = T.RouteHop("vxlan", "flannel.1 -> node-2", "10.244.1.0/24 via 10.244.1.0 dev flannel.1 onlink", "node-2")
@@ -140,7 +147,7 @@ def test_text_and_json_show_the_choices_the_masquerade_and_the_route():
     assert "75.0%" in text and "25.0%" in text and "KUBE-SEP-B" in text
     assert "pod default/web-b on node-2" in text
     assert "masquerade: no, the source stays 10.244.0.4" in text
-    assert "10.244.1.3: 10.244.1.0/24 via 10.244.1.0 dev flannel.1 onlink" in text
+    assert "10.244.1.3, 10.244.0.3: 10.244.1.0/24 via 10.244.1.0 dev flannel.1 onlink" in text  # one route, once
     data = T.as_dict(report)
     assert [o["probability"] for o in data["outcomes"]] == [0.75, 0.25]
     assert data["outcomes"][0]["route"]["nextNode"] == "node-2"
