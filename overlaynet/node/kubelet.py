@@ -18,6 +18,7 @@ import os
 import secrets
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from overlaynet import names
 from overlaynet.api.model import ClusterSpec
@@ -26,11 +27,15 @@ from overlaynet.cni import launch
 from overlaynet.datapath.topology import internal_ip
 from overlaynet.errors import InvalidInput, OverlaynetError
 
+if TYPE_CHECKING:
+    from overlaynet.cni.runtime import CniRuntime
+
 NETWORK_NAME = "overlaynet"
 CNI_VERSION = "1.0.0"
 CONFLIST_NAME = "10-overlaynet.conflist"
 # After ours, where Debian's containernetworking-plugins and most distributions put theirs.
 SYSTEM_CNI_PATH = ["/usr/lib/cni", "/opt/cni/bin"]
+PARALLEL_ADDS = 4  # like a kubelet starting several sandboxes at once
 
 
 def cni_path() -> list[str]:
@@ -38,7 +43,6 @@ def cni_path() -> list[str]:
     containerd's ``bin_dir``, then ours and the usual system directories."""
     extra = [d for d in os.environ.get("OVERLAYNET_CNI_PATH", "").split(":") if d]
     return [*extra, launch.ensure_plugin_dir(), *SYSTEM_CNI_PATH]
-PARALLEL_ADDS = 4  # like a kubelet starting several sandboxes at once
 
 
 @dataclass(frozen=True)
@@ -139,7 +143,9 @@ class Sandbox:
     ifname: str = names.POD_INTERFACE
 
 
-def _runtime(paths: NodePaths, node_netns: str):
+def _runtime(paths: NodePaths, node_netns: str) -> CniRuntime:
+    # Loaded on the first CNI call: the runtime and the CNI types would cost every reading
+    # command (`get` imports the kubelet through the manager) some 40 ms.
     from overlaynet.cni.runtime import CniRuntime
 
     return CniRuntime(read_conflist(paths), cni_path(), paths.cache_dir, exec_netns=f"/run/netns/{node_netns}")
