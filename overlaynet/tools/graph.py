@@ -351,12 +351,16 @@ def _dot_node(node: NodeView) -> list[str]:
         out.append(f"    {_id(node.name, device.name)} [fillcolor=\"{'#eaf5ea' if device.kind == 'bridge' else '#e6f0fa'}\", "
                    f"color=\"{_OK_COLOUR if device.up else _BAD_COLOUR}\", label={_quote(device.name + chr(10) + detail)}];")
         out.append(f"    {eth0} -> {_id(node.name, device.name)};")
+    routed = [pod for pod in node.pods if not pod.bridge]
+    if routed:  # pods on no bridge: the node routes to each (a /32 per pod), as calico does
+        out.append(f'    {_id(node.name, "routes")} [fillcolor="#f3eefb", label="routing table\\na /32 route per pod"];')
+        out.append(f"    {eth0} -> {_id(node.name, 'routes')};")
     for pod in node.pods:
         pod_id = _id("pod", pod.namespace, pod.name)
         text = f"{pod.name}\n{pod.ip or pod.status}" + (f"\n✗ {pod.problem}" if pod.problem else "")
         out.append(f"    {pod_id} [shape=ellipse, fillcolor=\"#fdf1e6\", "
                    f"color=\"{_BAD_COLOUR if pod.problem else _OK_COLOUR}\", label={_quote(text)}];")
-        parent = _id(node.name, pod.bridge) if pod.bridge else eth0
+        parent = _id(node.name, pod.bridge if pod.bridge else "routes")
         if pod.host_device:
             out.append(f"    {parent} -> {pod_id} [xlabel={_quote(pod.host_device)}];")
         else:
@@ -387,7 +391,8 @@ def _dot_paths(nodes: Sequence[NodeView]) -> list[str]:
         else:
             vxlan = kinds == {"vxlan"}
             colour, style = (_TUNNEL_COLOUR, "dashed") if vxlan else (_ROUTE_COLOUR, "solid")
-            label = "VXLAN" if vxlan else "routes"
+            label = "VXLAN" if vxlan else ("routes (BGP)" if all(p.via.endswith("(BGP)") for _, p in paths)
+                                            else "routes")
         out.append(f"  {ends[0]} -> {ends[1]} [dir=both, arrowhead=normal, arrowtail=normal, arrowsize=0.6, "
                    f'constraint=false, style={style}, penwidth=1.5, color="{colour}", fontcolor="{colour}", '
                    f'label="{label}"];')

@@ -108,6 +108,9 @@ def test_routed_paths_go_via_the_peer_and_a_bgp_route_says_so():
     assert [(p.host_device, p.bridge) for p in t.nodes[0].pods] == [("cali0123", None)]
     text = graph.render_text(t)
     assert "pods routed by the node (a /32 route each, no bridge)" in text and "routes to the peers' pods" in text
+    dot = graph.render_dot(t)
+    assert '"node-1/routes" -> "pod/default/a" [xlabel="cali0123"]' in dot
+    assert 'label="routes"' in dot  # node-2's route is static: not every way is learned over BGP
 
 
 def test_a_route_through_another_node_is_a_problem():
