@@ -2,7 +2,7 @@
 
 A mode is everything about a cluster's pod network that differs between Flannel-like,
 Calico-like or any other wiring, and nothing outside this package asks which mode it is: the
-control plane, the kubelet, the CNI plugin skeleton (``overlaynet.cni.plugins``), ``render``
+control plane, the kubelet, the CNI plugin skeleton (``overlaynet.cni.main_plugin``), ``render``
 and the CLI hold a ``Mode`` and call its members. A mode is pure: it plans (``plan_*``),
 renders (``render_*``) and judges observed state handed to it; it never touches the kernel,
 the store or the disk, and never imports pyroute2 or spawns a process.
