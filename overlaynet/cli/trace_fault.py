@@ -386,8 +386,10 @@ def fault_clear(fault_id, everything, cluster):
       overlaynet fault clear fault-1
       overlaynet fault clear --all
     """
-    if bool(fault_id) == everything:
-        raise InvalidInput("fault clear needs an ID (see overlaynet fault list) or --all, not both")
+    if fault_id and everything:
+        raise InvalidInput("fault clear takes an ID or --all, not both")
+    if not fault_id and not everything:
+        raise InvalidInput("fault clear needs an ID (see `overlaynet fault list`) or --all")
     require_privileges("overlaynet fault clear")
     manager = _manager()
     name = _resolve_cluster(manager, cluster)

@@ -23,6 +23,7 @@ node and the field.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 
@@ -112,8 +113,8 @@ def plan_mtu(node: str, node_netns: str, node_plan: Plan, mtu: int) -> Fault:
     if mtu == planned:
         raise invalid("node", node, f"fault mtu: --mtu {mtu} is {dev}'s MTU already")
     return Fault("mtu", node, f"{dev} mtu {planned} -> {mtu}",
-                 f"ip link show {dev}; from {node} or a pod on it to a pod on another node, "
-                 f"ping -M do -s {planned - 28} fails and ping -s 56 passes",
+                 f"overlaynet exec node/{node} -- ip link show {dev}; from {node} or its pods to a pod "
+                 f"elsewhere, ping -M do -s {planned - 28} fails and ping -s 56 passes",
                  (SetMtu(node_netns, dev, mtu),), (SetMtu(node_netns, dev, planned),))
 
 
@@ -132,27 +133,29 @@ def plan_route(node: str, node_plan: Plan, cidr: str, learned_by_bgp: bool) -> F
         known = ", ".join(sorted({r.dst for r in _peer_routes(node_plan)})) or "none"
         raise invalid("node", node, f"fault route: no planned route to {cidr} (its routes to peers: {known})")
     change = "; ".join(f"deleted {words(r)}" for r in routes)
-    return Fault("route", node, change, f"ip route (no {cidr}); ip route get <a pod address in {cidr}>",
+    probe = next(ipaddress.ip_network(cidr).hosts(), ipaddress.ip_network(cidr).network_address)
+    return Fault("route", node, change, f"overlaynet exec node/{node} -- ip route get {probe}",
                  (DeleteSteps(tuple(routes)),), (ApplySteps(tuple(routes)),))
 
 
-def _entry_fault(kind: str, step_type: type, node: str, peer: str, peer_plan: Plan, cni: str, hint: str) -> Fault:
+def _entry_fault(kind: str, step_type: type, node: str, peer: str, peer_plan: Plan, cni: str, command: str) -> Fault:
     entries = tuple(s for s in peer_plan if isinstance(s, step_type))
     if not entries:
         raise invalid("node", node, f"fault {kind}: cni {cni} plans no {'VXLAN FDB' if kind == 'fdb' else 'neighbour'} "
                       f'entry for peer "{peer}" (only an encapsulating mode has them)')
     change = "; ".join(f"deleted {words(e)}" for e in entries)
+    hint = f"overlaynet exec node/{node} -- {command} dev {entries[0].dev}"
     return Fault(kind, node, change, hint, (DeleteSteps(entries),), (ApplySteps(entries),))
 
 
 def plan_fdb(node: str, peer: str, peer_plan: Plan, cni: str) -> Fault:
     """Delete the node's FDB entry that sends the peer's VTEP MAC to the peer's address."""
-    return _entry_fault("fdb", FdbEntry, node, peer, peer_plan, cni, "bridge fdb show dev flannel.1")
+    return _entry_fault("fdb", FdbEntry, node, peer, peer_plan, cni, "bridge fdb show")
 
 
 def plan_neigh(node: str, peer: str, peer_plan: Plan, cni: str) -> Fault:
     """Delete the node's permanent neighbour entry for the peer's VTEP address."""
-    return _entry_fault("neigh", Neighbour, node, peer, peer_plan, cni, "ip neigh show dev flannel.1")
+    return _entry_fault("neigh", Neighbour, node, peer, peer_plan, cni, "ip neigh show")
 
 
 def masquerade_rule(cluster_cidr: str, fault_id: str) -> str:
@@ -163,8 +166,8 @@ def masquerade_rule(cluster_cidr: str, fault_id: str) -> str:
 
 def plan_masquerade(node: str, node_netns: str, cluster_cidr: str, fault_id: str) -> Fault:
     rule = masquerade_rule(cluster_cidr, fault_id)
-    return Fault("masquerade", node, f"appended to nat: {rule}",
-                 "iptables-save -t nat; overlaynet verify (NAT between pods)",
+    return Fault("masquerade", node, f"stray MASQUERADE appended to nat POSTROUTING (-s {cluster_cidr} -d {cluster_cidr})",
+                 f"overlaynet exec node/{node} -- iptables-save -t nat; overlaynet verify (NAT between pods)",
                  (AppendRule(node_netns, "nat", rule),), (DeleteRule(node_netns, "nat", rule),))
 
 
@@ -172,8 +175,8 @@ def plan_bird(node: str, cluster: str, bgp: str | None) -> Fault:
     if bgp != "bird":
         raise invalid("cluster", cluster, "fault bird: bgp is off, no BIRD runs "
                       "(a cluster made with `overlaynet up --cni calico --bgp` has one per node)")
-    return Fault("bird", node, "BIRD stopped", "birdc show protocols fails; ip route on the other nodes "
-                 f"lacks {node}'s blocks", (StopBird(node),), (StartBird(node),))
+    return Fault("bird", node, "BIRD stopped", f"overlaynet describe node {node} (its BGP sessions); "
+                 f"the other nodes' ip route lacks {node}'s blocks", (StopBird(node),), (StartBird(node),))
 
 
 # --------------------------------------------------------------------------- records

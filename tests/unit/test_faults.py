@@ -54,6 +54,7 @@ def test_route_fdb_and_neigh_delete_planned_objects_and_recreate_them(flannel):
     (route,) = fault.inject[0].steps
     assert isinstance(route, Route) and route.gateway == "10.244.1.0" and route.onlink
     assert fault.undo == (F.ApplySteps((route,)),)
+    assert fault.hint == "overlaynet exec node/node-1 -- ip route get 10.244.1.1"
     with pytest.raises(InvalidInput, match=r"no planned route to 10.9.0.0/24 \(its routes to peers: "
                                            r"10.244.1.0/24, 10.244.2.0/24\)"):
         F.plan_route("node-1", plan, "10.9.0.0/24", learned_by_bgp=False)
@@ -62,6 +63,7 @@ def test_route_fdb_and_neigh_delete_planned_objects_and_recreate_them(flannel):
     peer = mode.plan_peer(spec, nodes[0], nodes[1])
     fdb = F.plan_fdb("node-1", "node-2", peer, spec.cni)
     assert [type(s) for s in fdb.inject[0].steps] == [FdbEntry] and fdb.inject[0].steps[0].dst == "172.20.0.12"
+    assert fdb.hint == "overlaynet exec node/node-1 -- bridge fdb show dev flannel.1"
     neigh = F.plan_neigh("node-1", "node-2", peer, spec.cni)
     assert [type(s) for s in neigh.undo[0].steps] == [Neighbour]
 
