@@ -391,7 +391,8 @@ def test_results_round_trip_in_every_version(result, version):
 # -- the plugin entry point (skel): thin path to a (fake) agent, standalone fallback ---------
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-HEAVY = ("pyroute2", "yaml", "overlaynet.cni.plugins", "overlaynet.api.model", "overlaynet.kernel", "dataclasses")
+HEAVY = ("pyroute2", "yaml", "overlaynet.cni.plugins", "overlaynet.cni.invocation", "overlaynet.cni.ipam_plugin",
+         "overlaynet.cni.main_plugin", "overlaynet.api.model", "overlaynet.kernel", "dataclasses")
 
 
 class FakeAgent:
