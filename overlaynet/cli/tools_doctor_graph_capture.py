@@ -223,11 +223,12 @@ def capture(target, interface, count, timeout, bpf_filter, pcap_path, namespace,
 
     def show(packets: int, seconds: float) -> None:
         if progress:
-            click.echo(f"\r  {packets} packet{'s' if packets != 1 else ''}, {seconds:.1f} s", err=True, nl=False)
+            click.echo(f"\r  {packets} packet{'s' if packets != 1 else ''} so far, {seconds:.1f} s of {timeout:g} s", err=True,
+                       nl=False)
 
     result = capturing.capture(netns, interface, count, timeout, bpf_filter, ready, show)
     if progress:
-        click.echo("\r" + " " * 40 + "\r", err=True, nl=False)
+        click.echo("\r" + " " * 50 + "\r", err=True, nl=False)
     if pcap_path and result.pcap:
         try:
             with open(pcap_path, "wb") as handle:

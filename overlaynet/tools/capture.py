@@ -65,7 +65,7 @@ class Packet:
 def decode(pcap: bytes) -> list[Packet]:
     """Every frame of ``pcap`` (the bytes of a pcap file; Ethernet frames)."""
     import scapy.layers.inet
-    import scapy.layers.inet6  # noqa: F401
+    import scapy.layers.inet6
     import scapy.layers.l2  # noqa: F401 - Ethernet as the pcap link type among them
     from scapy.utils import PcapReader
 

@@ -244,8 +244,8 @@ def render_text(topology: Topology, style: Callable[[str, str], str] = _plain) -
              + ("  (one per node, from the cluster CIDR)" if t.range_kind == "pod CIDR"
                 else "  (claimed by each node from the cluster CIDR)"),
              f"  service CIDR  {t.service_cidr:<18} virtual: ClusterIPs live only in iptables rules",
-             f"{names.UNDERLAY_BRIDGE} {t.gateway}: the node network's bridge (netns {t.underlay_netns})"
-             f"{''.join(bad(p) for p in t.problems)}"]
+             (f"{names.UNDERLAY_BRIDGE} {t.gateway}: the node network's bridge (netns {t.underlay_netns})"
+              + "".join(bad(p) for p in t.problems))]
     for index, node in enumerate(t.nodes):
         last_node = index == len(t.nodes) - 1 and not t.unscheduled
         stem, indent = ("└── ", "    ") if last_node else ("├── ", "│   ")
