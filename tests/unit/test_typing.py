@@ -35,7 +35,7 @@ def test_pyproject_checks_exactly_the_pure_paths():
 
 
 def test_mypy_passes_on_the_pure_side(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "mypy", "--cache-dir", str(tmp_path), *PURE_PATHS],
+    proc = subprocess.run([sys.executable, "-m", "mypy", "--cache-dir", str(tmp_path), *PURE_PATHS], check=False,
                           capture_output=True, text=True, cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
