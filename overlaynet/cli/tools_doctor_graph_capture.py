@@ -64,7 +64,7 @@ def doctor(ctx, output):
 
 # -- graph -------------------------------------------------------------------------------------
 
-_GRAPH_FORMATS = ("text", "dot", "svg", "png")
+_GRAPH_FORMATS = ("text", "dot", "svg", "png", "json")
 _TEXT_STYLES: dict[str, dict[str, Any]] = {"title": {"bold": True}, "bad": {"fg": "red"}, "dim": {"dim": True}}
 
 
@@ -74,7 +74,7 @@ def _style(text: str, role: str) -> str:
 
 @click.command()
 @click.option("-o", "--output", type=click.Choice(_GRAPH_FORMATS),
-              help="text (a tree, the default), dot (Graphviz source), svg or png (a picture).")
+              help="text (a tree, the default), dot (Graphviz source), svg or png (a picture), json (for scripts).")
 @click.option("--file", "path", type=click.Path(dir_okay=False),
               help="Write here (default for svg/png: CLUSTER.svg or CLUSTER.png); the extension picks the format.")
 @cluster_option
@@ -97,10 +97,12 @@ def graph(output, path, cluster):
     require_privileges("overlaynet graph")
     topology = _observe_topology(cluster)
     if fmt == "text":
-        text = graphing.render_text(topology, _style if not path else graphing._plain)
+        text = graphing.render_text(topology, _style if not path else graphing.plain)
+    elif fmt == "json":
+        text = json.dumps(topology.as_dict(), indent=2)
     else:
         text = graphing.render_dot(topology)
-    if fmt in ("text", "dot") and not path:
+    if fmt in ("text", "dot", "json") and not path:
         click.echo(text)
         return
     path = path or f"{topology.cluster}.{fmt}"
@@ -120,9 +122,9 @@ def graph(output, path, cluster):
 
 def _format_of(path: str) -> str:
     extension = os.path.splitext(path)[1].lstrip(".").lower()
-    formats = {"svg": "svg", "png": "png", "dot": "dot", "gv": "dot", "txt": "text"}
+    formats = {"svg": "svg", "png": "png", "dot": "dot", "gv": "dot", "txt": "text", "json": "json"}
     if extension not in formats:
-        raise InvalidInput(f'graph --file "{path}": the extension must be .svg, .png, .dot or .txt (or give -o)')
+        raise InvalidInput(f'graph --file "{path}": the extension must be .svg, .png, .dot, .txt or .json (or give -o)')
     return formats[extension]
 
 

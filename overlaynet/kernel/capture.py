@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import IO
 
 from overlaynet.errors import HostError, InvalidInput, KernelError
 from overlaynet.kernel import netns as netns_mod
@@ -115,7 +116,7 @@ def capture(netns: str, interface: str, count: int, timeout: float, bpf_filter: 
     return Captured(data, count_records(data), time.monotonic() - started, stopped_by)
 
 
-def _read_all(stream, chunks: list[bytes]) -> None:
+def _read_all(stream: IO[bytes], chunks: list[bytes]) -> None:
     while True:
         chunk = os.read(stream.fileno(), 65536)
         if not chunk:
@@ -123,7 +124,7 @@ def _read_all(stream, chunks: list[bytes]) -> None:
         chunks.append(chunk)
 
 
-def _watch_stderr(stream, lines: list[str], listening: threading.Event) -> None:
+def _watch_stderr(stream: IO[bytes], lines: list[str], listening: threading.Event) -> None:
     for raw in stream:
         line = raw.decode(errors="replace").rstrip()
         lines.append(line)

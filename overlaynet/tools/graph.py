@@ -21,6 +21,7 @@ What it never does: read the kernel or the store, run Graphviz, or print.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -93,6 +94,10 @@ class Topology:
     nodes: tuple[NodeView, ...]
     unscheduled: tuple[PodView, ...]  # pods on no node yet (Pending)
     problems: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict:
+        """The whole topology for scripts (``graph -o json``), with every problem listed."""
+        return {**dataclasses.asdict(self), "problems": self.all_problems}
 
     @property
     def all_problems(self) -> list[str]:
@@ -225,11 +230,12 @@ def _peer_path(peer: str, peer_ip: str, pod_range: str, observed: Mapping, links
 # -- text ---------------------------------------------------------------------------------------
 
 
-def _plain(text: str, _role: str) -> str:
+def plain(text: str, _role: str) -> str:
+    """No styling: the text as it is (for a file)."""
     return text
 
 
-def render_text(topology: Topology, style: Callable[[str, str], str] = _plain) -> str:
+def render_text(topology: Topology, style: Callable[[str, str], str] = plain) -> str:
     """A tree: ranges, then the underlay with each node, its devices, its pods and its paths to
     the peers. ``style(text, role)`` may colour a part (roles: ``title``, ``bad``, ``dim``)."""
     def bad(problem: str | None) -> str:
@@ -271,7 +277,8 @@ def _pod_line(pod: PodView, style: Callable[[str, str], str], bad: Callable[[str
     return f"pod {pod.name:<22} {pod.ip or '(' + pod.status + ')':<15}{via}{bad(pod.problem)}"
 
 
-def _node_children(node: NodeView, style, bad) -> list[tuple[str, list[str]]]:
+def _node_children(node: NodeView, style: Callable[[str, str], str],
+                   bad: Callable[[str | None], str]) -> list[tuple[str, list[str]]]:
     children: list[tuple[str, list[str]]] = []
     for device in (d for d in node.devices if d.kind == "bridge"):
         pods = [_pod_line(p, style, bad) for p in node.pods if p.bridge == device.name]

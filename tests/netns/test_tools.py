@@ -80,6 +80,8 @@ def test_graph_of_a_flannel_cluster_turns_red_where_an_fdb_entry_went(cli, tmp_p
     assert in_netns(ns, "bridge", "fdb", "del", mac, "dev", "flannel.1", "dst", "172.20.0.12").returncode == 0
     broken = cli.run("graph", "--name", FLANNEL).stdout
     assert f"✗ no FDB entry for {mac} on flannel.1 (bridge fdb)" in broken and "1 problem found" in broken
+    assert json.loads(cli.run("graph", "--name", FLANNEL, "-o", "json").stdout)["problems"] == [
+        f"node-1 -> node-2 (10.244.1.0/24): no FDB entry for {mac} on flannel.1 (bridge fdb)"]
 
     svg, png = tmp_path / "g.svg", tmp_path / "g.png"
     written = cli.run("graph", "--name", FLANNEL, "--file", str(svg)).stdout

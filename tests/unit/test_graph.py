@@ -3,6 +3,7 @@ a broken tunnel or route named, and both renderings; no root."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 
@@ -152,3 +153,12 @@ def test_graphviz_lays_the_dot_out():
                             capture_output=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     assert "<svg" in result.stdout and "eth0 172.20.0.11" in result.stdout and "10.244.0.2" in result.stdout
+
+
+def test_as_dict_lists_every_problem_for_scripts():
+    kernel = healthy_kernel()
+    kernel["nodes"]["node-2"]["routes"] = []
+    document = topology(kernel).as_dict()
+    assert document["problems"] == ["node-2 -> node-1 (10.244.0.0/24): no route to 10.244.0.0/24"]
+    assert document["nodes"][0]["pods"][0]["host_device"] == "vetha"
+    json.dumps(document)  # plain values only
