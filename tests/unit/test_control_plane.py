@@ -9,6 +9,7 @@ import json
 import pytest
 
 from overlaynet import names
+from overlaynet.agent.__main__ import report_to_controller
 from overlaynet.api.manifests import parse_document
 from overlaynet.api.model import NodeSpec, build_spec
 from overlaynet.control.manager import ClusterManager
@@ -332,3 +333,12 @@ def test_with_bgp_bird_learns_the_routes_and_down_stops_every_daemon(make):
     assert routes_of(manager, "node-2") == []  # BIRD's job, not ours
     manager.down(CLUSTER)
     assert bird.running == {}
+
+
+def test_the_agents_health_report_reaches_the_controller_over_the_store(make):
+    manager = make(nodes=1)
+    manager.apply(CLUSTER, [pod("a")])
+    report = report_to_controller(CLUSTER, manager.store.directory)
+    report("default", "a", "liveness", False)  # a restart: nothing to sync
+    assert manager.pod(CLUSTER, "default", "a")["status"]["containerStatuses"][0]["restartCount"] == 1
+    report("default", "gone", "readiness", True)  # a pod deleted meanwhile is no error
