@@ -28,6 +28,7 @@ from overlaynet.errors import InvalidInput, NotFoundError
 from overlaynet.tools import faults as planning
 from overlaynet.tools import trace as tracing
 
+
 def _manager():
     from overlaynet.cli.commands import _manager as manager
 
@@ -67,6 +68,23 @@ def _who(manager, cluster: str, spec) -> tuple[dict[str, str], dict[str, str]]:
     return who, nodes_by_ip
 
 
+def _route_hop(manager, cluster: str, node: str, src: tracing.Source, target: str) -> tracing.RouteHop:
+    """The route ``node`` takes to ``target`` for a packet from ``src``, in words."""
+    from overlaynet.kernel import observe, routes
+
+    netns = names.node_netns(cluster, node)
+    links = {link["name"]: link["kind"] or "" for link in observe.observe_links(netns)}
+    arrives_on = None
+    if src.kind != "node":  # a forwarded packet: the lookup it meets depends on where it came in
+        arrives_on = routes.observe_route_get(netns, src.ip).get("dev")
+    lookup = routes.observe_route_get(netns, target, src.ip if arrives_on else None, arrives_on)
+    dev = lookup.get("dev")
+    vxlan = links.get(dev or "") == "vxlan"
+    who, nodes_by_ip = _who(manager, cluster, manager.spec(cluster))
+    return tracing.describe_route(lookup, links, observe.observe_neighbours(netns, dev) if vxlan else [],
+                                  observe.observe_fdb(netns, dev) if vxlan else [], who, nodes_by_ip)
+
+
 def _trace_source(manager, cluster: str, spec, source: str, namespace: str, dst: str
                   ) -> tuple[tracing.Source, str]:
     """The packet's source and the node it enters."""
@@ -90,7 +108,7 @@ def _trace_source(manager, cluster: str, spec, source: str, namespace: str, dst:
             raise InvalidInput(f"trace: the external client ({client}) routes {dst} {via}, which is not a node: no node "
                                f"sees the packet; from outside, trace a node's address, e.g. external {example}:NODEPORT")
         return tracing.Source("external", "client", client), nodes_by_ip[hop]
-    pod_name = source[4:] if source.startswith("pod/") else source
+    pod_name = source.removeprefix("pod/")
     record = manager.pod(cluster, namespace, pod_name)
     ip, node = record["status"].get("podIP"), record["spec"].get("nodeName")
     if not ip or not node:
@@ -104,9 +122,11 @@ def _trace_source(manager, cluster: str, spec, source: str, namespace: str, dst:
 @click.argument("destination", metavar="DEST[:PORT]")
 @click.option("--proto", type=click.Choice(tracing.PROTOCOLS), default="tcp", show_default=True)
 @click.option("-n", "--namespace", default=DEFAULT_NAMESPACE, show_default=True, help="The source pod's namespace.")
+@click.option("--live", is_flag=True, help="Send one real packet and show the rules the kernel matched "
+              "(nf_tables: xtables-monitor --trace); the trace rule is removed afterwards.")
 @click.option("-o", "--output", type=click.Choice(["json"]), help="json for scripts.")
 @cluster_option
-def trace(source, destination, proto, namespace, output, cluster):
+def trace(source, destination, proto, namespace, live, output, cluster):
     """Walk a packet from SOURCE (a pod, node/NAME or external) to DEST through the live
     iptables rules of the node it enters, then the route that node takes to it.
 
@@ -115,8 +135,9 @@ def trace(source, destination, proto, namespace, output, cluster):
       overlaynet trace client-a 10.96.0.2:80
       overlaynet trace external 172.20.0.12:30080
       overlaynet trace node/node-1 10.244.2.3 --proto icmp
+      overlaynet trace client-a 10.96.0.2:80 --live
     """
-    from overlaynet.kernel import iptables, observe, routes
+    from overlaynet.kernel import iptables, observe
 
     require_privileges("overlaynet trace")
     manager = _manager()
@@ -127,25 +148,19 @@ def trace(source, destination, proto, namespace, output, cluster):
     packet = tracing.plan_packet(src, dst, port, proto)
     netns = names.node_netns(name, node)
     backend = manager.store.get_meta(name, "kube-proxy-backend") or iptables.backend()
+    if live:
+        _trace_live(manager, name, src, namespace, node, packet, backend, output)
+        return
     local = [a["cidr"].split("/")[0] for a in observe.observe_addresses(netns)]
     branches = tracing.trace_rules(iptables.save(netns, backend), packet, local, node)
-    who, nodes_by_ip = _who(manager, name, spec)
-    links = {link["name"]: link["kind"] or "" for link in observe.observe_links(netns)}
-    arrives_on = None
-    if src.kind != "node":  # a forwarded packet: the lookup it meets depends on where it came in
-        arrives_on = routes.observe_route_get(netns, src.ip).get("dev")
+    who, _ = _who(manager, name, spec)
     hops: dict[str, tracing.RouteHop] = {}
     for index, branch in enumerate(branches):
         if branch.verdict in ("REJECT", "DROP"):
             continue
         target = tracing.destination_ip(branch)
         if target not in hops:
-            lookup = routes.observe_route_get(netns, target, src.ip if arrives_on else None, arrives_on)
-            dev = lookup.get("dev")
-            vxlan = links.get(dev or "") == "vxlan"
-            hops[target] = tracing.describe_route(
-                lookup, links, observe.observe_neighbours(netns, dev) if vxlan else [],
-                observe.observe_fdb(netns, dev) if vxlan else [], who, nodes_by_ip)
+            hops[target] = _route_hop(manager, name, node, src, target)
         branches[index] = dataclasses.replace(branch, hop=hops[target])
     report = tracing.TraceReport(src, destination, proto, node, netns,
                                  "nat OUTPUT" if src.kind == "node" else "nat PREROUTING", branches)
@@ -153,6 +168,41 @@ def trace(source, destination, proto, namespace, output, cluster):
         click.echo(json.dumps(tracing.as_dict(report), indent=2))
     else:
         click.echo(tracing.render_text(report, who))
+
+
+def _trace_live(manager, cluster: str, src: tracing.Source, namespace: str, node: str, packet, backend: str,
+                output: str | None) -> None:
+    """One real packet: the trace rule recorded in the store before it goes in, so a ``trace
+    --live`` killed half-way has its rule removed by the next one (``down`` removes it with
+    the node's namespace)."""
+    from overlaynet.kernel import live_trace
+
+    node_ns = names.node_netns(cluster, node)
+    if src.kind == "pod":
+        source_ns = names.pod_netns(cluster, namespace, src.name.split("/", 1)[1])
+    elif src.kind == "node":
+        source_ns = node_ns
+    else:
+        source_ns = names.external_netns(cluster)
+    store = manager.store
+    with store.cluster_lock(cluster):
+        store.set_meta(cluster, f"trace-live/{node}", tracing.live_rule(packet))
+        try:
+            text = live_trace.trace_one_packet(
+                node_ns, tracing.live_rule(packet),
+                lambda: live_trace.send_probe(source_ns, packet.dst, packet.dport, packet.proto), backend)
+        finally:
+            store.set_meta(cluster, f"trace-live/{node}", "")
+    steps = tracing.parse_monitor(text)
+    hop = _route_hop(manager, cluster, node, src, steps[-1].dst) if steps and steps[-1].dst else None
+    if output == "json":
+        click.echo(json.dumps({"source": {"kind": src.kind, "name": src.name, "ip": src.ip}, "node": node,
+                               "live": tracing.live_as_dict(steps),
+                               "route": None if hop is None else {"kind": hop.kind, "route": hop.route,
+                                                                  "text": hop.text, "nextNode": hop.next_node}},
+                              indent=2))
+    else:
+        click.echo(tracing.render_live(src, node, steps, hop))
 
 
 # -- fault -----------------------------------------------------------------------------------

@@ -126,7 +126,7 @@ def _peer_routes(node_plan: Plan) -> list[Route]:
 def plan_route(node: str, node_plan: Plan, cidr: str, learned_by_bgp: bool) -> Fault:
     """Delete the node's planned route(s) to ``cidr``."""
     if learned_by_bgp:
-        raise invalid("node", node, f"fault route: its routes to other nodes are BIRD's (proto bird), and BIRD "
+        raise invalid("node", node, "fault route: its routes to other nodes are BIRD's (proto bird), and BIRD "
                       "puts a deleted one back within seconds; break BGP instead: overlaynet fault bird " + node)
     routes = [s for s in node_plan if isinstance(s, Route) and s.dst == cidr]
     if not routes:
@@ -138,8 +138,9 @@ def plan_route(node: str, node_plan: Plan, cidr: str, learned_by_bgp: bool) -> F
                  (DeleteSteps(tuple(routes)),), (ApplySteps(tuple(routes)),))
 
 
-def _entry_fault(kind: str, step_type: type, node: str, peer: str, peer_plan: Plan, cni: str, command: str) -> Fault:
-    entries = tuple(s for s in peer_plan if isinstance(s, step_type))
+def _entry_fault(kind: str, step_type: type[FdbEntry | Neighbour], node: str, peer: str, peer_plan: Plan,
+                 cni: str, command: str) -> Fault:
+    entries: tuple[FdbEntry | Neighbour, ...] = tuple(s for s in peer_plan if isinstance(s, step_type))
     if not entries:
         raise invalid("node", node, f"fault {kind}: cni {cni} plans no {'VXLAN FDB' if kind == 'fdb' else 'neighbour'} "
                       f'entry for peer "{peer}" (only an encapsulating mode has them)')

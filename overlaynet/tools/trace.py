@@ -199,7 +199,7 @@ def route_text(route: Mapping) -> str:
     """A FIB entry as ``ip route`` prints it."""
     dst = route["dst"]
     parts = [] if route["type"] == "unicast" else [route["type"]]
-    parts.append("default" if dst == "0.0.0.0/0" else (dst[:-3] if dst.endswith("/32") else dst))
+    parts.append("default" if dst == "0.0.0.0/0" else dst.removesuffix("/32"))
     if route.get("gateway"):
         parts += ["via", route["gateway"]]
     if route.get("dev"):
@@ -301,8 +301,8 @@ def render_text(report: TraceReport, who: Mapping[str, str]) -> str:
     src = report.source
     asked = report.destination.rpartition(":")[0] if ":" in report.destination else report.destination
     known = f" ({who[asked]})" if asked in who else ""
-    lines = [f"trace {src.kind} {src.name} ({src.ip}) -> {report.destination}{known} {report.proto}, "
-             "the first packet of a connection",
+    lines = [(f"trace {src.kind} {src.name} ({src.ip}) -> {report.destination}{known} {report.proto}, "
+              "the first packet of a connection"),
              f"node {report.node} (netns {report.netns}), from {report.hook}, rules read live with iptables-save:"]
     branches = report.branches
     head, tail = _common(branches)
@@ -367,3 +367,103 @@ def as_dict(report: TraceReport) -> dict:
                                                  "nextNode": b.hop.next_node},
         } for b in report.branches],
     }
+
+
+# --------------------------------------------------------------------------- --live
+
+LIVE_COMMENT = "overlaynet trace --live"
+_NFT_RETURN = "0xfffffffb"  # NFT_RETURN as xtables-monitor prints an unnamed verdict
+
+
+@dataclass(frozen=True)
+class LiveStep:
+    """One trace event of the packet: a rule that matched (``rule`` its text) or a built-in
+    chain's policy (``rule`` None); ``packet`` the addresses as the hook saw them."""
+
+    table: str
+    chain: str
+    verdict: str  # "JUMP KUBE-SERVICES", "ACCEPT", "RETURN", "policy ACCEPT", ...
+    rule: str | None
+    packet: str
+    dst: str = ""  # the packet's destination address at this step
+
+
+def live_rule(packet: Packet) -> str:
+    """The raw-table TRACE rule that picks out the packet ``send_probe`` sends (for TCP only
+    the SYN, so the rest of the connection is not traced)."""
+    chain = "OUTPUT" if packet.origin == "node" else "PREROUTING"
+    parts = ["-A", chain, "-s", f"{packet.src}/32", "-d", f"{packet.dst}/32", "-p", packet.proto]
+    if packet.proto == "tcp":
+        parts += ["-m", "tcp", "--dport", str(packet.dport), "--tcp-flags", "FIN,SYN,RST,ACK", "SYN"]
+    elif packet.proto == "udp":
+        parts += ["-m", "udp", "--dport", str(packet.dport)]
+    else:
+        parts += ["-m", "icmp", "--icmp-type", "8"]
+    return " ".join(parts + ["-m", "comment", "--comment", f'"{LIVE_COMMENT}"', "-j", "TRACE"])
+
+
+def _packet_words(fields: dict[str, str]) -> str:
+    src, dst = fields.get("SRC", "?"), fields.get("DST", "?")
+    if "DPORT" in fields:
+        return f"{src}:{fields.get('SPORT', '?')} -> {dst}:{fields['DPORT']}"
+    return f"{src} -> {dst}"
+
+
+def parse_monitor(text: str) -> list[LiveStep]:
+    """``xtables-monitor --trace`` output -> the steps of the first packet traced, in order,
+    without the raw table's own TRACE rule. The trace id is no guide (the kernel derives it
+    from the packet, and it changes once the packet is routed); the trace rule marks only the
+    packet sent, so its events run until the raw table sees a packet again."""
+    steps: list[LiveStep] = []
+    packet, dst = "", ""
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) < 4 or words[0] not in ("PACKET:", "TRACE:"):
+            continue
+        if words[0] == "PACKET:":
+            fields = dict(w.split("=", 1) for w in words[3:] if "=" in w)
+            packet, dst = _packet_words(fields), fields.get("DST", "")
+            continue
+        spec = words[3].split(":")
+        if spec[0] == "raw":
+            if steps:  # the same id arriving at raw again: a later packet, not ours
+                break
+            continue
+        if len(spec) < 4:
+            continue
+        table, chain, kind = spec[0], spec[1], spec[2]
+        rule_text = line.split(f" -t {table} ", 1)[1].strip() if f" -t {table} " in line else None
+        if kind == "policy":
+            steps.append(LiveStep(table, chain, f"policy {spec[3]}", None, packet, dst))
+            continue
+        verdict = spec[4] if len(spec) > 4 else ""
+        verdict = {"JUMP": f"JUMP {spec[5]}" if len(spec) > 5 else "JUMP", _NFT_RETURN: "RETURN"}.get(verdict, verdict)
+        if verdict == "GOTO" and len(spec) > 5:
+            verdict = f"GOTO {spec[5]}"
+        steps.append(LiveStep(table, chain, verdict, rule_text, packet, dst))
+    return steps
+
+
+def render_live(source: Source, node: str, steps: list[LiveStep], hop: RouteHop | None = None) -> str:
+    lines = [(f"live: one packet sent from {source.kind} {source.name} ({source.ip}), the rules the kernel matched "
+              f"in {node} (xtables-monitor --trace):")]
+    if not steps:
+        lines.append(f"  no trace event: the packet never reached {node}'s netfilter hooks "
+                     "(look at the source's route: ip route get)")
+        return "\n".join(lines)
+    packet = None
+    for step in steps:
+        if step.packet != packet:
+            packet = step.packet
+            lines.append(f"  packet {packet}")
+        head = f"{step.table} {step.chain}"
+        lines.append(f"    {head:<32} {step.verdict:<34} {_rule_body(step.rule) if step.rule else ''}".rstrip())
+    if hop is not None:
+        lines.append(f"route from {node} to {steps[-1].dst}: {hop.route or 'none'}")
+        lines.append(f"  -> {hop.text}")
+    return "\n".join(lines)
+
+
+def live_as_dict(steps: list[LiveStep]) -> list[dict]:
+    return [{"table": s.table, "chain": s.chain, "verdict": s.verdict, "rule": s.rule, "packet": s.packet,
+             "dst": s.dst} for s in steps]

@@ -187,3 +187,18 @@ def test_a_stopped_bird_withdraws_the_node_s_routes_until_cleared():
         assert namespaces_of(CALICO) == []
     finally:
         take_down(cli, CALICO)
+
+
+def test_a_live_trace_shows_the_rules_the_kernel_matched_and_leaves_no_trace_rule(flannel):
+    cli, ips = flannel
+    cluster_ip = cli.json("get", "svc", "web", "--name", FLANNEL)["spec"]["clusterIP"]
+    result = trace(cli, FLANNEL, "a", f"{cluster_ip}:80", "--live")
+    chains = [(s["table"], s["chain"], s["verdict"]) for s in result["live"]]
+    assert chains[0] == ("nat", "PREROUTING", "JUMP KUBE-SERVICES"), chains
+    sep = next(s for s in result["live"] if s["chain"].startswith("KUBE-SEP-") and s["verdict"] == "ACCEPT")
+    dnat = sep["rule"].rsplit(" ", 1)[1]
+    assert dnat in (f"{ips['a']}:8080", f"{ips['b']}:8080")
+    assert any(s["table"] == "filter" and s["chain"] == "FORWARD" for s in result["live"])
+    assert result["route"]["kind"] in ("bridge", "vxlan")
+    for node in ("node-1", "node-2"):
+        assert "TRACE" not in in_netns(f"{FLANNEL}.node.{node}", "iptables-save", "-t", "raw").stdout

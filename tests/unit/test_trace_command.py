@@ -58,9 +58,8 @@ def test_a_cluster_ip_from_a_pod_names_each_dnat_choice_with_its_probability():
 def test_from_outside_the_cluster_cidr_the_packet_is_masqueraded():
     result = branches(T.Source("external", "client", "172.20.0.2"))
     assert {b.masquerade for b in result} == {True}
-    assert result[0].masquerade_rules == (
-        '-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE '
-        "--random-fully",)
+    snat = '-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE'
+    assert result[0].masquerade_rules == (f"{snat} --random-fully",)
 
 
 def test_a_node_sends_through_nat_output_and_a_stray_masquerade_shows():
@@ -151,3 +150,37 @@ def test_text_and_json_show_the_choices_the_masquerade_and_the_route():
     data = T.as_dict(report)
     assert [o["probability"] for o in data["outcomes"]] == [0.75, 0.25]
     assert data["outcomes"][0]["route"]["nextNode"] == "node-2"
+
+
+MONITOR = """\
+PACKET: 2 fb957282 IN=cni0 MACSRC=ae:c0:2b:b2:92:f7 SRC=10.244.0.4 DST=10.96.0.2 LEN=60 SPORT=59370 DPORT=80 SYN
+ TRACE: 2 fb957282 raw:PREROUTING:rule:0x7:CONTINUE  -4 -t raw -A PREROUTING -s 10.244.0.4/32 -j TRACE
+ TRACE: 2 fb957282 raw:PREROUTING:policy:ACCEPT
+PACKET: 2 fb957282 IN=cni0 MACSRC=ae:c0:2b:b2:92:f7 SRC=10.244.0.4 DST=10.96.0.2 LEN=60 SPORT=59370 DPORT=80 SYN
+ TRACE: 2 fb957282 nat:PREROUTING:rule:0x6:JUMP:KUBE-SERVICES  -4 -t nat -A PREROUTING -j KUBE-SERVICES
+ TRACE: 2 fb957282 nat:KUBE-SEP-A:rule:0x40:ACCEPT  -4 -t nat -A KUBE-SEP-A -p tcp -j DNAT --to-destination 10.244.1.3:8080
+PACKET: 2 0c2c9c96 IN=cni0 OUT=flannel.1 SRC=10.244.0.4 DST=10.244.1.3 LEN=60 SPORT=59370 DPORT=8080 SYN
+ TRACE: 2 0c2c9c96 filter:FORWARD:policy:ACCEPT
+ TRACE: 2 0c2c9c96 nat:KUBE-POSTROUTING:rule:0xd3:0xfffffffb  -4 -t nat -A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN
+PACKET: 2 77777777 IN=cni0 SRC=10.244.0.4 DST=10.96.0.2 LEN=52 SPORT=59370 DPORT=80 ACK
+ TRACE: 2 77777777 raw:PREROUTING:rule:0x7:CONTINUE  -4 -t raw -A PREROUTING -s 10.244.0.4/32 -j TRACE
+ TRACE: 2 77777777 nat:PREROUTING:policy:ACCEPT
+"""
+
+
+def test_the_live_trace_rule_picks_out_one_packet_and_the_monitor_text_is_read_in_order():
+    rule = T.live_rule(T.plan_packet(POD, "10.96.0.2", 80, "tcp"))
+    assert rule == ("-A PREROUTING -s 10.244.0.4/32 -d 10.96.0.2/32 -p tcp -m tcp --dport 80 --tcp-flags "
+                    'FIN,SYN,RST,ACK SYN -m comment --comment "overlaynet trace --live" -j TRACE')
+    assert T.live_rule(T.plan_packet(T.Source("node", "node-1", "10.244.0.0"), "10.244.1.3", None, "icmp")
+                       ).startswith("-A OUTPUT -s 10.244.0.0/32 -d 10.244.1.3/32 -p icmp -m icmp --icmp-type 8")
+    steps = T.parse_monitor(MONITOR)
+    assert [(s.table, s.chain, s.verdict) for s in steps] == [
+        ("nat", "PREROUTING", "JUMP KUBE-SERVICES"), ("nat", "KUBE-SEP-A", "ACCEPT"),
+        ("filter", "FORWARD", "policy ACCEPT"), ("nat", "KUBE-POSTROUTING", "RETURN")]  # the next packet is not ours
+    assert steps[1].rule == "-A KUBE-SEP-A -p tcp -j DNAT --to-destination 10.244.1.3:8080"
+    assert (steps[0].dst, steps[2].dst) == ("10.96.0.2", "10.244.1.3")
+    text = T.render_live(POD, "node-1", steps, T.RouteHop("vxlan", "flannel.1 -> node-2", "10.244.1.0/24 via x"))
+    assert "packet 10.244.0.4:59370 -> 10.96.0.2:80" in text and "packet 10.244.0.4:59370 -> 10.244.1.3:8080" in text
+    assert "route from node-1 to 10.244.1.3: 10.244.1.0/24 via x" in text
+    assert "no trace event" in T.render_live(POD, "node-1", [])
