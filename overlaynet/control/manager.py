@@ -44,7 +44,7 @@ from overlaynet.errors import AgentError, ConflictError, InvalidInput, KernelErr
 from overlaynet.ipam.blocks import BlockIPAM
 from overlaynet.node import bgp_mesh, kubelet, proxier, routes
 
-__all__ = ["ClusterManager", "NODE_SERVER_PORTS"]
+__all__ = ["NODE_SERVER_PORTS", "ClusterManager"]
 
 NODE_SERVER_PORTS = ((8080, "TCP"), (8080, "UDP"))
 

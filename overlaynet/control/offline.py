@@ -24,10 +24,10 @@ from overlaynet.api.manifests import Manifest, pod_probes
 from overlaynet.api.model import ClusterSpec
 from overlaynet.cni import plugins
 from overlaynet.cni.spec import ERR_PLUGIN
-from overlaynet.datapath.modes import IPAM_PLUGIN
-from overlaynet.datapath.plan import Netns, Plan
 from overlaynet.control.manager import ClusterManager
 from overlaynet.control.store import Store
+from overlaynet.datapath.modes import IPAM_PLUGIN
+from overlaynet.datapath.plan import Netns, Plan
 from overlaynet.errors import CniError, OverlaynetError
 from overlaynet.kernel.bird import MeshReport
 from overlaynet.node import kubelet

@@ -33,7 +33,7 @@ CONTAINER_ANNOTATION = "overlaynet.dev/container-id"  # the sandbox id CNI calls
 
 
 def now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def node_key(node: str) -> str:

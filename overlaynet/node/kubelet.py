@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING
 
 from overlaynet import names
 from overlaynet.api.model import ClusterSpec
-from overlaynet.datapath.modes import get_mode
 from overlaynet.cni import launch
+from overlaynet.datapath.modes import get_mode
 from overlaynet.datapath.topology import internal_ip
 from overlaynet.errors import InvalidInput, OverlaynetError
 

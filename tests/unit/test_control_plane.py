@@ -120,7 +120,7 @@ def test_a_pod_gets_a_sandbox_the_first_host_local_address_and_its_server(make):
     assert manager.apply(CLUSTER, [pod("a", nodeName="node-2")]) == ["pod/a created"]
     record = manager.pod(CLUSTER, "default", "a")
     assert record["status"]["podIP"] == "10.244.1.2" and record["status"]["hostIP"] == "172.20.0.12"
-    assert [c for c in record["status"]["conditions"] if c["type"] == "Ready"][0]["status"] == "True"
+    assert next(c for c in record["status"]["conditions"] if c["type"] == "Ready")["status"] == "True"
     netns = names.pod_netns(CLUSTER, "default", "a")
     assert netns in manager.runtime.namespaces and netns in manager.store.owned(CLUSTER, NETNS)
     assert manager.runtime.agents.served["pod/default/a"][0] == netns
