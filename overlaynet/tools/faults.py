@@ -119,8 +119,8 @@ def plan_mtu(node: str, node_netns: str, node_plan: Plan, mtu: int) -> Fault:
 
 
 def _peer_routes(node_plan: Plan) -> list[Route]:
-    return [s for s in node_plan if isinstance(s, Route) and s.dst != "0.0.0.0/0"
-            and (s.gateway or s.type == "blackhole")]
+    """The planned routes to other nodes' pods: via a gateway, not the default route."""
+    return [s for s in node_plan if isinstance(s, Route) and s.dst != "0.0.0.0/0" and s.gateway]
 
 
 def plan_route(node: str, node_plan: Plan, cidr: str, learned_by_bgp: bool) -> Fault:
@@ -128,7 +128,7 @@ def plan_route(node: str, node_plan: Plan, cidr: str, learned_by_bgp: bool) -> F
     if learned_by_bgp:
         raise invalid("node", node, "fault route: its routes to other nodes are BIRD's (proto bird), and BIRD "
                       "puts a deleted one back within seconds; break BGP instead: overlaynet fault bird " + node)
-    routes = [s for s in node_plan if isinstance(s, Route) and s.dst == cidr]
+    routes = [r for r in _peer_routes(node_plan) if r.dst == cidr]
     if not routes:
         known = ", ".join(sorted({r.dst for r in _peer_routes(node_plan)})) or "none"
         raise invalid("node", node, f"fault route: no planned route to {cidr} (its routes to peers: {known})")

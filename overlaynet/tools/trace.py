@@ -243,7 +243,9 @@ def describe_route(lookup: Mapping, link_kinds: Mapping[str, str], neighbours: S
         return RouteHop("vxlan", f"{dev} -> {node} ({remote}): VXLAN to the node, neighbour {gateway} lladdr {mac}, "
                         f"fdb {mac} dst {remote}", route, nodes_by_ip.get(remote))
     if gateway and gateway in nodes_by_ip:
-        how = "learned over BGP (proto bird)" if lookup["route"]["proto"] == "bird" else "a static route"
+        proto = lookup["route"]["proto"]
+        how = "learned over BGP (proto bird)" if proto == "bird" else (
+            "a static route" if proto in ("boot", "static") else f"a static route (proto {proto})")
         return RouteHop("via-node", f"via {nodes_by_ip[gateway]} ({gateway}) dev {dev}, {how}",
                         route, nodes_by_ip[gateway])
     if gateway:
