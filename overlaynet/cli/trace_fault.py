@@ -194,7 +194,8 @@ def _trace_live(manager, cluster: str, src: tracing.Source, namespace: str, node
         finally:
             store.set_meta(cluster, f"trace-live/{node}", "")
     steps = tracing.parse_monitor(text)
-    hop = _route_hop(manager, cluster, node, src, steps[-1].dst) if steps and steps[-1].dst else None
+    routed = steps and steps[-1].dst and steps[-1].verdict != "DROP"  # nft shows a REJECT as DROP
+    hop = _route_hop(manager, cluster, node, src, steps[-1].dst) if routed else None
     if output == "json":
         click.echo(json.dumps({"source": {"kind": src.kind, "name": src.name, "ip": src.ip}, "node": node,
                                "live": tracing.live_as_dict(steps),

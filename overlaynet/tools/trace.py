@@ -74,6 +74,7 @@ class Branch:
     dnat_rule: str | None
     masquerade_rules: tuple[str, ...]  # the MASQUERADE rules of the chains walked after routing
     remembered: bool = False  # a ``recent --set`` list took the client (ClientIP session affinity)
+    final_rule: str | None = None  # for REJECT and DROP, the rule that ended the walk
     hop: RouteHop | None = None
 
 
@@ -185,6 +186,8 @@ def _branch(tables: Tables, packet: Packet, outcome: TraceOutcome) -> Branch:
         if outcome.destination else None,
         masquerade_rules=_rules_with_target(tables, postrouting, "MASQUERADE") if outcome.masquerade else (),
         remembered=bool(outcome.recent_set),
+        final_rule=next(iter(_rules_with_target(tables, steps[-1:], outcome.verdict)), None)
+        if outcome.verdict in ("REJECT", "DROP") else None,
     )
 
 
@@ -327,7 +330,8 @@ def render_text(report: TraceReport, who: Mapping[str, str]) -> str:
         if b.verdict == "DNAT":
             lines.append(f"DNAT to {b.destination} ({who.get(destination_ip(b), 'not a known pod')})")
         elif b.verdict in ("REJECT", "DROP"):
-            lines.append(f"{b.verdict}: the packet goes no further")
+            lines.append(f"{b.verdict}: the packet goes no further"
+                         + (f"\n  {b.steps[-1].table} {b.final_rule}" if b.final_rule else ""))
         else:
             lines.append(f"no DNAT: the destination stays {b.destination}")
     if any(b.remembered for b in branches):
@@ -364,6 +368,7 @@ def as_dict(report: TraceReport) -> dict:
         "outcomes": [{
             "probability": round(b.probability, 6), "verdict": b.verdict, "destination": b.destination,
             "masquerade": b.masquerade, "dnatRule": b.dnat_rule, "masqueradeRules": list(b.masquerade_rules), "remembered": b.remembered,
+            "finalRule": b.final_rule,
             "chains": [{"table": s.table, "chain": s.chain, "rule": s.rule} for s in b.steps],
             "route": None if b.hop is None else {"kind": b.hop.kind, "route": b.hop.route, "text": b.hop.text,
                                                  "nextNode": b.hop.next_node},

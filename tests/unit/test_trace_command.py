@@ -184,3 +184,19 @@ def test_the_live_trace_rule_picks_out_one_packet_and_the_monitor_text_is_read_i
     assert "packet 10.244.0.4:59370 -> 10.96.0.2:80" in text and "packet 10.244.0.4:59370 -> 10.244.1.3:8080" in text
     assert "route from node-1 to 10.244.1.3: 10.244.1.0/24 via x" in text
     assert "no trace event" in T.render_live(POD, "node-1", [])
+
+
+def test_a_service_without_endpoints_is_rejected_by_a_named_rule():
+    rejecting = SAVE + """*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:KUBE-SERVICES - [0:0]
+-A FORWARD -m conntrack --ctstate NEW -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+-A KUBE-SERVICES -d 10.96.0.9/32 -p tcp -m comment --comment "default/nobody has no endpoints" -m tcp --dport 80 -j REJECT --reject-with icmp-port-unreachable
+COMMIT
+"""
+    (only,) = branches(dst="10.96.0.9", save=rejecting)
+    assert only.verdict == "REJECT" and "default/nobody has no endpoints" in only.final_rule
+    report = T.TraceReport(POD, "10.96.0.9:80", "tcp", "node-1", "c.node.node-1", "nat PREROUTING", [only])
+    assert "REJECT: the packet goes no further\n  filter -A KUBE-SERVICES -d 10.96.0.9/32" in T.render_text(report, {})
