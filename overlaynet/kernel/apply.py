@@ -115,7 +115,7 @@ def _error(step: Step, exc: BaseException) -> KernelError | InvalidInput:
 # --------------------------------------------------------------------------- the session
 
 
-class Session:
+class NetlinkSession:
     """Netlink sockets and ifindexes for one ``apply``/``remove`` call.
 
     ``ipr(ns)`` opens (once) an ``IPRoute`` bound to namespace ``ns``; ``index(ns, ifname)``
@@ -127,7 +127,7 @@ class Session:
         self._sockets: dict[str, Any] = {}
         self._index: dict[tuple[str, str], int] = {}
 
-    def __enter__(self) -> Session:
+    def __enter__(self) -> NetlinkSession:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -190,7 +190,7 @@ def _netlink_error() -> type[BaseException]:
     return NetlinkError
 
 
-def _get_link(s: Session, ns: str, ifname: str) -> Any | None:
+def _get_link(s: NetlinkSession, ns: str, ifname: str) -> Any | None:
     try:
         msg = s.ipr(ns).link("get", ifname=ifname)[0]
     except _netlink_error() as exc:
@@ -205,11 +205,11 @@ def _kind(link: Any) -> str | None:
     return link.get(("linkinfo", "kind"))
 
 
-def _set_link(s: Session, ns: str, ifname: str, **attrs: Any) -> None:
+def _set_link(s: NetlinkSession, ns: str, ifname: str, **attrs: Any) -> None:
     s.ipr(ns).link("set", ifname=ifname, **attrs)
 
 
-def _set_hairpin(s: Session, ns: str, ifname: str, on: bool) -> None:
+def _set_hairpin(s: NetlinkSession, ns: str, ifname: str, on: bool) -> None:
     linkinfo = {"attrs": [
         ("IFLA_INFO_SLAVE_KIND", "bridge"),
         ("IFLA_INFO_SLAVE_DATA", {"attrs": [(BRPORT_HAIRPIN, 1 if on else 0)]}),
@@ -231,7 +231,7 @@ def _split_cidr(cidr: str) -> tuple[str, int]:
     return str(net.ip), net.network.prefixlen
 
 
-def _create_link(s: Session, ns: str, ifname: str, **attrs: Any) -> bool:
+def _create_link(s: NetlinkSession, ns: str, ifname: str, **attrs: Any) -> bool:
     """Create a link; False if one of that name exists already (the caller converges it)."""
     try:
         s.ipr(ns).link("add", ifname=ifname, **attrs)
@@ -245,7 +245,7 @@ def _create_link(s: Session, ns: str, ifname: str, **attrs: Any) -> bool:
 # --------------------------------------------------------------------------- ensure_*
 
 
-def ensure_netns(s: Session, step: Netns) -> None:
+def ensure_netns(s: NetlinkSession, step: Netns) -> None:
     netns.ensure(step.name)
     _set_link(s, step.name, "lo", state="up")
 
@@ -260,7 +260,7 @@ def _sysctl_path(key: str) -> str:
     return "/proc/sys/" + "/".join(parts)
 
 
-def ensure_sysctl(s: Session, step: Sysctl) -> None:
+def ensure_sysctl(s: NetlinkSession, step: Sysctl) -> None:
     path = _sysctl_path(step.key)
     if not netns.exists(step.netns):
         raise _Refused(f'netns "{step.netns}" does not exist')
@@ -273,7 +273,7 @@ def ensure_sysctl(s: Session, step: Sysctl) -> None:
             os.close(fd)
 
 
-def ensure_bridge(s: Session, step: Bridge) -> None:
+def ensure_bridge(s: NetlinkSession, step: Bridge) -> None:
     attrs: dict[str, Any] = {"kind": "bridge", "state": "up"}
     if step.mac:
         attrs["address"] = _mac(step.mac)
@@ -289,7 +289,7 @@ def ensure_bridge(s: Session, step: Bridge) -> None:
     _set_link(s, step.netns, step.name, mtu=step.mtu)
 
 
-def _veth_is_ours(s: Session, step: VethPair, link: Any) -> bool:
+def _veth_is_ours(s: NetlinkSession, step: VethPair, link: Any) -> bool:
     if _kind(link) != "veth":
         return False
     peer = _get_link(s, step.peer_netns, step.peer_name)
@@ -301,7 +301,7 @@ def _veth_is_ours(s: Session, step: VethPair, link: Any) -> bool:
     )
 
 
-def ensure_veth(s: Session, step: VethPair) -> None:
+def ensure_veth(s: NetlinkSession, step: VethPair) -> None:
     master = s.index(step.netns, step.master) if step.master else None
     peer: dict[str, Any] = {"ifname": step.peer_name, "mtu": step.mtu}
     if step.peer_mac:
@@ -347,7 +347,7 @@ def ensure_veth(s: Session, step: VethPair) -> None:
             _set_hairpin(s, step.netns, step.name, step.hairpin)
 
 
-def _vxlan_matches(s: Session, step: Vxlan, link: Any) -> bool:
+def _vxlan_matches(s: NetlinkSession, step: Vxlan, link: Any) -> bool:
     if _kind(link) != "vxlan":
         return False
     data = ("linkinfo", "data")
@@ -369,7 +369,7 @@ def _raise_if_no_vxlan(exc: BaseException) -> None:
         ) from exc
 
 
-def ensure_vxlan(s: Session, step: Vxlan) -> None:
+def ensure_vxlan(s: NetlinkSession, step: Vxlan) -> None:
     attrs = {
         "kind": "vxlan",
         "vxlan_id": step.vni,
@@ -399,7 +399,7 @@ def ensure_vxlan(s: Session, step: Vxlan) -> None:
     _set_link(s, step.netns, step.name, state="up")
 
 
-def ensure_address(s: Session, step: Address) -> None:
+def ensure_address(s: NetlinkSession, step: Address) -> None:
     ip, prefixlen = _split_cidr(step.cidr)
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
     try:
@@ -424,7 +424,7 @@ def _route_proto(proto: str | None) -> int:
     raise _Malformed(f"unknown route protocol {proto!r}")
 
 
-def _route_attrs(s: Session, step: Route, for_delete: bool = False) -> dict[str, Any]:
+def _route_attrs(s: NetlinkSession, step: Route, for_delete: bool = False) -> dict[str, Any]:
     dst, dst_len = _split_cidr(step.dst)
     if step.type not in _ROUTE_TYPES:
         raise _Malformed(f"unknown route type {step.type!r}")
@@ -455,18 +455,18 @@ def _route_attrs(s: Session, step: Route, for_delete: bool = False) -> dict[str,
     return attrs
 
 
-def ensure_route(s: Session, step: Route) -> None:
+def ensure_route(s: NetlinkSession, step: Route) -> None:
     s.ipr(step.netns).route("replace", **_route_attrs(s, step))
 
 
-def ensure_neighbour(s: Session, step: Neighbour) -> None:
+def ensure_neighbour(s: NetlinkSession, step: Neighbour) -> None:
     s.ipr(step.netns).neigh(
         "replace", dst=step.ip, lladdr=_mac(step.mac), ifindex=s.index(step.netns, step.dev),
         state=NUD_PERMANENT, family=socket.AF_INET6 if ":" in step.ip else socket.AF_INET,
     )
 
 
-def ensure_fdb(s: Session, step: FdbEntry) -> None:
+def ensure_fdb(s: NetlinkSession, step: FdbEntry) -> None:
     # NLM_F_APPEND without NLM_F_EXCL: appending an entry that exists is not an error.
     s.ipr(step.netns).fdb("append", ifindex=s.index(step.netns, step.dev),
                           lladdr=_mac(step.mac), dst=step.dst)
@@ -483,7 +483,7 @@ def _ignore_gone(fn: Callable[[], Any]) -> None:
             raise
 
 
-def _index_or_none(s: Session, ns: str, ifname: str) -> int | None:
+def _index_or_none(s: NetlinkSession, ns: str, ifname: str) -> int | None:
     try:
         return s.index(ns, ifname)
     except _netlink_error() as exc:
@@ -492,35 +492,35 @@ def _index_or_none(s: Session, ns: str, ifname: str) -> int | None:
         raise
 
 
-def delete_netns(s: Session, step: Netns) -> None:
+def delete_netns(s: NetlinkSession, step: Netns) -> None:
     s.drop(step.name)  # our socket would keep the namespace alive
     netns.delete(step.name)
 
 
-def delete_sysctl(s: Session, step: Sysctl) -> None:
+def delete_sysctl(s: NetlinkSession, step: Sysctl) -> None:
     """Nothing to undo: the value dies with its namespace."""
 
 
-def _delete_link(s: Session, ns: str, ifname: str) -> None:
+def _delete_link(s: NetlinkSession, ns: str, ifname: str) -> None:
     _ignore_gone(lambda: s.ipr(ns).link("del", ifname=ifname))
     s.forget(ns, ifname)
 
 
-def delete_bridge(s: Session, step: Bridge) -> None:
+def delete_bridge(s: NetlinkSession, step: Bridge) -> None:
     _delete_link(s, step.netns, step.name)
 
 
-def delete_veth(s: Session, step: VethPair) -> None:
+def delete_veth(s: NetlinkSession, step: VethPair) -> None:
     # Deleting one end deletes both; if our end is gone, so is the pair.
     _delete_link(s, step.netns, step.name)
     s.forget(step.peer_netns, step.peer_name)
 
 
-def delete_vxlan(s: Session, step: Vxlan) -> None:
+def delete_vxlan(s: NetlinkSession, step: Vxlan) -> None:
     _delete_link(s, step.netns, step.name)
 
 
-def delete_address(s: Session, step: Address) -> None:
+def delete_address(s: NetlinkSession, step: Address) -> None:
     idx = _index_or_none(s, step.netns, step.dev)
     if idx is None:
         return
@@ -530,13 +530,13 @@ def delete_address(s: Session, step: Address) -> None:
         family=socket.AF_INET6 if ":" in ip else socket.AF_INET))
 
 
-def delete_route(s: Session, step: Route) -> None:
+def delete_route(s: NetlinkSession, step: Route) -> None:
     if step.dev and _index_or_none(s, step.netns, step.dev) is None:
         return  # the kernel removed the route with its device
     _ignore_gone(lambda: s.ipr(step.netns).route("del", **_route_attrs(s, step, for_delete=True)))
 
 
-def delete_neighbour(s: Session, step: Neighbour) -> None:
+def delete_neighbour(s: NetlinkSession, step: Neighbour) -> None:
     idx = _index_or_none(s, step.netns, step.dev)
     if idx is None:
         return
@@ -545,7 +545,7 @@ def delete_neighbour(s: Session, step: Neighbour) -> None:
         family=socket.AF_INET6 if ":" in step.ip else socket.AF_INET))
 
 
-def delete_fdb(s: Session, step: FdbEntry) -> None:
+def delete_fdb(s: NetlinkSession, step: FdbEntry) -> None:
     idx = _index_or_none(s, step.netns, step.dev)
     if idx is None:
         return
@@ -553,19 +553,19 @@ def delete_fdb(s: Session, step: FdbEntry) -> None:
                                                dst=step.dst))
 
 
-_ENSURE: dict[type, Callable[[Session, Any], None]] = {
+_ENSURE: dict[type, Callable[[NetlinkSession, Any], None]] = {
     Netns: ensure_netns, Sysctl: ensure_sysctl, Bridge: ensure_bridge, VethPair: ensure_veth,
     Vxlan: ensure_vxlan, Address: ensure_address, Route: ensure_route,
     Neighbour: ensure_neighbour, FdbEntry: ensure_fdb,
 }
-_DELETE: dict[type, Callable[[Session, Any], None]] = {
+_DELETE: dict[type, Callable[[NetlinkSession, Any], None]] = {
     Netns: delete_netns, Sysctl: delete_sysctl, Bridge: delete_bridge, VethPair: delete_veth,
     Vxlan: delete_vxlan, Address: delete_address, Route: delete_route,
     Neighbour: delete_neighbour, FdbEntry: delete_fdb,
 }
 
 
-def _run(s: Session, table: dict[type, Callable[[Session, Any], None]], step: Step) -> None:
+def _run(s: NetlinkSession, table: dict[type, Callable[[NetlinkSession, Any], None]], step: Step) -> None:
     handler = table.get(type(step))
     if handler is None:
         raise TypeError(f"not a plan step: {step!r}")
@@ -589,7 +589,7 @@ def _run(s: Session, table: dict[type, Callable[[Session, Any], None]], step: St
 @off_event_loop
 def apply(plan: Plan) -> None:
     """Make every step of ``plan`` true in the kernel, in order. Running it twice is a no-op."""
-    with Session() as s:
+    with NetlinkSession() as s:
         for step in plan:
             _run(s, _ENSURE, step)
 
@@ -605,7 +605,7 @@ def remove(plan: Plan) -> None:
     and is gone when ``remove`` returns.
     """
     doomed = {step.name for step in plan if isinstance(step, Netns)}
-    with Session() as s:
+    with NetlinkSession() as s:
         for step in reversed(plan):
             if not isinstance(step, Netns):
                 if step.netns in doomed:
@@ -624,7 +624,7 @@ def vxlan_supported() -> bool:
     step = Vxlan(probe, "vxprobe0", vni=1, local="127.0.0.1", dev="lo", port=8472,
                  mtu=1450, mac="02:00:00:00:00:01")
     try:
-        with Session() as s:
+        with NetlinkSession() as s:
             netns.ensure(probe)
             try:
                 ensure_vxlan(s, step)
