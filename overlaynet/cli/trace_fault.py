@@ -4,7 +4,10 @@
 What this module owns: finding what the pure tools need in the store and the kernel (a
 node's live ``iptables-save``, its addresses, links, neighbour and FDB entries, the kernel's
 route lookup), the order of a fault's life (recorded in the store as a ``Fault`` object
-*before* the kernel is changed, forgotten only after it is undone), and the words printed.
+*before* the kernel is changed, forgotten only after it is undone), the same order for
+``trace --live``'s one TRACE rule, and the words printed. Every fault lives inside a node's
+namespace (or is a stopped BIRD), so ``down`` undoes it with the namespace; nothing outside
+needs undoing.
 What it never does: decide what a fault changes (``tools.faults`` plans it) or touch the
 kernel other than through ``overlaynet.kernel``.
 """
@@ -68,7 +71,8 @@ def _who(manager, cluster: str, spec) -> tuple[dict[str, str], dict[str, str]]:
     return who, nodes_by_ip
 
 
-def _route_hop(manager, cluster: str, node: str, src: tracing.Source, target: str) -> tracing.RouteHop:
+def _route_hop(cluster: str, node: str, src: tracing.Source, target: str, who: dict[str, str],
+               nodes_by_ip: dict[str, str]) -> tracing.RouteHop:
     """The route ``node`` takes to ``target`` for a packet from ``src``, in words."""
     from overlaynet.kernel import observe, routes
 
@@ -80,7 +84,6 @@ def _route_hop(manager, cluster: str, node: str, src: tracing.Source, target: st
     lookup = routes.observe_route_get(netns, target, src.ip if arrives_on else None, arrives_on)
     dev = lookup.get("dev")
     vxlan = links.get(dev or "") == "vxlan"
-    who, nodes_by_ip = _who(manager, cluster, manager.spec(cluster))
     return tracing.describe_route(lookup, links, observe.observe_neighbours(netns, dev) if vxlan else [],
                                   observe.observe_fdb(netns, dev) if vxlan else [], who, nodes_by_ip)
 
@@ -153,14 +156,14 @@ def trace(source, destination, proto, namespace, live, output, cluster):
         return
     local = [a["cidr"].split("/")[0] for a in observe.observe_addresses(netns)]
     branches = tracing.trace_rules(iptables.save(netns, backend), packet, local, node)
-    who, _ = _who(manager, name, spec)
+    who, nodes_by_ip = _who(manager, name, spec)
     hops: dict[str, tracing.RouteHop] = {}
     for index, branch in enumerate(branches):
         if branch.verdict in ("REJECT", "DROP"):
             continue
         target = tracing.destination_ip(branch)
         if target not in hops:
-            hops[target] = _route_hop(manager, name, node, src, target)
+            hops[target] = _route_hop(name, node, src, target, who, nodes_by_ip)
         branches[index] = dataclasses.replace(branch, hop=hops[target])
     report = tracing.TraceReport(src, destination, proto, node, netns,
                                  "nat OUTPUT" if src.kind == "node" else "nat PREROUTING", branches)
@@ -195,7 +198,8 @@ def _trace_live(manager, cluster: str, src: tracing.Source, namespace: str, node
             store.set_meta(cluster, f"trace-live/{node}", "")
     steps = tracing.parse_monitor(text)
     routed = steps and steps[-1].dst and steps[-1].verdict != "DROP"  # nft shows a REJECT as DROP
-    hop = _route_hop(manager, cluster, node, src, steps[-1].dst) if routed else None
+    hop = _route_hop(cluster, node, src, steps[-1].dst, *_who(manager, cluster, manager.spec(cluster))) \
+        if routed else None
     if output == "json":
         click.echo(json.dumps({"source": {"kind": src.kind, "name": src.name, "ip": src.ip}, "node": node,
                                "live": tracing.live_as_dict(steps),
