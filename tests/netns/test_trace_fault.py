@@ -202,3 +202,23 @@ def test_a_live_trace_shows_the_rules_the_kernel_matched_and_leaves_no_trace_rul
     assert result["route"]["kind"] in ("bridge", "vxlan")
     for node in ("node-1", "node-2"):
         assert "TRACE" not in in_netns(f"{FLANNEL}.node.{node}", "iptables-save", "-t", "raw").stdout
+
+
+def test_a_fault_recorded_but_never_made_is_cleared_without_error(flannel):
+    """What a crash between the record and the kernel change leaves: clear undoes nothing harmful."""
+    from overlaynet.control.store import Store
+    from overlaynet.tools import faults as planning
+
+    cli, ips = flannel
+    netns = f"{FLANNEL}.node.node-2"
+    store = Store(cli.state_dir)
+    try:
+        stray = planning.plan_masquerade("node-2", netns, "10.244.0.0/16", "fault-99")
+        store.put(FLANNEL, planning.fault_record("fault-99", stray, "2026-01-01T00:00:00Z"))
+    finally:
+        store.close()
+    listed = cli.json("fault", "list", "--name", FLANNEL)
+    assert [(f["id"], f["phase"]) for f in listed] == [("fault-99", "Injecting")]
+    cli.run("fault", "clear", "fault-99", "--name", FLANNEL)
+    assert cli.json("fault", "list", "--name", FLANNEL) == []
+    assert pings(FLANNEL, "a", ips["b"])
