@@ -7,7 +7,7 @@ import json
 
 from overlaynet import names
 from overlaynet.cli.output import age
-from overlaynet.control.manager import CONTAINER_ANNOTATION
+from overlaynet.control.records import CONTAINER_ANNOTATION
 from overlaynet.datapath.modes import uses_ipam_blocks
 from overlaynet.node import kubelet
 

@@ -24,14 +24,12 @@ from overlaynet.api.services import EndpointSlice, Service
 from overlaynet.control import deployments, pods
 from overlaynet.control.node_ipam import allocate_node
 from overlaynet.control.ownership import AGENT, HOST, NETNS, PATH, agent_socket
-from overlaynet.control.records import (  # noqa: F401 - CONTAINER_ANNOTATION and pod_key: the CLI's
-    CONTAINER_ANNOTATION,
+from overlaynet.control.records import (
     PodRequest,
     node_info,
     node_key,
     node_ready,
     now,
-    pod_key,
     set_ready,
 )
 from overlaynet.control.seams import Agent, Runtime
