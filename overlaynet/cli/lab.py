@@ -31,9 +31,13 @@ def _lab(which: str | None) -> labs.Lab:
     return labs.find_lab(labs.all_labs(labs.labs_dir()), which, pathlib.Path.cwd().resolve())
 
 
-def _overlaynet(*argv: str) -> None:
-    """Run an overlaynet command with its output shown; a failure stops the lab command."""
-    if subprocess.run([sys.executable, "-m", "overlaynet", *argv]).returncode != 0:
+def _overlaynet(*argv: str, quiet: bool = False) -> None:
+    """Run an overlaynet command, its output shown (``quiet``: only if it fails, so that a
+    break-it lab's fault stays the learner's to find); a failure stops the lab command."""
+    done = subprocess.run([sys.executable, "-m", "overlaynet", *argv], capture_output=quiet, text=True)
+    if done.returncode != 0:
+        if quiet:
+            click.echo(done.stdout + done.stderr, err=True, nl=False)
         raise OverlaynetError(f"overlaynet {' '.join(argv)} failed (see above)")
 
 
@@ -89,7 +93,7 @@ def lab_start(which, lang):
     for manifest in chosen.manifests:
         _overlaynet("apply", "-f", str(manifest), "--name", chosen.cluster)
     for command in chosen.after_start:
-        _overlaynet(*command, "--name", chosen.cluster)
+        _overlaynet(*command, "--name", chosen.cluster, quiet=True)
     click.echo(_say(lang, f"Lab {chosen.nn} ({chosen.title(lang)}) is ready on cluster {chosen.cluster}. "
                           f"Follow labs/{chosen.folder.name}/README.md, then: overlaynet lab check {chosen.nn}",
                     f"El lab {chosen.nn} ({chosen.title(lang)}) está listo en el clúster {chosen.cluster}. "
