@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import time
@@ -33,6 +34,8 @@ def learner_env(tmp_path):
     env.pop("LC_ALL", None)
     yield env
     subprocess.run([sys.executable, "-m", "overlaynet", "down", "--all"], env=env, capture_output=True)
+    for leftover in pathlib.Path("/tmp").glob("lab[0-9][0-9]-*"):  # the files a README's steps write
+        shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
 
 
 def run_block(script: str, env: dict, cwd: pathlib.Path) -> None:
