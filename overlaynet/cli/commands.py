@@ -386,7 +386,7 @@ def testserver(action, pod_name, namespace, cluster):
 
     Inside `overlaynet exec POD -- ...` the pod is implied:
     `overlaynet exec web-1 -- overlaynet testserver stop`."""
-    from overlaynet.control.manager import pod_key
+    from overlaynet.control.records import pod_key
 
     manager = _manager()
     name = cluster or os.environ.get("OVERLAYNET_CLUSTER") or _resolve_cluster(manager, None)
@@ -635,24 +635,11 @@ def _print_report(verifying, report, pod_eps, node_eps, elapsed, cluster, cni) -
     verdict = "PASSED" if report.passed else f"FAILED ({len(report.failures)} checks)"
     click.echo(f"\nKubernetes network model: {verdict} in {elapsed:.2f}s")
 
-from overlaynet.cli.tools_doctor_graph_capture import doctor  # noqa: E402 - registered last, beside the core commands
 
-cli.add_command(doctor)
-
-
-from overlaynet.cli.lab import lab  # noqa: E402 - registered last, beside the core commands
-
-cli.add_command(lab)
-
-from overlaynet.cli.tools_doctor_graph_capture import graph  # noqa: E402
-
-cli.add_command(graph)
-
-from overlaynet.cli.tools_doctor_graph_capture import capture  # noqa: E402
-
-cli.add_command(capture)
-
+# The learner's tools, each in its own module; registered last, as they import this one's helpers.
+from overlaynet.cli.lab import lab  # noqa: E402
+from overlaynet.cli.tools_doctor_graph_capture import capture, doctor, graph  # noqa: E402
 from overlaynet.cli.trace_fault import fault, trace  # noqa: E402
 
-cli.add_command(trace)
-cli.add_command(fault)
+for command in (trace, graph, capture, fault, doctor, lab):
+    cli.add_command(command)

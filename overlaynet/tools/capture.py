@@ -1,7 +1,7 @@
 """``overlaynet capture``: a pcap decoded layer by layer, for a learner to read (pure).
 
 What this module owns: ``decode(pcap)``, which turns the bytes of a pcap file into one
-``Packet`` per frame, each a one-line summary and its layers, outermost first, with the fields
+``CapturedPacket`` per frame, each a one-line summary and its layers, outermost first, with the fields
 that matter for pod networking: MAC and IP addresses, TTL, ports, TCP flags, ICMP type, ARP
 questions and answers. A UDP datagram to or from port 8472 (Flannel's VXLAN port; IANA's
 4789 too) is opened: its VXLAN header (the VNI) and the whole inner frame follow, marked
@@ -30,7 +30,7 @@ class Layer:
 
 
 @dataclass
-class Packet:
+class CapturedPacket:
     number: int
     time: float  # seconds since the first packet
     length: int
@@ -62,7 +62,7 @@ class Packet:
                 "layers": [{"name": la.name, "fields": la.fields, "inner": la.inner} for la in self.layers]}
 
 
-def decode(pcap: bytes) -> list[Packet]:
+def decode(pcap: bytes) -> list[CapturedPacket]:
     """Every frame of ``pcap`` (the bytes of a pcap file; Ethernet frames)."""
     import scapy.layers.inet
     import scapy.layers.inet6
@@ -76,7 +76,7 @@ def decode(pcap: bytes) -> list[Packet]:
         for number, frame in enumerate(reader, 1):
             stamp = float(frame.time)
             first = stamp if first is None else first
-            packet = Packet(number, stamp - first, len(frame))
+            packet = CapturedPacket(number, stamp - first, len(frame))
             _layers(frame, packet.layers, inner=False)
             packets.append(packet)
     return packets
@@ -131,7 +131,7 @@ def _layers(frame, out: list[Layer], inner: bool) -> None:
         out.append(Layer("ICMP", kind, inner))
 
 
-def render(packets: list[Packet]) -> str:
+def render(packets: list[CapturedPacket]) -> str:
     """Each packet as a summary line and its layers, outer and inner headers aligned."""
     lines = []
     for packet in packets:
