@@ -103,7 +103,14 @@ def cli() -> None:
               help="Wire pods with this network configuration list instead of ours.")
 def up(config, cluster, nodes, cni, cluster_cidr, node_cidr_mask_size, service_cidr, node_network, mtu,
        block_size, bgp, cni_config):
-    """Create a cluster: underlay, nodes, CNI devices and the test-server agent."""
+    """Create a cluster: underlay, nodes, CNI devices and the test-server agent.
+
+    \b
+    Example:
+      overlaynet up                                   # 3 nodes, Flannel-like VXLAN, named overlaynet
+      overlaynet up --name lab --nodes 2 --cni calico --bgp
+      overlaynet up -f examples/cluster.yaml
+    """
     flags = {"nodes": nodes, "cni": cni, "cluster_cidr": cluster_cidr, "node_cidr_mask_size": node_cidr_mask_size,
              "service_cidr": service_cidr, "node_network": node_network, "mtu": mtu, "block_size": block_size,
              "bgp": bgp, "cni_config": cni_config}
@@ -146,7 +153,13 @@ def up(config, cluster, nodes, cni, cluster_cidr, node_cidr_mask_size, service_c
 @cluster_option
 @click.option("--all", "everything", is_flag=True, help="Remove every cluster.")
 def down(cluster, everything):
-    """Remove a cluster and everything it owns, also after a crash."""
+    """Remove a cluster and everything it owns, also after a crash.
+
+    \b
+    Example:
+      overlaynet down --name lab
+      overlaynet down --all
+    """
     require_privileges("overlaynet down")
     manager = _manager()
     targets = manager.store.cluster_names() if everything else [_resolve_cluster(manager, cluster)]
@@ -161,7 +174,12 @@ def down(cluster, everything):
 @click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="A node label (repeatable).")
 @cluster_option
 def add(kind, node_name, labels, cluster):
-    """Add a node to a running cluster."""
+    """Add a node to a running cluster.
+
+    \b
+    Example:
+      overlaynet add node node-4 --label zone=b
+    """
     require_privileges("overlaynet add node")
     names.check_label("node", node_name)
     parsed = []
@@ -183,7 +201,12 @@ def add(kind, node_name, labels, cluster):
 @click.option("-n", "--namespace", help="Namespace for objects that name none.")
 @cluster_option
 def apply(files, namespace, cluster):
-    """Create or update Pods and Deployments from Kubernetes YAML."""
+    """Create or update Pods and Deployments from Kubernetes YAML.
+
+    \b
+    Example:
+      overlaynet apply -f examples/web.yaml -f examples/web-svc.yaml
+    """
     manifests = [m for path in files for m in parse_manifests(path, namespace)]
     require_privileges("overlaynet apply")
     manager = _manager()
@@ -199,7 +222,14 @@ def apply(files, namespace, cluster):
 @click.option("-n", "--namespace", help="The objects' namespace.")
 @cluster_option
 def delete(kind, object_names, files, namespace, cluster):
-    """Delete pods, deployments or nodes (by name, or the objects of -f files)."""
+    """Delete pods, deployments or nodes (by name, or the objects of -f files).
+
+    \b
+    Example:
+      overlaynet delete pod client-a
+      overlaynet delete deployment web
+      overlaynet delete -f examples/web.yaml
+    """
     if not files and not (kind and object_names):
         raise InvalidInput("delete needs KIND NAME... or -f FILE")
     require_privileges("overlaynet delete")
@@ -255,7 +285,14 @@ def _pod_status(pod: dict) -> str:
 @click.option("-A", "--all-namespaces", is_flag=True, help="Every namespace.")
 @cluster_option
 def get(resource, object_name, output, namespace, all_namespaces, cluster):
-    """List nodes, pods, deployments or clusters, in kubectl's shapes."""
+    """List nodes, pods, deployments or clusters, in kubectl's shapes.
+
+    \b
+    Example:
+      overlaynet get pods -o wide
+      overlaynet get nodes -o json
+      overlaynet get endpointslices
+    """
     manager = _manager()
     if resource.startswith("cluster"):
         _get_clusters(manager, object_name, output)
@@ -363,7 +400,14 @@ def _get_clusters(manager, object_name, output) -> None:
 @click.option("-n", "--namespace", default=DEFAULT_NAMESPACE, show_default=True)
 @cluster_option
 def describe(kind, object_name, namespace, cluster):
-    """Show a node, pod or service with the state behind it (devices, routes, peers, endpoints)."""
+    """Show a node, pod or service with the state behind it (devices, routes, peers, endpoints).
+
+    \b
+    Example:
+      overlaynet describe node node-1
+      overlaynet describe pod client-a
+      overlaynet describe svc web
+    """
     from overlaynet.cli import describe as describing
 
     manager = _manager()
@@ -385,7 +429,13 @@ def testserver(action, pod_name, namespace, cluster):
     """Stop or start a pod's test server (its sockets close: TCP is refused, probes fail).
 
     Inside `overlaynet exec POD -- ...` the pod is implied:
-    `overlaynet exec web-1 -- overlaynet testserver stop`."""
+    `overlaynet exec web-1 -- overlaynet testserver stop`.
+
+    \b
+    Example:
+      overlaynet testserver stop web-1
+      overlaynet exec web-1 -- overlaynet testserver start
+    """
     from overlaynet.control.records import pod_key
 
     manager = _manager()
@@ -435,7 +485,13 @@ def _table_sections(payload: str, tables: list[str]) -> list[str]:
 @click.option("--diff", is_flag=True, help="Compare the live rules with what overlaynet would load now.")
 @cluster_option
 def rules(node_name, table, diff, cluster):
-    """The live iptables rules of a node's namespace, with the Service each chain belongs to."""
+    """The live iptables rules of a node's namespace, with the Service each chain belongs to.
+
+    \b
+    Example:
+      overlaynet rules node-1 --table nat
+      overlaynet rules node-1 --diff
+    """
     from overlaynet.kernel import iptables
     from overlaynet.node import proxier
 
@@ -481,7 +537,12 @@ def _rules_diff(live: str, rendered: str, tables: list[str]) -> list[str]:
 @click.option("--node", "node_name", required=True, help="The node whose rules to print.")
 @click.option("--table", type=click.Choice(["nat", "filter"]), help="Only this table (default: nat and filter).")
 def render_rules(files, node_name, table):
-    """The kube-proxy rules a node would get, without root and without a cluster."""
+    """The kube-proxy rules a node would get, without root and without a cluster.
+
+    \b
+    Example:
+      overlaynet render -f examples/cluster.yaml -f examples/web.yaml -f examples/web-svc.yaml --node node-1
+    """
     from overlaynet.api.manifests import load_documents, parse_document
     from overlaynet.control.offline import run_offline
     from overlaynet.node import proxier
@@ -519,7 +580,14 @@ def render_rules(files, node_name, table):
 @cluster_option
 def exec(target, command, namespace, cluster):  # noqa: A001 - kubectl's verb
     """Run a command inside a pod's network namespace, a node's (node/NAME), or the outside
-    client's on the node network (external); a pod named "external" is pod/external."""
+    client's on the node network (external); a pod named "external" is pod/external.
+
+    \b
+    Example:
+      overlaynet exec client-a -- ping -c1 10.244.1.2
+      overlaynet exec node/node-1 -- ip route
+      overlaynet exec external -- curl -s http://172.20.0.11:30080/hostname
+    """
     require_privileges("overlaynet exec")
     manager = _manager()
     name = _resolve_cluster(manager, cluster)
@@ -581,7 +649,13 @@ def cni_install(directory):
 @cluster_option
 @click.pass_context
 def verify(ctx, output, timeout, cluster):
-    """Prove the Kubernetes network model pair by pair: no NAT anywhere."""
+    """Prove the Kubernetes network model pair by pair: no NAT anywhere.
+
+    \b
+    Example:
+      overlaynet verify
+      overlaynet verify -o json
+    """
     from overlaynet.kernel import observe
     from overlaynet.node import proxier
     from overlaynet.tools import verify as verifying
@@ -634,6 +708,22 @@ def _print_report(verifying, report, pod_eps, node_eps, elapsed, cluster, cni) -
         click.echo(f"... and {len(report.failures) - 50} more failures (-o json lists all)")
     verdict = "PASSED" if report.passed else f"FAILED ({len(report.failures)} checks)"
     click.echo(f"\nKubernetes network model: {verdict} in {elapsed:.2f}s")
+
+
+@cli.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell):
+    """Print the shell completion script for SHELL (commands, options, choices).
+
+    \b
+    Example:
+      overlaynet completion bash > /etc/bash_completion.d/overlaynet   # then open a new shell
+      eval "$(overlaynet completion bash)"                            # this shell only
+    """
+    from click.shell_completion import get_completion_class
+
+    completer = get_completion_class(shell)
+    click.echo(completer(cli, {}, "overlaynet", "_OVERLAYNET_COMPLETE").source())
 
 
 # The learner's tools, each in its own module; registered last, as they import this one's helpers.
