@@ -139,14 +139,21 @@ def lab_check(ctx, which, lang, output):
 @_WHICH
 @_LANG
 def lab_reset(which, lang):
-    """Remove a lab's cluster and everything it made (nothing else).
+    """Remove a lab's cluster and everything it made (nothing else), with the namespaces its
+    steps make by hand (named after the cluster: lab12-byhand).
 
     \b
     Example:
       overlaynet lab reset 03
     """
+    from overlaynet.kernel import netns
+
     lang = labs.choose_language(lang, dict(os.environ))
     chosen = _lab(which)
+    for name in netns.list_names():
+        if name.startswith(f"{chosen.cluster}-"):
+            netns.delete(name)
+            click.echo(_say(lang, f"namespace {name} removed", f"namespace {name} eliminado"))
     if not labs.LabState(chosen).is_up():
         click.echo(_say(lang, f"cluster {chosen.cluster} is not up: nothing to remove",
                         f"el clúster {chosen.cluster} no está levantado: no hay nada que quitar"))

@@ -57,22 +57,24 @@ def test_lab_as_a_learner(lab, learner_env):
     blocks = labs.readme_steps((lab.folder / "README.md").read_text())
     decisive = [i for i, block in enumerate(blocks) if block.decisive]
     assert len(decisive) == 1, f"{lab.folder.name}: README.md needs exactly one {labs.DECISIVE_MARKER}"
-    started = time.monotonic()
-    for index, block in enumerate(blocks):
-        if index == decisive[0]:
-            code, report, _ = lab_check(learner_env, lab.folder)
-            assert code == 1 and not report["passed"], report
-            missing = [item for item in report["items"] if not item["ok"]]
-            assert missing and all(item["hint"] for item in missing), report
-        run_block(block.script, learner_env, lab.folder)
-        if index == decisive[0]:
-            code, report, seconds = lab_check(learner_env, lab.folder)
-            assert code == 0 and report["passed"], report
-            print(f"\nlab {lab.nn}: check green in {seconds:.2f}s")
-    code, report, _ = lab_check(learner_env, lab.folder)
-    assert code == 0, f"{lab.folder.name}: the last steps turned the check red again: {report}"
-    reset = subprocess.run([sys.executable, "-m", "overlaynet", "lab", "reset"], env=learner_env, cwd=lab.folder,
-                           capture_output=True, text=True, timeout=120)
+    try:
+        started = time.monotonic()
+        for index, block in enumerate(blocks):
+            if index == decisive[0]:
+                code, report, _ = lab_check(learner_env, lab.folder)
+                assert code == 1 and not report["passed"], report
+                missing = [item for item in report["items"] if not item["ok"]]
+                assert missing and all(item["hint"] for item in missing), report
+            run_block(block.script, learner_env, lab.folder)
+            if index == decisive[0]:
+                code, report, seconds = lab_check(learner_env, lab.folder)
+                assert code == 0 and report["passed"], report
+                print(f"\nlab {lab.nn}: check green in {seconds:.2f}s")
+        code, report, _ = lab_check(learner_env, lab.folder)
+        assert code == 0, f"{lab.folder.name}: the last steps turned the check red again: {report}"
+    finally:  # a failed step must not leave the lab's cluster or its hand-made namespaces behind
+        reset = subprocess.run([sys.executable, "-m", "overlaynet", "lab", "reset"], env=learner_env,
+                               cwd=lab.folder, capture_output=True, text=True, timeout=120)
     assert reset.returncode == 0, reset.stderr
     listed = subprocess.run([sys.executable, "-m", "overlaynet", "get", "clusters", "-o", "json"], env=learner_env,
                             capture_output=True, text=True)
