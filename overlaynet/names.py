@@ -92,6 +92,14 @@ def check_ifname(name: str) -> str:
     return name
 
 
+def check_netns_name(name: str) -> str:
+    """Refuse a name ``ip netns`` could not give a namespace (a file in /run/netns)."""
+    if name in ("", ".", "..") or "/" in name or "\0" in name or len(name.encode()) > NETNS_NAME_MAX:
+        raise InvalidName(f'network namespace name "{name}" is not valid: 1-{NETNS_NAME_MAX} characters, '
+                          'no "/" and not "." or ".."')
+    return name
+
+
 def _checked_netns(kind: str, name: str, netns: str) -> str:
     """``netns`` if the kernel can name a namespace so; else an error that names the object."""
     length = len(netns.encode())

@@ -7,6 +7,9 @@ This module owns:
 - ``ServedKey``: the listening sockets of one served key (a pod or a node) in one netns,
   opened, replaced, paused and closed on the agent's event loop.
 
+``serve_in_foreground`` runs one ``ServedKey`` on its own event loop until SIGINT or SIGTERM:
+the test server for a namespace a learner made by hand (``overlaynet testserver serve``).
+
 What it never does: create or delete namespaces or addresses (kubelet and CNI do), or spawn a
 thread or process per pod. Each listening socket is created with the thread inside the pod's
 netns (``netns.inside``) and handed to the event loop (TCP: ``loop.create_server``; UDP: a
@@ -32,6 +35,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import socket
 import struct
 from dataclasses import dataclass
@@ -493,3 +497,24 @@ class ServedKey:
                 udp = self._udp.pop(port, None)
                 if udp is not None:
                     udp.close()  # now: a datagram that arrives next gets a port unreachable
+
+
+def serve_in_foreground(netns_name: str, hostname: str, ports: tuple[tuple[int, str], ...],
+                        on_ready=None) -> None:
+    """Serve ``ports`` inside ``netns_name`` until SIGINT or SIGTERM; ``on_ready()`` once they listen."""
+
+    async def main() -> None:
+        served = ServedKey(f"netns/{netns_name}", netns_name, hostname)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        try:
+            await served.set_ports(ports)
+            if on_ready is not None:
+                on_ready()
+            await stop.wait()
+        finally:
+            await served.close()
+
+    asyncio.run(main())

@@ -420,24 +420,49 @@ def describe(kind, object_name, namespace, cluster):
         click.echo(describing.describe_service(manager, name, namespace, object_name))
 
 
+def _served_port(text: str) -> tuple[int, str]:
+    """``8080`` or ``8080/tcp`` or ``53/udp`` -> (port, "TCP"|"UDP")."""
+    number, _, protocol = text.partition("/")
+    protocol = (protocol or "tcp").upper()
+    if not number.isdigit() or not 1 <= int(number) <= 65535 or protocol not in ("TCP", "UDP"):
+        raise InvalidInput(f'testserver serve: --port "{text}": expected PORT or PORT/tcp or PORT/udp, PORT 1-65535')
+    return int(number), protocol
+
+
 @cli.command()
-@click.argument("action", type=click.Choice(["stop", "start", "status"]))
+@click.argument("action", type=click.Choice(["stop", "start", "status", "serve"]))
 @click.argument("pod_name", required=False)
 @click.option("-n", "--namespace", help="The pod's namespace (default: default).")
+@click.option("--netns", "netns_name", metavar="NETNS",
+              help="serve: the network namespace to serve in (one you made with `ip netns add`).")
+@click.option("--port", "ports", multiple=True, metavar="PORT[/udp]",
+              help="serve: a port to listen on (repeatable; default: 8080/tcp).")
+@click.option("--hostname", help="serve: what / and /hostname answer (default: the NETNS name).")
 @cluster_option
-def testserver(action, pod_name, namespace, cluster):
-    """Stop or start a pod's test server (its sockets close: TCP is refused, probes fail).
+def testserver(action, pod_name, namespace, netns_name, ports, hostname, cluster):
+    """Stop or start a pod's test server (its sockets close: TCP is refused, probes fail),
+    or serve the same test server in a namespace you made by hand.
 
     Inside `overlaynet exec POD -- ...` the pod is implied:
     `overlaynet exec web-1 -- overlaynet testserver stop`.
+
+    `serve` answers GET /, /hostname, /clientip (the peer's address as this end sees it),
+    /echo?msg=X and /healthz over TCP, and `hostname`, `clientip`, `echo X` over UDP, until
+    Ctrl-C or SIGTERM.
 
     \b
     Example:
       overlaynet testserver stop web-1
       overlaynet exec web-1 -- overlaynet testserver start
+      overlaynet testserver serve --netns my-pod --port 8080 --port 5353/udp
     """
     from overlaynet.control.records import pod_key
 
+    if action == "serve":
+        _serve_by_hand(pod_name, netns_name, ports, hostname)
+        return
+    if netns_name or ports or hostname:
+        raise InvalidInput(f"testserver {action}: --netns, --port and --hostname are for `testserver serve`")
     manager = _manager()
     name = cluster or os.environ.get("OVERLAYNET_CLUSTER") or _resolve_cluster(manager, None)
     if pod_name is None:
@@ -454,6 +479,26 @@ def testserver(action, pod_name, namespace, cluster):
         return
     agent.set_serving(pod_key(namespace, pod_name), action == "start")
     click.echo(f"pod/{pod_name}: test server {'started' if action == 'start' else 'stopped'}")
+
+
+def _serve_by_hand(pod_name, netns_name, ports, hostname) -> None:
+    from overlaynet.agent import testserver as server
+    from overlaynet.kernel import netns
+
+    if pod_name is not None:
+        raise InvalidInput(f'testserver serve: takes --netns, not a pod ("{pod_name}"); a pod\'s server is already running')
+    if not netns_name:
+        raise InvalidInput("testserver serve: --netns is required (the namespace to serve in)")
+    names.check_netns_name(netns_name)
+    if not netns.exists(netns_name):
+        raise NotFoundError(f'testserver serve: netns "{netns_name}" does not exist (ip netns list shows them)')
+    served = tuple(sorted({_served_port(port) for port in ports or ("8080",)}))
+    listening = ", ".join(f"{port}/{protocol.lower()}" for port, protocol in served)
+
+    def ready() -> None:
+        click.echo(f'netns/{netns_name}: test server listening on {listening} (Ctrl-C stops it)')
+
+    server.serve_in_foreground(netns_name, hostname or netns_name, served, on_ready=ready)
 
 
 # -- rules ------------------------------------------------------------------------------------
