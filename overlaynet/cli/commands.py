@@ -490,9 +490,9 @@ def _serve_by_hand(pod_name, netns_name, ports, hostname) -> None:
     if not netns_name:
         raise InvalidInput("testserver serve: --netns is required (the namespace to serve in)")
     names.check_netns_name(netns_name)
+    served = tuple(sorted({_served_port(port) for port in ports or ("8080",)}))
     if not netns.exists(netns_name):
         raise NotFoundError(f'testserver serve: netns "{netns_name}" does not exist (ip netns list shows them)')
-    served = tuple(sorted({_served_port(port) for port in ports or ("8080",)}))
     listening = ", ".join(f"{port}/{protocol.lower()}" for port, protocol in served)
 
     def ready() -> None:

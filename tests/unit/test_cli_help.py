@@ -43,3 +43,17 @@ def test_bash_completion_completes_commands_and_their_options():
     assert "_OVERLAYNET_COMPLETE" in script and "complete " in script
     assert completions("overlaynet tr", 1) == {"trace"}
     assert {"wide", "json", "yaml"} <= completions("overlaynet get pods -o ", 4)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["testserver", "serve"], "--netns is required"),
+    (["testserver", "serve", "--netns", "../etc"], 'network namespace name "../etc" is not valid'),
+    (["testserver", "serve", "--netns", "x", "--port", "80/sctp"], '--port "80/sctp"'),
+    (["testserver", "serve", "--netns", "x", "--port", "0"], '--port "0"'),
+    (["testserver", "serve", "web-1", "--netns", "x"], "takes --netns, not a pod"),
+    (["testserver", "stop", "web-1", "--port", "80"], "are for `testserver serve`"),
+])
+def test_testserver_serve_refuses_bad_input_with_one_line(args, message):
+    result = subprocess.run([sys.executable, "-m", "overlaynet", *args], capture_output=True, text=True)
+    assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr

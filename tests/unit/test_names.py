@@ -64,3 +64,13 @@ def test_an_interface_name_the_kernel_refuses_is_overlaynets_error():
     for bad in ("x" * 16, "", "a b", "-a"):
         with pytest.raises(InvalidInput, match="not a valid Linux interface name"):
             names.check_ifname(bad)
+
+
+@pytest.mark.parametrize("bad", ["", ".", "..", "../x", "a/b", "x" * 256, "a\0b"])
+def test_a_netns_name_ip_netns_could_not_use_is_refused(bad):
+    with pytest.raises(InvalidInput, match="network namespace name"):
+        names.check_netns_name(bad)
+
+
+def test_a_netns_name_ip_netns_accepts_passes():
+    assert names.check_netns_name("lab12-byhand") == "lab12-byhand"
