@@ -21,7 +21,7 @@ import yaml
 
 from overlaynet import names
 from overlaynet.api import model, probes, services
-from overlaynet.api.objects import DEFAULT_NAMESPACE, Where, object_namespace  # DEFAULT_NAMESPACE: for the CLI's -n
+from overlaynet.api.objects import Where, object_namespace
 from overlaynet.errors import InvalidInput
 
 # The port every test server answers on, TCP and UDP, whatever the pod declares (like agnhost

@@ -13,11 +13,12 @@ import click
 
 from overlaynet import names
 from overlaynet.api import model
-from overlaynet.api.manifests import DEFAULT_NAMESPACE, load_cluster, parse_manifests
+from overlaynet.api.manifests import load_cluster, parse_manifests
+from overlaynet.api.objects import DEFAULT_NAMESPACE
 from overlaynet.cli.output import age, document, table
 from overlaynet.datapath.modes import KERNEL_FEATURES, KERNEL_VXLAN, get_mode, uses_ipam_blocks
 from overlaynet.datapath.topology import internal_ip
-from overlaynet.errors import HostError, InvalidInput, NotFoundError, OverlaynetError
+from overlaynet.errors import HostError, InvalidInput, NotFoundError
 
 OUTPUT_FORMATS = click.Choice(["wide", "json", "yaml", "name"])
 _CAP_NET_ADMIN, _CAP_SYS_ADMIN = 12, 21
@@ -594,11 +595,11 @@ def render_rules(files, node_name, table):
 
     spec, manifests = model.build_spec(), []
     for path in files:
-        for index, document in enumerate(load_documents(path), 1):
-            if document.get("kind") == "Cluster":
+        for index, raw in enumerate(load_documents(path), 1):
+            if raw.get("kind") == "Cluster":
                 spec = load_cluster(path)
             else:
-                manifests.append(parse_document(document, path, None, index))
+                manifests.append(parse_document(raw, path, None, index))
     with run_offline(spec, manifests) as manager:
         nodes = manager.nodes(spec.name)
         node = next((n for n in nodes if n["metadata"]["name"] == node_name), None)

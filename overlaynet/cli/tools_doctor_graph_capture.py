@@ -19,7 +19,7 @@ from typing import Any
 import click
 
 from overlaynet import names
-from overlaynet.api.manifests import DEFAULT_NAMESPACE
+from overlaynet.api.objects import DEFAULT_NAMESPACE
 from overlaynet.errors import HostError, InvalidInput
 
 # Like the core commands' --name; those commands' helpers are imported where used, since

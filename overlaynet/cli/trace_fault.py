@@ -21,7 +21,7 @@ import time
 import click
 
 from overlaynet import names
-from overlaynet.api.manifests import DEFAULT_NAMESPACE
+from overlaynet.api.objects import DEFAULT_NAMESPACE
 from overlaynet.cli.output import table
 from overlaynet.datapath import topology
 from overlaynet.datapath.modes import get_mode, uses_ipam_blocks
