@@ -268,6 +268,7 @@ def load_cluster(path: str, name: str | None = None) -> model.ClusterSpec:
         raise InvalidInput(f"{path}: Cluster: spec must be a mapping")
     known = {"nodes", "cni", "clusterCIDR", "nodeCIDRMaskSize", "serviceCIDR", "nodeNetwork", "mtu",
              "blockSize", "bgp", "cniConfig"}
+    known.add("loadBalancerPool")  # LoadBalancer Services' addresses (api/loadbalancer.py)
     unknown = sorted(set(spec) - known)
     cluster_name = name or metadata.get("name") or model.DEFAULT_CLUSTER_NAME
     if unknown:

@@ -63,6 +63,7 @@ class ClusterSpec:
     block_size: int = DEFAULT_BLOCK_SIZE  # modes with IPAM blocks: the block prefix length
     bgp: str = "none"  # modes that support it: "bird" runs a BIRD 2 full mesh in every node
     cni_config: str | None = None  # a conflist of the user's instead of ours
+    load_balancer_pool: str | None = None  # LoadBalancer addresses; None: api.loadbalancer.default_pool
 
     @property
     def external_client(self) -> ipaddress.IPv4Address:
@@ -100,6 +101,7 @@ class ClusterSpec:
                 "blockSize": self.block_size,
                 "bgp": self.bgp,
                 **({"cniConfig": self.cni_config} if self.cni_config else {}),
+                **({"loadBalancerPool": self.load_balancer_pool} if self.load_balancer_pool else {}),
             },
         }
 
@@ -140,6 +142,7 @@ def build_spec(
     block_size: object = DEFAULT_BLOCK_SIZE,
     bgp: object = "none",
     cni_config: str | None = None,
+    load_balancer_pool: object = None,
 ) -> ClusterSpec:
     """Build and fully validate a ``ClusterSpec`` from raw values (flags or a document)."""
     names.check_cluster_name(name)
@@ -156,10 +159,25 @@ def build_spec(
         block_size=_int_field(name, "blockSize", block_size, 20, 32),
         bgp=_choice(name, "bgp", bgp, BGP_MODES),
         cni_config=cni_config,
+        load_balancer_pool=None if load_balancer_pool in (None, "") else str(load_balancer_pool),
     )
     check_ranges(spec)
+    if spec.load_balancer_pool is not None:
+        address_pool(spec)  # the pool is checked now; the error names the field
+
     check_cluster(spec)  # the mode's rules
     return spec
+
+
+def address_pool(spec: ClusterSpec):
+    """The LoadBalancer address pool (``api.loadbalancer.AddressPool``), checked against the node
+    network, its gateway, the external client and the nodes."""
+    from overlaynet.api.loadbalancer import default_pool, parse_pool  # it imports the Service API
+
+    taken = {spec.underlay_gateway: "the node network's gateway", spec.external_client: "the external client"}
+    taken.update({spec.node_network.network_address + FIRST_NODE_HOST + i: f'node "{n.name}"'
+                  for i, n in enumerate(spec.nodes)})
+    return parse_pool(spec.name, spec.load_balancer_pool or default_pool(spec.node_network), spec.node_network, taken)
 
 
 def _choice(cluster: str, field_name: str, value: object, allowed: tuple[str, ...]) -> str:
@@ -249,6 +267,7 @@ def document_arguments(name: str, spec: dict) -> dict:
         "block_size": spec.get("blockSize", DEFAULT_BLOCK_SIZE),
         "bgp": spec.get("bgp", "none"),
         "cni_config": spec.get("cniConfig"),
+        "load_balancer_pool": spec.get("loadBalancerPool"),
     }
 
 

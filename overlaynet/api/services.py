@@ -11,13 +11,14 @@ What it never does: touch the store or the kernel, or decide endpoints (``endpoi
 rules (``proxy/render.py``). ``manifests.parse_document`` dispatches ``kind: Service`` and
 ``kind: EndpointSlice`` here (``parse_service_document``, ``parse_endpointslice_document``).
 
-Supported: ``type`` ClusterIP and NodePort, headless (``clusterIP: None``), several named ports,
+Supported: ``type`` ClusterIP, NodePort and LoadBalancer (``spec.loadBalancerIP``,
+``loadBalancerSourceRanges``, ``allocateLoadBalancerNodePorts``, ``status.loadBalancer.ingress``;
+the address itself comes from ``api/loadbalancer.py``), ``externalIPs``, headless (``clusterIP: None``), several named ports,
 ``targetPort`` by number or by container port name, TCP and UDP, ``sessionAffinity: ClientIP``
 (with ``sessionAffinityConfig.clientIP.timeoutSeconds``, default 10800), ``externalTrafficPolicy``
 and ``internalTrafficPolicy`` (Cluster/Local), ``publishNotReadyAddresses``, and Services without a
 selector whose endpoints come from hand-written EndpointSlices. Refused by name, so nothing is
-silently not emulated: ``LoadBalancer`` and ``ExternalName`` types, ``externalIPs``, SCTP, IPv6 and
-dual-stack. ``appProtocol``, ``ipFamilies: [IPv4]`` and ``ipFamilyPolicy: SingleStack`` are
+silently not emulated: the ``ExternalName`` type, SCTP, IPv6 and dual-stack. ``appProtocol``, ``ipFamilies: [IPv4]`` and ``ipFamilyPolicy: SingleStack`` are
 accepted.
 
 Allocation follows the API server's rules but deterministically (the lowest free address and
@@ -39,7 +40,7 @@ from overlaynet import names
 from overlaynet.api.objects import Where, object_namespace
 from overlaynet.errors import CapacityError
 
-SERVICE_TYPES = ("ClusterIP", "NodePort")
+SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
 PROTOCOLS = ("TCP", "UDP")
 TRAFFIC_POLICIES = ("Cluster", "Local")
 AFFINITIES = ("None", "ClientIP")
@@ -80,6 +81,12 @@ class Service:
     external_traffic_policy: str = "Cluster"
     internal_traffic_policy: str = "Cluster"
     publish_not_ready_addresses: bool = False
+    external_ips: tuple[str, ...] = ()  # spec.externalIPs
+    load_balancer_ip: str | None = None  # spec.loadBalancerIP: the address asked for
+    load_balancer_source_ranges: tuple[str, ...] = ()  # spec.loadBalancerSourceRanges, normalised CIDRs
+    allocate_load_balancer_node_ports: bool = True  # spec.allocateLoadBalancerNodePorts
+    health_check_node_port: int | None = None  # spec.healthCheckNodePort (LoadBalancer, Local policy)
+    ingress_ip: str | None = None  # status.loadBalancer.ingress[0].ip: None while <pending>
     source: str = field(default="", compare=False)  # the file it came from, for errors
 
     @property
@@ -101,6 +108,16 @@ class Service:
 
     def where(self) -> Where:
         return Where(self.source, "Service", self.name)
+
+    @property
+    def has_node_ports(self) -> bool:
+        """NodePorts are allocated: type NodePort, or LoadBalancer with allocateLoadBalancerNodePorts."""
+        return self.type == "NodePort" or (self.type == "LoadBalancer" and self.allocate_load_balancer_node_ports)
+
+    @property
+    def externally_accessible(self) -> bool:
+        """apiservice.ExternallyAccessible: external traffic policy applies to this service."""
+        return self.type in ("NodePort", "LoadBalancer") or bool(self.external_ips)
 
     def to_document(self) -> dict:
         """The Service as the API server shows it after defaulting and allocation.
@@ -128,15 +145,29 @@ class Service:
         spec["sessionAffinity"] = self.session_affinity
         if self.session_affinity == "ClientIP":
             spec["sessionAffinityConfig"] = {"clientIP": {"timeoutSeconds": self.affinity_timeout}}
-        if self.type == "NodePort":
+        if self.externally_accessible:
             spec["externalTrafficPolicy"] = self.external_traffic_policy
+        if self.external_ips:
+            spec["externalIPs"] = list(self.external_ips)
+        if self.type == "LoadBalancer":
+            spec["allocateLoadBalancerNodePorts"] = self.allocate_load_balancer_node_ports
+            if self.load_balancer_ip:
+                spec["loadBalancerIP"] = self.load_balancer_ip
+            if self.load_balancer_source_ranges:
+                spec["loadBalancerSourceRanges"] = list(self.load_balancer_source_ranges)
+            if self.health_check_node_port is not None:
+                spec["healthCheckNodePort"] = self.health_check_node_port
         spec["internalTrafficPolicy"] = self.internal_traffic_policy
         if self.publish_not_ready_addresses:
             spec["publishNotReadyAddresses"] = True
         spec["ipFamilies"] = ["IPv4"]
         spec["ipFamilyPolicy"] = "SingleStack"
-        return {"apiVersion": "v1", "kind": "Service",
-                "metadata": {"name": self.name, "namespace": self.namespace}, "spec": spec}
+        document = {"apiVersion": "v1", "kind": "Service",
+                    "metadata": {"name": self.name, "namespace": self.namespace}, "spec": spec}
+        if self.type == "LoadBalancer":
+            ingress = [{"ip": self.ingress_ip, "ipMode": "VIP"}] if self.ingress_ip else []
+            document["status"] = {"loadBalancer": {"ingress": ingress} if ingress else {}}
+        return document
 
 
 @dataclass(frozen=True)
@@ -259,18 +290,16 @@ def parse_service_document(document: dict, source: str, namespace: str | None = 
         raise where.error("spec is required")
 
     svc_type = spec.get("type", "ClusterIP")
-    if svc_type == "LoadBalancer":
-        raise where.error('spec.type "LoadBalancer" is not supported yet: there is no load balancer to '
-                          "program on one host; use NodePort (every node's IP answers on the node port)")
     if svc_type == "ExternalName":
         raise where.error('spec.type "ExternalName" is not supported: it is a DNS alias, '
                           "and overlaynet has no cluster DNS")
     if svc_type not in SERVICE_TYPES:
         raise where.error(f'spec.type "{svc_type}" is not supported (supported: {", ".join(SERVICE_TYPES)})')
 
-    for unsupported in ("externalIPs", "loadBalancerIP", "loadBalancerSourceRanges", "externalName"):
-        if spec.get(unsupported):
-            raise where.error(f"spec.{unsupported} is not supported yet")
+    if spec.get("externalName"):
+        raise where.error("spec.externalName may only be set when spec.type is ExternalName")
+    external_ips = _parse_external_ips(spec.get("externalIPs"), where)
+    lb = _parse_load_balancer_fields(spec, document.get("status"), where, svc_type)
     families = spec.get("ipFamilies")
     if families is not None and list(families) != ["IPv4"]:
         raise where.error(f"spec.ipFamilies {families!r} is not supported: overlaynet is IPv4 only")
@@ -311,9 +340,9 @@ def parse_service_document(document: dict, source: str, namespace: str | None = 
     if etp is not None:
         if etp not in TRAFFIC_POLICIES:
             raise where.error(f'spec.externalTrafficPolicy "{etp}" is not supported (supported: Cluster, Local)')
-        if svc_type == "ClusterIP":
-            raise where.error("spec.externalTrafficPolicy may only be set when spec.type is NodePort "
-                              "(a ClusterIP service has no external traffic)")
+        if svc_type == "ClusterIP" and not external_ips:
+            raise where.error("spec.externalTrafficPolicy may only be set when spec.type is NodePort or "
+                              "LoadBalancer, or with spec.externalIPs (a ClusterIP service has no external traffic)")
     itp = spec.get("internalTrafficPolicy", "Cluster")
     if itp not in TRAFFIC_POLICIES:
         raise where.error(f'spec.internalTrafficPolicy "{itp}" is not supported (supported: Cluster, Local)')
@@ -334,8 +363,79 @@ def parse_service_document(document: dict, source: str, namespace: str | None = 
         external_traffic_policy=etp or "Cluster",
         internal_traffic_policy=itp,
         publish_not_ready_addresses=publish,
+        external_ips=external_ips,
+        **lb,
         source=source,
     )
+
+
+def _parse_external_ips(value, where: Where) -> tuple[str, ...]:
+    if value is None or value == []:
+        return ()
+    if not isinstance(value, list):
+        raise where.error("spec.externalIPs must be a list of IPv4 addresses")
+    result: list[str] = []
+    for index, item in enumerate(value):
+        try:
+            address = ipaddress.IPv4Address(str(item))
+        except ValueError:
+            raise where.error(f'spec.externalIPs[{index}] "{item}" is not an IPv4 address') from None
+        if address.is_unspecified or address.is_loopback or address.is_multicast or address.is_link_local:
+            raise where.error(f"spec.externalIPs[{index}] {address} may not be unspecified, loopback, "
+                              "multicast or link-local")
+        if str(address) in result:
+            raise where.error(f"spec.externalIPs[{index}] {address} is a duplicate")
+        result.append(str(address))
+    return tuple(result)
+
+
+def _parse_load_balancer_fields(spec: dict, status, where: Where, svc_type: str) -> dict:
+    """The LoadBalancer fields as ``Service`` keyword arguments; set on another type, an error
+    (as the API server's validation says)."""
+    is_lb = svc_type == "LoadBalancer"
+    for key in ("loadBalancerIP", "loadBalancerSourceRanges", "allocateLoadBalancerNodePorts", "healthCheckNodePort",
+                "loadBalancerClass"):
+        if spec.get(key) not in (None, "", []) and not is_lb:
+            raise where.error(f"spec.{key} may only be set when spec.type is LoadBalancer")
+    if spec.get("loadBalancerClass"):
+        raise where.error("spec.loadBalancerClass is not supported: overlaynet's service controller handles "
+                          "every LoadBalancer Service")
+    if not is_lb:
+        return {}
+    requested = spec.get("loadBalancerIP") or None
+    if requested is not None:
+        try:
+            requested = str(ipaddress.IPv4Address(str(requested)))
+        except ValueError:
+            raise where.error(f'spec.loadBalancerIP "{requested}" is not an IPv4 address') from None
+    ranges = spec.get("loadBalancerSourceRanges") or []
+    if not isinstance(ranges, list):
+        raise where.error("spec.loadBalancerSourceRanges must be a list of CIDRs")
+    parsed_ranges: list[str] = []
+    for index, item in enumerate(ranges):
+        try:
+            # kube-proxy normalises with net.ParseCIDR (host bits dropped), as ip_network(strict=False).
+            network = ipaddress.IPv4Network(str(item).strip(), strict=False)
+        except ValueError:
+            raise where.error(f'spec.loadBalancerSourceRanges[{index}] "{item}" is not an IPv4 CIDR '
+                              "(e.g. 172.20.0.0/24)") from None
+        parsed_ranges.append(str(network))
+    allocate_ports = spec.get("allocateLoadBalancerNodePorts", True)
+    if not isinstance(allocate_ports, bool):
+        raise where.error(f"spec.allocateLoadBalancerNodePorts {allocate_ports!r} must be true or false")
+    health = spec.get("healthCheckNodePort")
+    if health is not None:
+        if isinstance(health, bool) or not isinstance(health, int) or not 1 <= health <= 65535:
+            raise where.error(f"spec.healthCheckNodePort {health!r} is out of range 1-65535")
+        if spec.get("externalTrafficPolicy") != "Local":
+            raise where.error('spec.healthCheckNodePort may only be set when spec.externalTrafficPolicy is "Local"')
+    ingress_ip = None
+    ingress = ((status or {}).get("loadBalancer") or {}).get("ingress") if isinstance(status, dict) else None
+    if ingress:
+        ingress_ip = str(ingress[0].get("ip")) if isinstance(ingress[0], dict) and ingress[0].get("ip") else None
+    return {"load_balancer_ip": requested, "load_balancer_source_ranges": tuple(parsed_ranges),
+            "allocate_load_balancer_node_ports": allocate_ports, "health_check_node_port": health,
+            "ingress_ip": ingress_ip}
 
 
 def _metadata(document: dict, where: Where, namespace: str | None, dns1035: bool) -> tuple[str, str]:
@@ -594,8 +694,16 @@ def carry_over(new: Service, old: Service | None) -> Service:
                           "immutable; delete and re-create the service to change it")
     old_node_ports = {(p.name, p.protocol): p.node_port for p in old.ports if p.node_port is not None}
     ports = tuple(replace(p, node_port=old_node_ports.get((p.name, p.protocol)))
-                  if new.type == "NodePort" and p.node_port is None else p for p in new.ports)
-    return replace(new, cluster_ip=cluster_ip, ports=ports)
+                  if new.has_node_ports and p.node_port is None else p for p in new.ports)
+    carried = replace(new, cluster_ip=cluster_ip, ports=ports)
+    if new.type == "LoadBalancer" and old.type == "LoadBalancer":
+        # The service controller's address stays while the request allows it (api/loadbalancer.py decides).
+        if new.ingress_ip is None and new.load_balancer_ip in (None, old.ingress_ip):
+            carried = replace(carried, ingress_ip=old.ingress_ip)
+        if (new.health_check_node_port is None and new.external_traffic_policy == "Local"
+                and old.external_traffic_policy == "Local"):
+            carried = replace(carried, health_check_node_port=old.health_check_node_port)
+    return carried
 
 
 def allocate(services: Sequence[Service], service_cidr, used_ips: Mapping[str, str] | Iterable[str] = (),
@@ -643,6 +751,12 @@ def allocate(services: Sequence[Service], service_cidr, used_ips: Mapping[str, s
             if owner is not None and owner != service.key:
                 raise where.error(f"spec.ports[{index}].nodePort {port.node_port} is already allocated{held_by(owner)}")
             port_owner[port.node_port] = service.key
+        if service.health_check_node_port is not None:
+            owner = port_owner.get(service.health_check_node_port)
+            if owner is not None and owner != service.key:
+                raise where.error(f"spec.healthCheckNodePort {service.health_check_node_port} is already "
+                                  f"allocated{held_by(owner)}")
+            port_owner[service.health_check_node_port] = service.key
 
     # Pass 2: dynamic values, lowest free first.
     first_host = int(network.network_address)
@@ -663,7 +777,7 @@ def allocate(services: Sequence[Service], service_cidr, used_ips: Mapping[str, s
             ip_owner[ipaddress.IPv4Address(next_ip)] = service.key
             cluster_ip = str(ipaddress.IPv4Address(next_ip))
         ports = list(service.ports)
-        if service.type == "NodePort":
+        if service.has_node_ports:
             for index, port in enumerate(ports):
                 if port.node_port is not None:
                     continue
@@ -674,5 +788,15 @@ def allocate(services: Sequence[Service], service_cidr, used_ips: Mapping[str, s
                                         f"{low}-{high} is full")
                 port_owner[next_port] = service.key
                 ports[index] = replace(port, node_port=next_port)
-        result.append(replace(service, cluster_ip=cluster_ip, ports=tuple(ports)))
+        health = service.health_check_node_port
+        if service.type == "LoadBalancer" and service.external_traffic_policy == "Local" and health is None:
+            # The API server allocates the health check port from the node port range.
+            while next_port <= high and next_port in port_owner:
+                next_port += 1
+            if next_port > high:
+                raise CapacityError(f"{where.prefix}: spec.healthCheckNodePort: the node port range "
+                                    f"{low}-{high} is full")
+            port_owner[next_port] = service.key
+            health = next_port
+        result.append(replace(service, cluster_ip=cluster_ip, ports=tuple(ports), health_check_node_port=health))
     return result

@@ -4,8 +4,9 @@
 What this module owns: the rule text of the nat and filter tables exactly as kube-proxy
 writes it (``pkg/proxy/iptables/proxier.go``, syncProxyRules): chain names hashed as kube-proxy
 hashes them, the order of chains and rules, the ``statistic`` probabilities, masquerading,
-NodePorts, Local traffic policies, ClientIP affinity, REJECT/DROP for services without
-(local) endpoints, the comments, and the jumps from the built-in chains that kube-proxy
+NodePorts, load-balancer addresses and externalIPs (KUBE-EXT; KUBE-FW and KUBE-PROXY-FIREWALL
+for ``loadBalancerSourceRanges``), Local traffic policies and health check node ports, ClientIP
+affinity, REJECT/DROP for services without (local) endpoints, the comments, and the jumps from the built-in chains that kube-proxy
 inserts with ``iptables -I`` outside the restore. It also owns **partial sync** (KEP-3453):
 given the previous render, only the chains of services that changed are rewritten; the
 top-level chains are always rewritten; stale chains are flushed and deleted.
@@ -348,8 +349,12 @@ def _render_port(service: Service, port: ServicePort, endpoints: list[EndpointIn
     cluster_chain = "KUBE-SVC-" + h
     local_chain = "KUBE-SVL-" + h
     external_chain = "KUBE-EXT-" + h
-    node_port = port.node_port if service.type == "NodePort" else None
-    externally_accessible = node_port is not None
+    firewall_chain = "KUBE-FW-" + h
+    node_port = port.node_port if service.type in ("NodePort", "LoadBalancer") else None
+    lb_ips = (service.ingress_ip,) if service.type == "LoadBalancer" and service.ingress_ip else ()
+    external_ips = service.external_ips
+    # servicePort.ExternallyAccessible: a node port, a load-balancer address or an external IP.
+    externally_accessible = node_port is not None or bool(lb_ips) or bool(external_ips)
     internal_local = service.internal_traffic_policy == "Local"
     external_local = externally_accessible and service.external_traffic_policy == "Local"
     # service.go UsesClusterEndpoints / UsesLocalEndpoints.
@@ -364,6 +369,9 @@ def _render_port(service: Service, port: ServicePort, endpoints: list[EndpointIn
     external_policy_chain = local_chain if external_local else cluster_chain
     has_external = has_any and (bool(local_eps) if external_local else True)
     uses_external_chain = has_any and externally_accessible
+    # proxier.go: the firewall chain only when there are endpoints, an LB address and source ranges.
+    uses_firewall_chain = has_any and bool(lb_ips) and bool(service.load_balancer_source_ranges)
+    lb_chain = firewall_chain if uses_firewall_chain else external_chain
 
     if not has_any:
         internal_target = external_target = "REJECT"
@@ -388,6 +396,26 @@ def _render_port(service: Service, port: ServicePort, endpoints: list[EndpointIn
     else:
         filt.append(f"-A KUBE-SERVICES -m comment --comment {internal_comment} {match} -d {cip} --dport {dport} "
                     f"-j {internal_target}\n")
+    # Capture external IPs, then load-balancer addresses (proxier.go's order).
+    for external_ip in external_ips:
+        if has_any:
+            top.append(f'-A KUBE-SERVICES -m comment --comment "{s} external IP" {match} -d {external_ip} '
+                       f"--dport {dport} -j {external_chain}\n")
+        if not has_external:
+            filt.append(f"-A KUBE-EXTERNAL-SERVICES -m comment --comment {external_comment} {match} -d {external_ip} "
+                        f"--dport {dport} -j {external_target}\n")
+    for lb_ip in lb_ips:
+        if has_any:
+            top.append(f'-A KUBE-SERVICES -m comment --comment "{s} loadbalancer IP" {match} -d {lb_ip} '
+                       f"--dport {dport} -j {lb_chain}\n")
+        if uses_firewall_chain:
+            # What the firewall chain did not DNAT reaches the filter table still addressed to the LB IP.
+            filt.append(f'-A KUBE-PROXY-FIREWALL -m comment --comment "{s} traffic not accepted by {firewall_chain}" '
+                        f"{match} -d {lb_ip} --dport {dport} -j DROP\n")
+    if not has_external:
+        for lb_ip in lb_ips:
+            filt.append(f"-A KUBE-EXTERNAL-SERVICES -m comment --comment {external_comment} {match} -d {lb_ip} "
+                        f"--dport {dport} -j {external_target}\n")
     # Capture the node port (reached from the last KUBE-SERVICES rule, --dst-type LOCAL).
     if node_port is not None:
         if has_any:
@@ -395,6 +423,10 @@ def _render_port(service: Service, port: ServicePort, endpoints: list[EndpointIn
         if not has_external:
             filt.append(f"-A KUBE-EXTERNAL-SERVICES -m comment --comment {external_comment} -m addrtype --dst-type "
                         f"LOCAL {match} --dport {node_port} -j {external_target}\n")
+    # Capture the health check node port: accepted whether or not this node has local endpoints.
+    if service.health_check_node_port is not None:
+        filt.append(f'-A KUBE-NODEPORTS -m comment --comment "{s} health check node port" -m tcp -p tcp '
+                    f"--dport {service.health_check_node_port} -j ACCEPT\n")
 
     # Internal traffic: masquerade what comes from outside the pod network (proxier.go: the
     # rule goes into the internal traffic chain, before that chain's own jumps).
@@ -422,6 +454,23 @@ def _render_port(service: Service, port: ServicePort, endpoints: list[EndpointIn
                          f'destinations" -m addrtype --src-type LOCAL -j {cluster_chain}\n')
         if has_external:
             rules.append(f"-A {external_chain} -j {external_policy_chain}\n")
+
+    # The firewall chain (loadBalancerSourceRanges): allowed sources go on to the EXT chain; the
+    # last rule has no target, so the rest falls through un-DNATed to KUBE-PROXY-FIREWALL's DROP.
+    if uses_firewall_chain:
+        chain_lines.append(f":{firewall_chain} - [0:0]\n")
+        chains.append(firewall_chain)
+        fw_args = f'-A {firewall_chain} -m comment --comment "{s} loadbalancer IP"'
+        allow_from_node = False
+        for cidr in service.load_balancer_source_ranges:
+            rules.append(f"{fw_args} -s {cidr} -j {external_chain}\n")
+            allow_from_node = allow_from_node or (bool(node.ips) and ipaddress.IPv4Address(node.ips[0])
+                                                  in ipaddress.IPv4Network(cidr))
+        if allow_from_node:
+            # A request from the node to its own VIP may loop back with the VIP as source.
+            rules.extend(f"{fw_args} -s {lb_ip} -j {external_chain}\n" for lb_ip in lb_ips)
+        rules.append(f'-A {firewall_chain} -m comment --comment "other traffic to {s} will be dropped by '
+                     f'KUBE-PROXY-FIREWALL"\n')
 
     affinity = service.session_affinity == "ClientIP"
     timeout = service.affinity_timeout

@@ -93,13 +93,11 @@ def test_same_port_number_over_tcp_and_udp_is_fine():
 
 
 def test_types():
-    fails(WEB.replace("spec:", "spec:\n  type: LoadBalancer"),
-          'web.yaml: Service "web": spec.type "LoadBalancer" is not supported yet: there is no load balancer to '
-          "program on one host; use NodePort (every node's IP answers on the node port)")
+    assert svc(WEB.replace("spec:", "spec:\n  type: LoadBalancer")).type == "LoadBalancer"
     fails(WEB.replace("spec:", "spec:\n  type: Weird"),
-          'web.yaml: Service "web": spec.type "Weird" is not supported (supported: ClusterIP, NodePort)')
-    fails(WEB.replace("spec:", "spec:\n  externalIPs: [1.2.3.4]"),
-          'web.yaml: Service "web": spec.externalIPs is not supported yet')
+          'web.yaml: Service "web": spec.type "Weird" is not supported (supported: ClusterIP, NodePort, LoadBalancer)')
+    fails(WEB.replace("spec:", "spec:\n  externalIPs: [1.2.3]"),
+          'web.yaml: Service "web": spec.externalIPs[0] "1.2.3" is not an IPv4 address')
     node_port = svc(WEB.replace("spec:", "spec:\n  type: NodePort\n  externalTrafficPolicy: Local")
                     .replace("targetPort: http}", "targetPort: http, nodePort: 30080}"))
     assert node_port.type == "NodePort" and node_port.ports[0].node_port == 30080
@@ -108,7 +106,7 @@ def test_types():
           'web.yaml: Service "web": spec.ports[0].nodePort may not be set when spec.type is ClusterIP')
     fails(WEB.replace("spec:", "spec:\n  externalTrafficPolicy: Local"),
           'web.yaml: Service "web": spec.externalTrafficPolicy may only be set when spec.type is NodePort '
-          "(a ClusterIP service has no external traffic)")
+          "or LoadBalancer, or with spec.externalIPs (a ClusterIP service has no external traffic)")
 
 
 def test_headless():
