@@ -93,16 +93,15 @@ class Allocation:
     pending: Mapping[str, str]  # namespace/name -> reason
 
 
-def allocate_load_balancers(services: Sequence[Service], pool: AddressPool,
-                            held: Mapping[str, str] = {}) -> Allocation:
-    """Give every LoadBalancer Service without an address one from ``pool``.
+def allocate_load_balancers(services: Sequence[Service], pool: AddressPool) -> Allocation:
+    """Give every LoadBalancer Service of the cluster (``services``: all of them) without an
+    address one from ``pool``.
 
-    ``held`` maps the addresses other Services hold to their ``namespace/name``. A Service that
-    holds an address keeps it while it is still in the pool and still what ``loadBalancerIP``
+    A Service that holds an address keeps it while it is still in the pool and still what ``loadBalancerIP``
     asks for; requested addresses are placed before dynamic ones; a Service that is no longer
     LoadBalancer loses its address. Reasons are MetalLB's ``AllocationFailed`` messages.
     """
-    owner: dict[ipaddress.IPv4Address, str] = {ipaddress.IPv4Address(ip): key for ip, key in held.items()}
+    owner: dict[ipaddress.IPv4Address, str] = {}
     pending: dict[str, str] = {}
     chosen: dict[str, str | None] = {}
 
@@ -113,11 +112,13 @@ def allocate_load_balancers(services: Sequence[Service], pool: AddressPool,
         chosen[service.key] = str(address)
         return True
 
-    for service in services:  # pass 1: what is held and what is asked for
+    for service in services:  # pass 1: what is held
         if service.type != "LoadBalancer":
             chosen[service.key] = None
-            continue
-        if service.ingress_ip and keep(service, ipaddress.IPv4Address(service.ingress_ip)):
+        elif service.ingress_ip and service.load_balancer_ip in (None, service.ingress_ip):
+            keep(service, ipaddress.IPv4Address(service.ingress_ip))
+    for service in services:  # pass 2: what is asked for
+        if service.key in chosen:
             continue
         if service.load_balancer_ip:
             requested = ipaddress.IPv4Address(service.load_balancer_ip)
@@ -130,7 +131,7 @@ def allocate_load_balancers(services: Sequence[Service], pool: AddressPool,
                                        f"allocated to {owner[requested]}"
                 chosen[service.key] = None
     candidate = int(pool.first)
-    for service in services:  # pass 2: the lowest free address
+    for service in services:  # pass 3: the lowest free address
         if service.key in chosen:
             continue
         while candidate <= int(pool.last) and ipaddress.IPv4Address(candidate) in owner:
@@ -143,11 +144,6 @@ def allocate_load_balancers(services: Sequence[Service], pool: AddressPool,
         owner[ipaddress.IPv4Address(candidate)] = service.key
         chosen[service.key] = str(ipaddress.IPv4Address(candidate))
     return Allocation(tuple(replace(s, ingress_ip=chosen.get(s.key)) for s in services), pending)
-
-
-def held_addresses(services: Iterable[Service]) -> dict[str, str]:
-    """The load-balancer addresses ``services`` hold: address -> ``namespace/name``."""
-    return {s.ingress_ip: s.key for s in services if s.type == "LoadBalancer" and s.ingress_ip}
 
 
 def ready_nodes(service_slices: Iterable[EndpointSlice]) -> set[str]:

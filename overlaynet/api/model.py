@@ -15,10 +15,14 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from overlaynet import names
 from overlaynet.datapath.modes import DEFAULT_MODE, canonical_mode, check_cluster
 from overlaynet.errors import CapacityError, invalid
+
+if TYPE_CHECKING:
+    from overlaynet.api.loadbalancer import AddressPool
 
 DEFAULT_CLUSTER_NAME = "overlaynet"
 DEFAULT_NODE_COUNT = 3
@@ -169,7 +173,7 @@ def build_spec(
     return spec
 
 
-def address_pool(spec: ClusterSpec):
+def address_pool(spec: ClusterSpec) -> AddressPool:
     """The LoadBalancer address pool (``api.loadbalancer.AddressPool``), checked against the node
     network, its gateway, the external client and the nodes."""
     from overlaynet.api.loadbalancer import default_pool, parse_pool  # it imports the Service API

@@ -259,6 +259,16 @@ def delete(kind, object_names, files, namespace, cluster):
 # -- get / describe ------------------------------------------------------------------------------
 
 
+def _external_ip(service: dict) -> str:
+    """kubectl's EXTERNAL-IP: load-balancer ingress then externalIPs; ``<pending>`` for a
+    LoadBalancer without an address, ``<none>`` for other types without externalIPs."""
+    ingress = [i["ip"] for i in ((service.get("status") or {}).get("loadBalancer") or {}).get("ingress", [])]
+    addresses = ingress + list(service["spec"].get("externalIPs", []))
+    if addresses:
+        return ",".join(addresses)
+    return "<pending>" if service["spec"]["type"] == "LoadBalancer" else "<none>"
+
+
 def _node_status(node: dict) -> str:
     return "Ready" if node["status"]["conditions"][0]["status"] == "True" else "NotReady"
 
@@ -351,7 +361,7 @@ def get(resource, object_name, output, namespace, all_namespaces, cluster):
                     if o["status"].get("podIP") else "<none>"] if wide else []) for o in objects]
     elif kind == "service":
         header = ["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)"] + (["SELECTOR"] if wide else [])
-        rows = [[o["metadata"]["name"], o["spec"]["type"], o["spec"].get("clusterIP", "<none>"), "<none>",
+        rows = [[o["metadata"]["name"], o["spec"]["type"], o["spec"].get("clusterIP", "<none>"), _external_ip(o),
                  ",".join(f"{p['port']}{':' + str(p['nodePort']) if p.get('nodePort') else ''}/{p['protocol']}"
                           for p in o["spec"]["ports"])]
                 + ([",".join(f"{k}={v}" for k, v in (o["spec"].get("selector") or {}).items()) or "<none>"]

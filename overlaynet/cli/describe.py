@@ -135,6 +135,40 @@ def describe_pod(manager, cluster: str, namespace: str, pod_name: str) -> str:
     return "\n".join(lines)
 
 
+def _load_balancer_lines(manager, cluster: str, service) -> list[str]:
+    """The load-balancer address, external IPs, who announces them, and why an address is pending."""
+    from overlaynet.node.speaker import LAYER2, announced
+
+    speakers = {a.ip: a for a in announced(manager.store, cluster) if a.service == service.key}
+
+    def by(ip: str) -> str:
+        a = speakers.get(ip)
+        if a is None:
+            where = " on any node" if service.external_traffic_policy == "Local" else ""
+            return f" (not announced: no ready endpoint{where})"
+        if a.kind == LAYER2:
+            return f" (announced by node {a.node}: it answers ARP for the address)"
+        return f" (routed to node {a.node} {a.node_ip} by the external client's route)"
+
+    lines = []
+    if service.type == "LoadBalancer":
+        ingress = service.ingress_ip + by(service.ingress_ip) if service.ingress_ip else "<pending>"
+        lines.append(f"LoadBalancer Ingress: {ingress}")
+        if service.load_balancer_source_ranges:
+            lines.append(f"LoadBalancer Source Ranges: {', '.join(service.load_balancer_source_ranges)}")
+        if service.health_check_node_port is not None:
+            lines.append(f"HealthCheck NodePort: {service.health_check_node_port}")
+    lines += [f"External IP:        {ip}{by(ip)}" for ip in service.external_ips]
+    return lines
+
+
+def _load_balancer_events(manager, cluster: str, service) -> list[str]:
+    from overlaynet.control.loadbalancers import pending_reasons
+
+    reason = pending_reasons(manager.store, cluster).get(service.key)
+    return _section("Events", [f"Warning  AllocationFailed  {reason}"]) if reason else []
+
+
 def describe_service(manager, cluster: str, namespace: str, name: str) -> str:
     from overlaynet.control.endpoints import build_endpoint_slices
     from overlaynet.errors import NotFoundError
@@ -156,8 +190,9 @@ def describe_service(manager, cluster: str, namespace: str, name: str) -> str:
         f"IP:                 {service.cluster_ip}",
         f"Session Affinity:   {service.session_affinity}",
     ]
-    if service.type == "NodePort":
+    if service.externally_accessible:
         lines.append(f"External Traffic Policy: {service.external_traffic_policy}")
+    lines += _load_balancer_lines(manager, cluster, service)
     lines += _section("Ports", [f"{p.name or '<unset>'} {p.port}/{p.protocol} -> targetPort {p.target_port}"
                                 + (f", nodePort {p.node_port}" if p.node_port else "") for p in service.ports])
     lines += _section("Endpoints (ready)", ready)
@@ -165,4 +200,5 @@ def describe_service(manager, cluster: str, namespace: str, name: str) -> str:
     if service.selector is not None and not ready:
         notes.append("no ready endpoints: connections to this Service are rejected (kube-proxy's REJECT rule)")
     lines += _section("Why endpoints are missing", notes) if notes else []
+    lines += _load_balancer_events(manager, cluster, service)
     return "\n".join(lines)

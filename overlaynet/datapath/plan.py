@@ -124,7 +124,18 @@ class FdbEntry:
     dst: str
 
 
-Step = Union[Netns, Sysctl, Bridge, VethPair, Vxlan, Address, Route, Neighbour, FdbEntry]
+@dataclass(frozen=True)
+class ProxyNeighbour:
+    """A proxy neighbour entry: ``ip neigh add proxy <ip> dev <dev>``. The kernel answers ARP
+    requests for ``ip`` arriving on ``dev`` with ``dev``'s MAC address, when forwarding is on and
+    the route to ``ip`` leaves by another device (net/ipv4/arp.c, arp_process)."""
+
+    netns: str
+    dev: str
+    ip: str
+
+
+Step = Union[Netns, Sysctl, Bridge, VethPair, Vxlan, Address, Route, Neighbour, FdbEntry, ProxyNeighbour]
 Plan = tuple[Step, ...]
 
 
@@ -181,6 +192,8 @@ def words(step: Step) -> str:
         return f"neighbour {step.ip} lladdr {step.mac} dev {step.dev}"
     if isinstance(step, FdbEntry):
         return f"fdb {step.mac} dev {step.dev} dst {step.dst}"
+    if isinstance(step, ProxyNeighbour):
+        return f"neighbour proxy {step.ip} dev {step.dev}"
     return repr(step)
 
 

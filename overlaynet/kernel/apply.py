@@ -45,6 +45,7 @@ from overlaynet.datapath.plan import (
     Neighbour,
     Netns,
     Plan,
+    ProxyNeighbour,
     Route,
     Step,
     Sysctl,
@@ -54,9 +55,10 @@ from overlaynet.datapath.plan import (
     words,
 )
 from overlaynet.errors import HostError, InvalidInput, KernelError
-from overlaynet.kernel import netns
+from overlaynet.kernel import arp, netns
 
 NUD_PERMANENT = 0x80
+_NTF_PROXY = 0x08  # NTF_PROXY (linux/neighbour.h): a proxy ARP entry
 RTNH_F_ONLINK = 0x4
 RT_SCOPE_NOWHERE = 255
 RT_TABLE_MAIN = 254
@@ -466,6 +468,13 @@ def ensure_neighbour(s: NetlinkSession, step: Neighbour) -> None:
     )
 
 
+def ensure_proxy_neighbour(s: NetlinkSession, step: ProxyNeighbour) -> None:
+    s.ipr(step.netns).neigh("replace", dst=step.ip, ifindex=s.index(step.netns, step.dev),
+                            flags=_NTF_PROXY, family=socket.AF_INET)
+    # As a layer-2 speaker does when it takes an address over: neighbours learn the new MAC now.
+    arp.send_announcement(step.netns, step.dev, step.ip)
+
+
 def ensure_fdb(s: NetlinkSession, step: FdbEntry) -> None:
     # NLM_F_APPEND without NLM_F_EXCL: appending an entry that exists is not an error.
     s.ipr(step.netns).fdb("append", ifindex=s.index(step.netns, step.dev),
@@ -545,6 +554,14 @@ def delete_neighbour(s: NetlinkSession, step: Neighbour) -> None:
         family=socket.AF_INET6 if ":" in step.ip else socket.AF_INET))
 
 
+def delete_proxy_neighbour(s: NetlinkSession, step: ProxyNeighbour) -> None:
+    idx = _index_or_none(s, step.netns, step.dev)
+    if idx is None:
+        return
+    _ignore_gone(lambda: s.ipr(step.netns).neigh("del", dst=step.ip, ifindex=idx, flags=_NTF_PROXY,
+                                                 family=socket.AF_INET))
+
+
 def delete_fdb(s: NetlinkSession, step: FdbEntry) -> None:
     idx = _index_or_none(s, step.netns, step.dev)
     if idx is None:
@@ -556,12 +573,12 @@ def delete_fdb(s: NetlinkSession, step: FdbEntry) -> None:
 _ENSURE: dict[type, Callable[[NetlinkSession, Any], None]] = {
     Netns: ensure_netns, Sysctl: ensure_sysctl, Bridge: ensure_bridge, VethPair: ensure_veth,
     Vxlan: ensure_vxlan, Address: ensure_address, Route: ensure_route,
-    Neighbour: ensure_neighbour, FdbEntry: ensure_fdb,
+    Neighbour: ensure_neighbour, FdbEntry: ensure_fdb, ProxyNeighbour: ensure_proxy_neighbour,
 }
 _DELETE: dict[type, Callable[[NetlinkSession, Any], None]] = {
     Netns: delete_netns, Sysctl: delete_sysctl, Bridge: delete_bridge, VethPair: delete_veth,
     Vxlan: delete_vxlan, Address: delete_address, Route: delete_route,
-    Neighbour: delete_neighbour, FdbEntry: delete_fdb,
+    Neighbour: delete_neighbour, FdbEntry: delete_fdb, ProxyNeighbour: delete_proxy_neighbour,
 }
 
 

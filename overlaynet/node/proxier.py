@@ -2,7 +2,8 @@
 kube-proxy do with them.
 
 This module owns applying Services and hand-written EndpointSlices (ClusterIP and NodePort
-allocation against what other Services hold), keeping the controller's EndpointSlices in step
+allocation against what other Services hold; LoadBalancer addresses by
+``control/loadbalancers.py``, announced by ``node/speaker.py``, both run on every sync), keeping the controller's EndpointSlices in step
 with the pods, and kube-proxy's sync: the node's rule set rendered by ``overlaynet.proxy``
 (pure) and loaded into the node's namespace with one ``iptables-restore`` after the jumps
 from the built-in chains are in place, stale service chains deleted. The
@@ -32,11 +33,13 @@ from overlaynet.api.services import (
     parse_service_document,
 )
 from overlaynet.control.endpoints import build_endpoint_slices
+from overlaynet.control.loadbalancers import reconcile_load_balancers
 from overlaynet.control.seams import Runtime
 from overlaynet.control.store import Store
 from overlaynet.datapath.plan import Sysctl
 from overlaynet.datapath.topology import internal_ip
 from overlaynet.errors import NotFoundError
+from overlaynet.node.speaker import sync_announcements
 from overlaynet.proxy.render import NodeConfig, Ruleset, is_service_chain, render
 
 SERVICE = "Service"
@@ -120,6 +123,7 @@ def sync(store: Store, runtime: Runtime, spec: ClusterSpec) -> None:
     services = _services(store, spec.name)
     if not services and store.get_meta(spec.name, "kube-proxy-backend") is None:
         return  # a cluster that never had a Service has no kube-proxy rules to keep
+    services = reconcile_load_balancers(store, spec, services)  # the service controller
     _controller_slices(store, spec, services)
     slices = _slices(store, spec.name)
     backend = store.get_meta(spec.name, "kube-proxy-backend") or runtime.iptables.backend()
@@ -145,6 +149,7 @@ def sync(store: Store, runtime: Runtime, spec: ClusterSpec) -> None:
         synced[node_name] = {"services": [s.to_document() for s in services],
                              "slices": [s.to_document() for s in slices]}
         store.set_meta(spec.name, "kube-proxy-synced", json.dumps(synced))
+    sync_announcements(store, runtime, spec, services, slices)  # the layer-2 speaker
 
 
 def _previous_render(config: NodeConfig, state: dict | None) -> Ruleset | None:
