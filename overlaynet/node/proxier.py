@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 
 from overlaynet import names
-from overlaynet.api.model import ClusterSpec
+from overlaynet.api.model import ClusterSpec, address_pool
 from overlaynet.api.services import (
     CONTROLLER_NAME,
     MANAGED_BY_LABEL,
@@ -68,6 +68,8 @@ def plan_services(store: Store, spec: ClusterSpec, services: list[Service],
                   slices: list[EndpointSlice]) -> tuple[list[str], list[dict]]:
     """Allocate Services and check slices against what is stored, without writing anything:
     kubectl-style lines and the documents to store (``store_documents`` writes them)."""
+    if any(s.type == "LoadBalancer" for s in services):
+        address_pool(spec)  # a pool that cannot be used is refused before anything is stored
     existing = {s.key: s for s in _services(store, spec.name)}
     updated = [carry_over(service, existing.get(service.key)) for service in services]
     keys = {s.key for s in updated}
