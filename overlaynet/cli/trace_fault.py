@@ -105,6 +105,9 @@ def _trace_source(manager, cluster: str, spec, source: str, namespace: str, dst:
         lookup = routes.observe_route_get(names.external_netns(cluster), dst)
         nodes_by_ip = {internal_ip(n): n["metadata"]["name"] for n in manager.nodes(cluster)}
         hop = lookup.get("gateway") or dst
+        if hop not in nodes_by_ip:  # a LoadBalancer address: the node answering ARP for it sees the packet
+            from overlaynet.node.speaker import announced
+            hop = next((a.node_ip for a in announced(manager.store, cluster) if a.ip == hop), hop)
         if lookup["type"] == "error" or hop not in nodes_by_ip:
             via = f"via {lookup['gateway']}" if lookup.get("gateway") else lookup.get("error", "")
             example = next(iter(nodes_by_ip), "NODE-IP")

@@ -101,6 +101,11 @@ def is_service_chain(chain: str) -> bool:
 
 
 @functools.lru_cache(maxsize=4096)
+def _cidr_holds(cidr: str, ip: str) -> bool:
+    return ipaddress.IPv4Address(ip) in ipaddress.IPv4Network(cidr)
+
+
+@functools.lru_cache(maxsize=4096)
 def probability(n: int) -> str:
     """``1/n`` as Go's ``%0.10f`` prints it (exactly 10 decimals, rounded)."""
     return format(1.0 / n, ".10f")
@@ -464,8 +469,7 @@ def _render_port(service: Service, port: ServicePort, endpoints: list[EndpointIn
         allow_from_node = False
         for cidr in service.load_balancer_source_ranges:
             rules.append(f"{fw_args} -s {cidr} -j {external_chain}\n")
-            allow_from_node = allow_from_node or (bool(node.ips) and ipaddress.IPv4Address(node.ips[0])
-                                                  in ipaddress.IPv4Network(cidr))
+            allow_from_node = allow_from_node or (bool(node.ips) and _cidr_holds(cidr, node.ips[0]))
         if allow_from_node:
             # A request from the node to its own VIP may loop back with the VIP as source.
             rules.extend(f"{fw_args} -s {lb_ip} -j {external_chain}\n" for lb_ip in lb_ips)
