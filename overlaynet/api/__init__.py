@@ -6,3 +6,4 @@ stores, plans or touches the kernel.
 """
 
 __all__ = ["manifests", "model", "objects", "probes", "services"]
+__all__ += ["loadbalancer"]  # LoadBalancer Services

@@ -7,3 +7,4 @@ idempotent; ``delete_*`` functions succeed when the object is already gone.
 
 __all__ = ["apply", "bird", "capture", "cluster_view", "faults", "host", "iptables", "netns", "observe", "preflight",
            "processes", "routes"]
+__all__ += ["arp"]  # LoadBalancer Services

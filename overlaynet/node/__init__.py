@@ -8,3 +8,4 @@
 """
 
 __all__ = ["bgp_mesh", "bird_config", "kubelet", "proxier", "routes"]
+__all__ += ["speaker"]  # LoadBalancer Services
