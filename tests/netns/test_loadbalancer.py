@@ -95,6 +95,15 @@ def test_addresses_come_from_the_pool_and_the_fifth_service_is_pending(cluster):
     assert "AllocationFailed" in described and "no available IPs" in described
 
 
+def test_offline_render_gives_the_live_addresses(cluster):
+    state = cluster.state_dir
+    rendered = cluster.run("render", "-f", f"{state}/cluster.yaml", "-f", f"{state}/app.yaml",
+                           "--node", "node-1").stdout
+    offline = {line.split('"default/')[1].split()[0].split(":")[0]: line.split(" -d ")[1].split()[0]
+               for line in rendered.splitlines() if 'loadbalancer IP" -m' in line}
+    assert offline == {name: ingress(cluster, name) for name in ("extra", "solo-local", "web-fw", "web-lb")}
+
+
 def test_external_client_reaches_the_lb_ip_over_tcp_and_udp(cluster):
     ip = ingress(cluster, "web-lb")
     seen = {curl(f"http://{ip}/hostname") for _ in range(10)}
