@@ -54,18 +54,18 @@ def test_default_pool_is_on_the_node_network():
 
 
 @pytest.mark.parametrize(("value", "message"), [
-    ("10.0.0.1-10.0.0.5", 'cluster "lb-a": loadBalancerPool 10.0.0.1-10.0.0.5 is not inside nodeNetwork '
-                          "172.20.0.0/24 (layer-2 announcements reach only the node network)"),
-    ("172.20.0.10-172.20.0.20", 'cluster "lb-a": loadBalancerPool 172.20.0.10-172.20.0.20 overlaps node "node-1" '
-                                "172.20.0.11"),
-    ("172.20.0.2-172.20.0.3", 'cluster "lb-a": loadBalancerPool 172.20.0.2-172.20.0.3 overlaps the external '
-                              "client 172.20.0.2"),
-    ("172.20.0.240/28", 'cluster "lb-a": loadBalancerPool 172.20.0.240/28 holds 172.20.0.255, an address of '
-                        "nodeNetwork 172.20.0.0/24 no host may have"),
-    ("172.20.0.9-172.20.0.5", 'cluster "lb-a": loadBalancerPool 172.20.0.9-172.20.0.5: 172.20.0.9 comes after '
-                              "172.20.0.5"),
-    ("big", "cluster \"lb-a\": loadBalancerPool 'big' is not a range or a CIDR (e.g. 172.20.0.200-172.20.0.250 "
-            "or 172.20.0.192/27)"),
+    ("10.0.0.1-10.0.0.5", ('cluster "lb-a": loadBalancerPool 10.0.0.1-10.0.0.5 is not inside nodeNetwork '
+                          "172.20.0.0/24 (layer-2 announcements reach only the node network)")),
+    ("172.20.0.10-172.20.0.20", ('cluster "lb-a": loadBalancerPool 172.20.0.10-172.20.0.20 overlaps node "node-1" '
+                                "172.20.0.11")),
+    ("172.20.0.2-172.20.0.3", ('cluster "lb-a": loadBalancerPool 172.20.0.2-172.20.0.3 overlaps the external '
+                              "client 172.20.0.2")),
+    ("172.20.0.240/28", ('cluster "lb-a": loadBalancerPool 172.20.0.240/28 holds 172.20.0.255, an address of '
+                        "nodeNetwork 172.20.0.0/24 no host may have")),
+    ("172.20.0.9-172.20.0.5", ('cluster "lb-a": loadBalancerPool 172.20.0.9-172.20.0.5: 172.20.0.9 comes after '
+                              "172.20.0.5")),
+    ("big", ("cluster \"lb-a\": loadBalancerPool 'big' is not a range or a CIDR (e.g. 172.20.0.200-172.20.0.250 "
+            "or 172.20.0.192/27)")),
 ])
 def test_bad_pools_are_one_clear_error(value, message):
     with pytest.raises(InvalidInput) as caught:
@@ -141,14 +141,14 @@ def test_an_update_keeps_the_address_unless_another_is_asked_for():
 
 @pytest.mark.parametrize(("extra", "message"), [
     ("  loadBalancerIP: 1.2.3\n", 'spec.loadBalancerIP "1.2.3" is not an IPv4 address'),
-    ("  loadBalancerSourceRanges: [nope]\n", 'spec.loadBalancerSourceRanges[0] "nope" is not an IPv4 CIDR '
-                                             "(e.g. 172.20.0.0/24)"),
-    ("  allocateLoadBalancerNodePorts: yes-please\n", "spec.allocateLoadBalancerNodePorts 'yes-please' must be "
-                                                      "true or false"),
-    ("  healthCheckNodePort: 30100\n", 'spec.healthCheckNodePort may only be set when spec.externalTrafficPolicy '
-                                       'is "Local"'),
-    ("  externalIPs: [127.0.0.1]\n", "spec.externalIPs[0] 127.0.0.1 may not be unspecified, loopback, multicast "
-                                     "or link-local"),
+    ("  loadBalancerSourceRanges: [nope]\n", ('spec.loadBalancerSourceRanges[0] "nope" is not an IPv4 CIDR '
+                                             "(e.g. 172.20.0.0/24)")),
+    ("  allocateLoadBalancerNodePorts: yes-please\n", ("spec.allocateLoadBalancerNodePorts 'yes-please' must be "
+                                                      "true or false")),
+    ("  healthCheckNodePort: 30100\n", ('spec.healthCheckNodePort may only be set when spec.externalTrafficPolicy '
+                                       'is "Local"')),
+    ("  externalIPs: [127.0.0.1]\n", ("spec.externalIPs[0] 127.0.0.1 may not be unspecified, loopback, multicast "
+                                     "or link-local")),
 ])
 def test_bad_load_balancer_fields(extra, message):
     with pytest.raises(InvalidInput) as caught:
