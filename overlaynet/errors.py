@@ -15,10 +15,24 @@ class OverlaynetError(Exception):
     exit_code = 1
 
 
+# Control characters as Python writes them in a string literal: "\n", "\x00", ...
+_ESCAPED_CONTROLS = {code: repr(chr(code))[1:-1] for code in (*range(0x20), 0x7F)}
+
+
+def one_line(text: str) -> str:
+    """``text`` with its control characters escaped: a value quoted from input (a name with a
+    newline in it) cannot break an error's one line, or forge a second one."""
+    return text.translate(_ESCAPED_CONTROLS)
+
+
 class InvalidInput(OverlaynetError):
-    """A manifest, flag or name is wrong; nothing was changed."""
+    """A manifest, flag or name is wrong; nothing was changed. The message quotes the input,
+    so it is kept to one line (``one_line``)."""
 
     exit_code = 2
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(one_line(message))
 
 
 class InvalidName(InvalidInput):

@@ -88,8 +88,8 @@ def load_documents(path: str, text: str | None = None) -> list[dict]:
         mark = exc.problem_mark or exc.context_mark
         line = f":{mark.line + 1}" if mark else ""
         raise InvalidInput(f"{path}{line}: malformed YAML: {exc.problem or exc.context}") from None
-    except yaml.YAMLError as exc:
-        raise InvalidInput(f"{path}: malformed YAML: {exc}") from None
+    except yaml.YAMLError as exc:  # e.g. a ReaderError (a control character): its text has several lines
+        raise InvalidInput(f"{path}: malformed YAML: {' '.join(str(exc).split())}") from None
     flat: list[dict] = []
     for index, document in enumerate(documents, 1):
         if not isinstance(document, dict):
@@ -264,6 +264,8 @@ def load_cluster(path: str, name: str | None = None) -> model.ClusterSpec:
     document = clusters[0]
     metadata = document.get("metadata") or {}
     spec = document.get("spec") or {}
+    if not isinstance(metadata, dict):
+        raise InvalidInput(f"{path}: Cluster: metadata must be a mapping")
     if not isinstance(spec, dict):
         raise InvalidInput(f"{path}: Cluster: spec must be a mapping")
     known = {"nodes", "cni", "clusterCIDR", "nodeCIDRMaskSize", "serviceCIDR", "nodeNetwork", "mtu",

@@ -181,6 +181,8 @@ def _import_mode(module_name: str) -> Mode:
 def canonical_mode(cluster: str, requested: str) -> str:
     """The name a Cluster document keeps for ``requested``: a built-in's (aliases resolved) or
     the import path of a mode's module, which must provide one."""
+    if not isinstance(requested, str):
+        raise invalid("cluster", cluster, f"cni {requested!r} must be the name of a CNI mode (a string)")
     for name, (_, aliases) in _BUILTIN.items():
         if requested == name or requested in aliases:
             return name
