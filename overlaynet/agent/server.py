@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import ipaddress
 import json
 import logging
 import os
@@ -39,12 +40,15 @@ import resource
 import signal
 import socket
 import stat
+import struct
 from collections.abc import Callable
+from typing import Any
 
+from overlaynet import names
 from overlaynet.agent import reachability, testserver
 from overlaynet.agent.prober import Prober
 from overlaynet.api.probes import ProbeSpec
-from overlaynet.errors import AgentError, OverlaynetError
+from overlaynet.errors import AgentError, OverlaynetError, one_line
 
 log = logging.getLogger("overlaynet.agent")
 
@@ -54,6 +58,8 @@ CNI_WORKERS = 16  # CNI operations at once (netlink and IPAM locks, not CPU, bou
 # What a pod's probe found, as (namespace, pod, "readiness" or "liveness", passed): told to
 # whoever started the agent (``__main__`` wires the controller in); called in a worker thread.
 HealthReport = Callable[[str, str, str, bool], None]
+# A pod's probes as ``serve`` carries them: {"specs": [ProbeSpec], "podIP", "nodeNetns", "podNetns"}.
+Health = dict[str, Any]
 
 
 class Agent:
@@ -92,9 +98,10 @@ class Agent:
 
     async def _serve(self, request: dict) -> dict:
         key = _string(request, "key")
-        netns_name = _string(request, "netns")
+        netns_name = names.check_netns_name(_string(request, "netns"))
         hostname = _string(request, "hostname")
         ports = testserver.check_ports(key, request.get("ports"))
+        health = _parse_health(key, request.get("health"))
         async with self._lock:
             served = self.keys.get(key)
             if served is not None and (served.netns != netns_name
@@ -117,17 +124,17 @@ class Agent:
                 await served.set_ports(ports)
             log.info("serve %s in netns %s: %s", key, netns_name,
                      " ".join(f"{p}/{proto}" for p, proto in ports) or "(no ports)")
-            await self._start_probes(key, request.get("health"))
+            await self._start_probes(key, health)
             return {"key": served.describe()}
 
-    async def _start_probes(self, key: str, health: object) -> None:
-        """Run the kubelet's probes for ``key`` ({"specs", "podIP", "nodeNetns", "podNetns"})."""
+    async def _start_probes(self, key: str, health: Health | None) -> None:
+        """Run the kubelet's probes for ``key`` (``_parse_health``'s checked request field)."""
         old = self.probers.pop(key, None)
         if old is not None:
             await old.stop()
         if not health:
             return
-        specs = [ProbeSpec.from_dict(spec) for spec in health["specs"]]
+        specs = health["specs"]
 
         async def on_change(kind: str, ok: bool) -> None:
             if kind == "liveness" and not ok and key in self.keys:  # restart the "container"
@@ -199,6 +206,12 @@ class Agent:
         assert task is not None
         self._connections.add(task)
         try:
+            uid = _peer_uid(writer.get_extra_info("socket"))
+            if uid not in (0, os.geteuid()):  # the socket is 0600; this holds even if someone widens it
+                log.warning("refused a connection from uid %s", uid)
+                writer.write(_reply_error(f"refused: this agent answers only root, not uid {uid}"))
+                await writer.drain()
+                return
             while True:
                 try:
                     line = await reader.readline()
@@ -288,6 +301,32 @@ def _run_cni(plugin: str, env: dict, stdin: bytes, pid: int) -> tuple[str, int, 
     return outcome.stdout, outcome.exit_code, outcome.stderr
 
 
+def _peer_uid(sock: socket.socket) -> int:
+    """The user id of the process at the other end of a unix socket (``SO_PEERCRED``)."""
+    credentials = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", credentials)
+    return uid
+
+
+def _parse_health(key: str, health: object) -> Health | None:
+    """A ``serve`` request's ``health`` ({"specs", "podIP", "nodeNetns", "podNetns"}), checked
+    before any socket opens: the probes' specs, the pod's address and the two namespaces."""
+    if not health:
+        return None
+    if not isinstance(health, dict) or not isinstance(health.get("specs"), list):
+        raise AgentError(f'key "{key}": health must be an object with a list of probe specs')
+    try:
+        pod_ip = str(ipaddress.IPv4Address(health.get("podIP")))
+    except ValueError:
+        raise AgentError(f'key "{key}": health.podIP {health.get("podIP")!r} is not an IPv4 address') from None
+    for field in ("nodeNetns", "podNetns"):
+        if not isinstance(health.get(field), str):
+            raise AgentError(f'key "{key}": health.{field} must be a namespace name, not {health.get(field)!r}')
+        names.check_netns_name(health[field])
+    return {"specs": [ProbeSpec.from_dict(spec) for spec in health["specs"]], "podIP": pod_ip,
+            "nodeNetns": health["nodeNetns"], "podNetns": health["podNetns"]}
+
+
 def _string(request: dict, field: str) -> str:
     value = request.get(field)
     if not isinstance(value, str) or not value:
@@ -296,7 +335,7 @@ def _string(request: dict, field: str) -> str:
 
 
 def _reply_error(message: str) -> bytes:
-    return (json.dumps({"ok": False, "error": message}) + "\n").encode()
+    return (json.dumps({"ok": False, "error": one_line(message)}) + "\n").encode()
 
 
 def _answers(path: str) -> bool:

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from overlaynet.errors import InvalidInput
 
 KINDS = ("readiness", "liveness")
+ACTIONS = ("http", "tcp", "exec")
 
 
 @dataclass(frozen=True)
@@ -33,8 +34,20 @@ class ProbeSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, value: dict) -> ProbeSpec:
-        return cls(**{**value, "command": tuple(value.get("command", ()))})
+    def from_dict(cls, value: object) -> ProbeSpec:
+        """The inverse of ``as_dict``, checked: what crosses the agent's socket is input too."""
+        if not isinstance(value, dict) or not set(value) <= set(cls.__dataclass_fields__):
+            raise InvalidInput(f"probe spec {value!r} is not an object of {', '.join(cls.__dataclass_fields__)}")
+        command = value.get("command", ())
+        if not isinstance(command, (list, tuple)) or not all(isinstance(c, str) for c in command):
+            raise InvalidInput(f"probe spec: command {command!r} must be a list of strings")
+        spec = cls(**{**value, "command": tuple(command)})
+        numbers = (spec.initial_delay, spec.period, spec.timeout, spec.success_threshold, spec.failure_threshold)
+        if (spec.kind not in KINDS or spec.action not in ACTIONS or not isinstance(spec.path, str)
+                or isinstance(spec.port, bool) or not isinstance(spec.port, int) or not 0 <= spec.port <= 65535
+                or any(isinstance(n, bool) or not isinstance(n, (int, float)) or not n >= 0 for n in numbers)):
+            raise InvalidInput(f"probe spec {value!r}: a field is out of its range")
+        return spec
 
 
 def _number(where: str, probe: dict, field: str, default: float, low: float) -> float:

@@ -391,6 +391,31 @@ def test_control_socket_is_root_only(agent):
     assert os.stat(agent[2]).st_mode & 0o077 == 0
 
 
+def test_the_agent_refuses_another_user_even_through_a_widened_socket(agent):
+    """SO_PEERCRED: with the socket's mode opened to all (and its directory), a process of
+    user nobody reaches the socket and gets a refusal, not an answer; root still does."""
+    client, _, path, _ = agent
+    directory_mode = os.stat(os.path.dirname(path)).st_mode & 0o777
+    os.chmod(path, 0o777)
+    os.chmod(os.path.dirname(path), 0o755)
+    code = textwrap.dedent(f"""
+        import os, socket
+        os.setgid(65534); os.setuid(65534)
+        sock = socket.socket(socket.AF_UNIX)
+        sock.connect({path!r})
+        sock.sendall(b'{{"op": "list"}}\\n')
+        print(sock.recv(4096).decode(), end="")
+    """)
+    try:
+        answer = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=20)
+    finally:
+        os.chmod(path, 0o600)
+        os.chmod(os.path.dirname(path), directory_mode)
+    assert answer.returncode == 0, answer.stderr
+    assert json.loads(answer.stdout) == {"ok": False, "error": "refused: this agent answers only root, not uid 65534"}
+    assert isinstance(client.list(), list)  # root is still answered
+
+
 def test_start_agent_is_idempotent(agent):
     _, pid, path, cluster = agent
     assert start_agent(cluster, path, os.path.join(os.path.dirname(path), "other.log")) == pid
