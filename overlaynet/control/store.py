@@ -11,7 +11,8 @@ It owns the desired and observed state of every cluster on this host:
 Writes happen in ``transaction()`` (``BEGIN IMMEDIATE``, WAL journal), so concurrent
 ``overlaynet`` processes never see half an update; ``cluster_lock`` serialises whole
 operations on one cluster (kernel work included) across processes with ``flock``.
-The location is ``$OVERLAYNET_STATE_DIR`` (default ``/var/lib/overlaynet``).
+The location is ``$OVERLAYNET_STATE_DIR`` (default ``/var/lib/overlaynet``); it is its owner's only
+(a directory it creates is 0700, the database 0600, narrowed if it was wider).
 """
 
 from __future__ import annotations
@@ -46,11 +47,23 @@ def state_dir() -> str:
     return os.environ.get("OVERLAYNET_STATE_DIR") or DEFAULT_STATE_DIR
 
 
+def _create_private(path: str) -> None:
+    """Create ``path`` readable by its owner only, or narrow it if it exists: the store holds
+    every object of every cluster. SQLite gives its -wal and -shm files the database's mode."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
 class Store:
     def __init__(self, directory: str | None = None):
         self.directory = directory or state_dir()
-        os.makedirs(self.directory, mode=0o755, exist_ok=True)
-        self._db = sqlite3.connect(os.path.join(self.directory, "state.db"), timeout=30, isolation_level=None)
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        database = os.path.join(self.directory, "state.db")
+        _create_private(database)
+        self._db = sqlite3.connect(database, timeout=30, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)

@@ -1,0 +1,30 @@
+"""The store's files are its owner's only: it holds every object of every cluster."""
+
+import os
+import stat
+
+from overlaynet.control.store import Store
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_a_new_store_is_private(tmp_path):
+    directory = tmp_path / "state"
+    store = Store(str(directory))
+    store.set_meta("c1", "probe", "1")  # a write: SQLite makes its -wal and -shm files
+    database_files = sorted(name for name in os.listdir(directory) if name.startswith("state.db"))
+    modes = {name: _mode(directory / name) for name in database_files}
+    store.close()
+    assert _mode(directory) == 0o700
+    assert database_files == ["state.db", "state.db-shm", "state.db-wal"]
+    assert modes == dict.fromkeys(database_files, 0o600)
+
+
+def test_a_world_readable_database_is_narrowed(tmp_path):
+    database = tmp_path / "state.db"
+    database.touch(mode=0o644)
+    os.chmod(database, 0o644)
+    Store(str(tmp_path)).close()
+    assert _mode(database) == 0o600
