@@ -32,8 +32,8 @@ def _manager():
 
 
 def _resolve_cluster(manager, name: str | None) -> str:
-    """``--name``, or the only cluster there is."""
-    if name:
+    """``--name`` (an empty one is refused, not taken as absent), or the only cluster there is."""
+    if name is not None:
         names.check_cluster_name(name)
         return name
     existing = manager.store.cluster_names()
@@ -121,7 +121,7 @@ def up(config, cluster, nodes, cni, cluster_cidr, node_cidr_mask_size, service_c
         if overrides:
             spec = model.build_spec(**{**model.document_arguments(spec.name, spec.to_document()["spec"]), **overrides})
     else:
-        spec = model.build_spec(name=cluster or model.DEFAULT_CLUSTER_NAME,
+        spec = model.build_spec(name=model.DEFAULT_CLUSTER_NAME if cluster is None else cluster,
                                 **{k: v for k, v in flags.items() if v is not None})
     require_privileges("overlaynet up")
     from overlaynet.kernel import observe
@@ -475,7 +475,7 @@ def testserver(action, pod_name, namespace, netns_name, ports, hostname, cluster
     if netns_name or ports or hostname:
         raise InvalidInput(f"testserver {action}: --netns, --port and --hostname are for `testserver serve`")
     manager = _manager()
-    name = cluster or os.environ.get("OVERLAYNET_CLUSTER") or _resolve_cluster(manager, None)
+    name = _resolve_cluster(manager, cluster if cluster is not None else os.environ.get("OVERLAYNET_CLUSTER"))
     if pod_name is None:
         implied = os.environ.get("OVERLAYNET_POD")
         if not implied:
