@@ -3,6 +3,7 @@ controller or a kernel observer, and prints; errors travel up to ``overlaynet.cl
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -764,6 +765,40 @@ def _print_report(verifying, report, pod_eps, node_eps, elapsed, cluster, cni) -
         click.echo(f"... and {len(report.failures) - 50} more failures (-o json lists all)")
     verdict = "PASSED" if report.passed else f"FAILED ({len(report.failures)} checks)"
     click.echo(f"\nKubernetes network model: {verdict} in {elapsed:.2f}s")
+
+
+@cli.command()
+@click.option("-o", "--output", type=click.Choice(["json"]), help="json for scripts.")
+@cluster_option
+@click.pass_context
+def reconcile(ctx, output, cluster):
+    """Repair what was changed behind overlaynet's back, and print what it was.
+
+    One pass, as the real components resync: the nodes' devices, addresses, routes, neighbour
+    and FDB entries and each pod's attachment are put back where the kernel lost them, the
+    agent and BIRD started again if they died, kube-proxy's rules rewritten in full. What
+    cannot be put back (a pod whose namespace was deleted) is reported with what to do;
+    exit 1 then.
+
+    \b
+    Example:
+      ip -n demo.node.node-1 route del 10.244.2.0/24
+      overlaynet reconcile
+    """
+    require_privileges("overlaynet reconcile")
+    manager = _manager()
+    name = _resolve_cluster(manager, cluster)
+    repairs = manager.reconcile(name)
+    unrepaired = [r for r in repairs if not r.repaired]
+    if output == "json":
+        click.echo(json.dumps({"cluster": name, "repairs": [dataclasses.asdict(r) for r in repairs]}, indent=2))
+    elif not repairs:
+        click.echo(f'cluster "{name}": nothing to repair: the kernel matches the cluster\'s state')
+    else:
+        for repair in repairs:
+            click.echo(f"{'fixed' if repair.repaired else 'NOT FIXED'}  {repair.where}: {repair.what}")
+        click.echo(f'\ncluster "{name}": {len(repairs) - len(unrepaired)} repaired, {len(unrepaired)} not')
+    ctx.exit(1 if unrepaired else 0)
 
 
 @cli.command()

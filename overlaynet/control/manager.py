@@ -21,10 +21,12 @@ from overlaynet import names
 from overlaynet.api.manifests import DeploymentManifest, Manifest, PodManifest
 from overlaynet.api.model import ClusterSpec, NodeSpec, check_ranges, spec_from_document
 from overlaynet.api.services import EndpointSlice, Service
-from overlaynet.control import deployments, pods
+from overlaynet.control import deployments, pods, reconcile
 from overlaynet.control.node_ipam import allocate_node
 from overlaynet.control.ownership import AGENT, HOST, NETNS, PATH, agent_socket
+from overlaynet.control.reconcile import Repair
 from overlaynet.control.records import (
+    NODE_SERVER_PORTS,
     PodRequest,
     node_info,
     node_key,
@@ -42,9 +44,7 @@ from overlaynet.errors import AgentError, ConflictError, InvalidInput, KernelErr
 from overlaynet.ipam.blocks import BlockIPAM
 from overlaynet.node import bgp_mesh, kubelet, proxier, routes
 
-__all__ = ["NODE_SERVER_PORTS", "ClusterManager"]
-
-NODE_SERVER_PORTS = ((8080, "TCP"), (8080, "UDP"))
+__all__ = ["ClusterManager"]
 
 
 class ClusterManager:
@@ -343,6 +343,11 @@ class ClusterManager:
             spec = self.spec(cluster)
             proxier.delete_service(self.store, spec, namespace, name)
             proxier.sync(self.store, self.runtime, spec)
+
+    def reconcile(self, cluster: str) -> list[Repair]:
+        """One repair pass over what was changed behind overlaynet's back (``reconcile``)."""
+        with self.store.cluster_lock(cluster):
+            return reconcile.reconcile(self.store, self.runtime, self.spec(cluster))
 
     def pod_health(self, cluster: str, namespace: str, name: str, kind: str, ok: bool) -> None:
         """What the agent's prober found: readiness moves the pod in and out of its Services'

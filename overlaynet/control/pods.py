@@ -16,7 +16,7 @@ from collections import Counter
 from typing import cast
 
 from overlaynet import names
-from overlaynet.api.manifests import PodManifest, parse_document, pod_probes, served_ports
+from overlaynet.api.manifests import PodManifest, PodTemplate, parse_document, pod_probes, served_ports
 from overlaynet.api.model import ClusterSpec
 from overlaynet.control import scheduler
 from overlaynet.control.ownership import NETNS, agent_socket
@@ -29,14 +29,14 @@ from overlaynet.control.records import (
     pod_sandbox,
     sandbox_of,
 )
-from overlaynet.control.seams import Runtime
+from overlaynet.control.seams import Agent, Runtime
 from overlaynet.control.store import Store
 from overlaynet.datapath.modes import get_mode
 from overlaynet.datapath.plan import Netns
 from overlaynet.errors import AgentError, KernelError, NotFoundError
 from overlaynet.node import kubelet, routes
 
-__all__ = ["create_pods", "delete_pods", "pending_requests", "pod_capacity"]
+__all__ = ["create_pods", "delete_pods", "pending_requests", "pod_capacity", "serve_pod", "stored_template"]
 
 
 def pod_capacity(spec: ClusterSpec, node: dict) -> int:
@@ -114,12 +114,8 @@ def create_pods(store: Store, runtime: Runtime, spec: ClusterSpec, requests: lis
     try:
         agent = runtime.agent(cluster, agent_socket(store, cluster))
         for sandbox, request in started:
-            pod_netns = names.pod_netns(cluster, sandbox.namespace, sandbox.name)
-            probes = pod_probes(request.template.spec)
-            health = {"specs": [p.as_dict() for p in probes], "podIP": kubelet.pod_ip(results[sandbox]),
-                      "nodeNetns": names.node_netns(cluster, sandbox.node), "podNetns": pod_netns} if probes else None
-            agent.serve(pod_key(sandbox.namespace, sandbox.name), pod_netns, sandbox.name,
-                        list(served_ports(request.template)), health)
+            serve_pod(agent, cluster, sandbox.namespace, sandbox.name, sandbox.node,
+                      kubelet.pod_ip(results[sandbox]), request.template)
     except BaseException:
         delete_pods(store, runtime, spec, [_pod(store, cluster, s.namespace, s.name) for s, _ in started])
         raise
@@ -158,6 +154,22 @@ def delete_pods(store: Store, runtime: Runtime, spec: ClusterSpec, records: list
     routes.sync_routes(store, runtime, spec)
 
 
+def serve_pod(agent: Agent, cluster: str, namespace: str, name: str, node: str, pod_ip: str,
+              template: PodTemplate) -> None:
+    """What the pod runs: the test server on its ports, and its probes."""
+    pod_netns = names.pod_netns(cluster, namespace, name)
+    probes = pod_probes(template.spec)
+    health = {"specs": [p.as_dict() for p in probes], "podIP": pod_ip,
+              "nodeNetns": names.node_netns(cluster, node), "podNetns": pod_netns} if probes else None
+    agent.serve(pod_key(namespace, name), pod_netns, name, list(served_ports(template)), health)
+
+
+def stored_template(record: dict) -> PodTemplate:
+    """The pod's spec as its manifest had it, parsed back from the store."""
+    manifest = parse_document({"kind": "Pod", "metadata": record["metadata"], "spec": record["spec"]}, "store")
+    return cast(PodManifest, manifest).template
+
+
 def pending_requests(store: Store, cluster: str) -> list[PodRequest]:
     """Take the Pending pods out of the store, as requests to schedule again (a node joined or
     capacity was freed)."""
@@ -166,8 +178,7 @@ def pending_requests(store: Store, cluster: str) -> list[PodRequest]:
         if record["status"].get("podIP"):
             continue
         meta = record["metadata"]
-        manifest = cast(PodManifest, parse_document({"kind": "Pod", "metadata": meta, "spec": record["spec"]}, "store"))
         owner = next((o["name"] for o in meta.get("ownerReferences", []) if o.get("kind") == "Deployment"), None)
-        requests.append(PodRequest(meta["namespace"], meta["name"], manifest.template, owner))
+        requests.append(PodRequest(meta["namespace"], meta["name"], stored_template(record), owner))
         store.delete(cluster, "Pod", meta["name"], meta["namespace"])
     return requests
