@@ -212,7 +212,7 @@ class AgentClient:
         """What the process table says about the agent of this socket (for error messages)."""
         running = _clusters_on(self.socket_path)
         if not running:
-            return " (no agent process runs for this socket; `overlaynet up` starts one)"
+            return " (no agent process runs for this socket; `overlaynet reconcile` starts it again)"
         described = ", ".join(f'pid {pid} for cluster "{cluster}"' for pid, cluster in running)
         return f" (an agent process runs: {described})"
 

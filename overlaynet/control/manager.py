@@ -132,8 +132,11 @@ class ClusterManager:
         with self.store.cluster_lock(cluster):
             if self.store.get_cluster(cluster) is None and not any(
                     self.store.owned(cluster, kind) for kind in (NETNS, AGENT, PATH)):
+                self.store.remove_lock(cluster)  # an `up` killed before it recorded anything made it
                 raise NotFoundError(f'cluster "{cluster}" does not exist')
-            return self._teardown(cluster)
+            removed = self._teardown(cluster)
+            self.store.remove_lock(cluster)
+            return removed
 
     def _teardown(self, cluster: str) -> dict:
         socket_path = self.agent_socket(cluster)
@@ -164,11 +167,13 @@ class ClusterManager:
     def _restore_host_limits(self) -> None:
         """Put host-wide limits back once no cluster is left."""
         with self.store.cluster_lock(HOST):
-            originals = self.store.get_meta(HOST, "host-limits")
-            if originals is None or self.store.cluster_names():
+            if self.store.cluster_names():
                 return
-            self.runtime.restore_host_limits(json.loads(originals))
-            self.store.delete_cluster(HOST)
+            originals = self.store.get_meta(HOST, "host-limits")
+            if originals is not None:
+                self.runtime.restore_host_limits(json.loads(originals))
+                self.store.delete_cluster(HOST)
+            self.store.remove_lock(HOST)
 
     def _configure_node_cni(self, spec: ClusterSpec, node: str) -> None:
         """Write the node's CNI configuration, as a CNI DaemonSet installs it on a real node."""
@@ -274,6 +279,7 @@ class ClusterManager:
         """Apply Pods and Deployments; return kubectl-style lines (``pod/web created``)."""
         with self.store.cluster_lock(cluster):
             spec = self.spec(cluster)
+            pods.restart_stranded(self.store, self.runtime, spec)  # an earlier apply that died part-way
             report: list[str] = []
             creates: list[PodRequest] = []
             deletes: list[dict] = []

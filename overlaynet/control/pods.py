@@ -36,7 +36,8 @@ from overlaynet.datapath.plan import Netns
 from overlaynet.errors import AgentError, KernelError, NotFoundError
 from overlaynet.node import kubelet, routes
 
-__all__ = ["create_pods", "delete_pods", "pending_requests", "pod_capacity", "serve_pod", "stored_template"]
+__all__ = ["create_pods", "delete_pods", "pending_requests", "pod_capacity", "restart_stranded", "serve_pod",
+           "stored_template"]
 
 
 def pod_capacity(spec: ClusterSpec, node: dict) -> int:
@@ -132,8 +133,11 @@ def delete_pods(store: Store, runtime: Runtime, spec: ClusterSpec, records: list
     if not records:
         return
     cluster = spec.name
-    # Attached pods only: a pod whose ADD failed was given its DEL then, and has no sandbox.
-    bound = [r for r in records if r["status"].get("podIP")]
+    # Pods with a sandbox only: a pod whose ADD failed was given its DEL then, and its sandbox
+    # went (and was forgotten); one a process that died left half-created still has it.
+    sandboxes = set(store.owned(cluster, NETNS))
+    bound = [r for r in records if names.pod_netns(cluster, r["metadata"]["namespace"], r["metadata"]["name"])
+             in sandboxes]
     if bound:
         try:
             agent = runtime.agent(cluster, agent_socket(store, cluster))
@@ -152,6 +156,29 @@ def delete_pods(store: Store, runtime: Runtime, spec: ClusterSpec, records: list
             store.forget(cluster, NETNS, names.pod_netns(cluster, meta["namespace"], meta["name"]))
             store.delete(cluster, "Pod", meta["name"], meta["namespace"])
     routes.sync_routes(store, runtime, spec)
+
+
+def restart_stranded(store: Store, runtime: Runtime, spec: ClusterSpec) -> list[str]:
+    """Pods left ContainerCreating by a process that died part-way (pods are only created under
+    the cluster's lock, so the caller, holding it, sees no creation in progress): what is left
+    of their sandboxes is removed and they are created again, as a kubelet's sync loop replaces a
+    sandbox that is not ready. Their ``namespace/name``s."""
+    stranded = [record for record in store.list(spec.name, "Pod")
+                if record["spec"].get("nodeName") and record["status"].get("reason") == "ContainerCreating"
+                and not record["status"].get("message")]
+    if not stranded:
+        return []
+    requests = [PodRequest(r["metadata"]["namespace"], r["metadata"]["name"], stored_template(r), _owner(r))
+                for r in stranded]
+    delete_pods(store, runtime, spec, stranded)
+    create_pods(store, runtime, spec, requests)
+    return [f"{r.namespace}/{r.name}" for r in requests]
+
+
+def _owner(record: dict) -> str | None:
+    """The name of the Deployment that owns the pod, if one does."""
+    return next((o["name"] for o in record["metadata"].get("ownerReferences", []) if o.get("kind") == "Deployment"),
+                None)
 
 
 def serve_pod(agent: Agent, cluster: str, namespace: str, name: str, node: str, pod_ip: str,
@@ -178,7 +205,6 @@ def pending_requests(store: Store, cluster: str) -> list[PodRequest]:
         if record["status"].get("podIP"):
             continue
         meta = record["metadata"]
-        owner = next((o["name"] for o in meta.get("ownerReferences", []) if o.get("kind") == "Deployment"), None)
-        requests.append(PodRequest(meta["namespace"], meta["name"], stored_template(record), owner))
+        requests.append(PodRequest(meta["namespace"], meta["name"], stored_template(record), _owner(record)))
         store.delete(cluster, "Pod", meta["name"], meta["namespace"])
     return requests

@@ -5,14 +5,15 @@ entries of its peers, Felix its routes, kube-proxy rewrites its chains in full, 
 restarts what a pod runs. ``reconcile`` does one such pass over a cluster, in that order of
 dependence:
 
-1. the kernel objects of the cluster's plan (``topology.plan_cluster``: nodes, bridges,
+1. the agent (the pods' processes): started again when it does not answer;
+2. pods a process that died left half-created: created again (``pods.restart_stranded``);
+3. the kernel objects of the cluster's plan (``topology.plan_cluster``: nodes, bridges,
    tunnels, peer routes, neighbours and FDB entries; the block routes of a Calico-like mode;
    each running pod's attachment as its mode plans it): the steps the kernel no longer shows
-   (``Runtime.missing_steps``) are applied again;
-2. the agent (the pods' processes): started again when it does not answer, and every node's
-   and running pod's server served again where the agent lacks it;
-3. BIRD, with ``bgp: bird``: a daemon that is not running is started again;
-4. kube-proxy: a full sync of every node (as after a restart), reporting the rules it wrote
+   (``Runtime.missing_steps``) are applied again; then every node's and running pod's test
+   server is served again where the agent lacks it;
+4. BIRD, with ``bgp: bird``: a daemon that is not running is started again;
+5. kube-proxy: a full sync of every node (as after a restart), reporting the rules it wrote
    back (``iptables-save`` before and after, counters left out).
 
 What it cannot put back it reports, with what to do: a pod whose network namespace is gone
@@ -130,19 +131,22 @@ def _reconcile_kernel(store: Store, runtime: Runtime, spec: ClusterSpec,
     return repairs, set(lost)
 
 
-def _reconcile_agent(store: Store, runtime: Runtime, spec: ClusterSpec, running: list[dict],
-                     lost: set[str]) -> list[Repair]:
+def _ensure_agent(store: Store, runtime: Runtime, spec: ClusterSpec) -> tuple[list[Repair], set[str]]:
+    """The agent answering (started again if it does not), and the keys it serves."""
     socket_path = agent_socket(store, spec.name)
-    repairs = []
     try:
-        keys = {served["key"] for served in runtime.agent(spec.name, socket_path).list()}
+        return [], {served["key"] for served in runtime.agent(spec.name, socket_path).list()}
     except AgentError:
         log_path = store.runtime_path(spec.name, "agent.log")
         store.record(spec.name, PATH, log_path)
         pid = runtime.start_agent(spec.name, socket_path, log_path)
-        repairs.append(Repair("agent", f"did not answer; started again (pid {pid}), log {log_path}"))
-        keys = set()
-    agent = runtime.agent(spec.name, socket_path)
+        return [Repair("agent", f"did not answer; started again (pid {pid}), log {log_path}")], set()
+
+
+def _serve_missing(store: Store, runtime: Runtime, spec: ClusterSpec, running: list[dict], keys: set[str],
+                   lost: set[str]) -> list[Repair]:
+    agent = runtime.agent(spec.name, agent_socket(store, spec.name))
+    repairs = []
     for node in store.list(spec.name, "Node"):
         name = node["metadata"]["name"]
         if node_key(name) not in keys:
@@ -175,13 +179,15 @@ def _nat_rules(runtime: Runtime, netns_name: str, backend: str) -> list[str]:
 
 
 def _reconcile_proxy(store: Store, runtime: Runtime, spec: ClusterSpec) -> list[Repair]:
+    backend = store.get_meta(spec.name, "kube-proxy-backend")  # None: never synced (a process died first)
+    nodes = [n["metadata"]["name"] for n in store.list(spec.name, "Node")]
+    before = {node: _nat_rules(runtime, names.node_netns(spec.name, node), backend) if backend else []
+              for node in nodes}
+    store.set_meta(spec.name, "kube-proxy-synced", "{}")  # the next sync is a full one, as after a restart
+    proxier.sync(store, runtime, spec)
     backend = store.get_meta(spec.name, "kube-proxy-backend")
     if backend is None:
         return []  # the cluster never had a Service: kube-proxy has nothing to keep
-    nodes = [n["metadata"]["name"] for n in store.list(spec.name, "Node")]
-    before = {node: _nat_rules(runtime, names.node_netns(spec.name, node), backend) for node in nodes}
-    store.set_meta(spec.name, "kube-proxy-synced", "{}")  # the next sync is a full one, as after a restart
-    proxier.sync(store, runtime, spec)
     repairs = []
     for node in nodes:
         after = _nat_rules(runtime, names.node_netns(spec.name, node), backend)
@@ -194,9 +200,22 @@ def _reconcile_proxy(store: Store, runtime: Runtime, spec: ClusterSpec) -> list[
 
 def reconcile(store: Store, runtime: Runtime, spec: ClusterSpec) -> list[Repair]:
     """One pass over the cluster; what was found wrong, repaired or not."""
+    repairs, keys = _ensure_agent(store, runtime, spec)
+    restarted = pods.restart_stranded(store, runtime, spec)
+    for pod in restarted:
+        namespace, name = pod.split("/")
+        status = (store.get(spec.name, "Pod", name, namespace) or {}).get("status", {})
+        if status.get("phase") == "Running":
+            repairs.append(Repair(f"pod/{pod}", "left half-created by a process that died; created again"))
+        else:
+            repairs.append(Repair(f"pod/{pod}", "left half-created by a process that died; created again, but: "
+                                  + status.get("message", status.get("reason", "not running")), repaired=False))
+    if restarted:
+        keys = {served["key"] for served in runtime.agent(spec.name, agent_socket(store, spec.name)).list()}
     running = _running_pods(store, spec.name)
-    repairs, lost = _reconcile_kernel(store, runtime, spec, running)
-    repairs += _reconcile_agent(store, runtime, spec, running, lost)
+    kernel_repairs, lost = _reconcile_kernel(store, runtime, spec, running)
+    repairs += kernel_repairs
+    repairs += _serve_missing(store, runtime, spec, running, keys, lost)
     repairs += _reconcile_bird(store, runtime, spec)
     repairs += _reconcile_proxy(store, runtime, spec)
     return repairs

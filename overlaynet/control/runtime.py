@@ -18,8 +18,7 @@ from overlaynet.datapath.plan import Plan, Step
 from overlaynet.errors import OverlaynetError
 from overlaynet.kernel import apply as kernel_apply
 from overlaynet.kernel import bird as kernel_bird
-from overlaynet.kernel import drift
-from overlaynet.kernel import host, iptables, netns, observe
+from overlaynet.kernel import drift, host, iptables, netns, observe
 from overlaynet.kernel.bird import MeshReport
 from overlaynet.node import kubelet
 from overlaynet.proxy.render import Jump

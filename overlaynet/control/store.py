@@ -98,13 +98,31 @@ class Store:
 
     @contextlib.contextmanager
     def cluster_lock(self, cluster: str) -> Iterator[None]:
-        """Hold the cluster's operation lock (blocks while another process holds it)."""
-        with open(self.runtime_path(cluster, "lock"), "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        """Hold the cluster's operation lock (blocks while another process holds it).
+
+        The lock file may be removed by its holder (``remove_lock``, once the cluster is gone):
+        a process that was waiting on it then holds a lock on a file no longer there, so after
+        each ``flock`` the path must still name the file locked, else it locks afresh.
+        """
+        path = self.runtime_path(cluster, "lock")
+        while True:
+            with open(path, "a") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                try:
+                    current: int | None = os.stat(path).st_ino
+                except FileNotFoundError:
+                    current = None
+                if current == os.fstat(handle.fileno()).st_ino:
+                    try:
+                        yield
+                    finally:
+                        fcntl.flock(handle, fcntl.LOCK_UN)
+                    return
+
+    def remove_lock(self, cluster: str) -> None:
+        """Remove the lock file of a cluster that is gone; called with the lock held."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.runtime_path(cluster, "lock"))
 
     def runtime_path(self, cluster: str, suffix: str) -> str:
         """A per-cluster file beside the database: ``<dir>/<cluster>.<suffix>``."""

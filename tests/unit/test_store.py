@@ -2,6 +2,8 @@
 
 import os
 import stat
+import threading
+import time
 
 from overlaynet.control.store import Store
 
@@ -28,3 +30,28 @@ def test_a_world_readable_database_is_narrowed(tmp_path):
     os.chmod(database, 0o644)
     Store(str(tmp_path)).close()
     assert _mode(database) == 0o600
+
+
+def test_a_lock_removed_by_its_holder_is_not_shared(tmp_path):
+    """``down`` removes the cluster's lock file while holding it: a process that was waiting on
+    the old file must not think it holds the lock beside one that opens the new file."""
+    store, other = Store(str(tmp_path)), Store(str(tmp_path))
+    order = []
+    entered = threading.Event()
+
+    def waiter():
+        entered.set()
+        with other.cluster_lock("c1"):
+            order.append("waiter in")
+            assert (tmp_path / "c1.lock").exists()  # it locked a file the path names
+            order.append("waiter out")
+
+    with store.cluster_lock("c1"):
+        thread = threading.Thread(target=waiter)
+        thread.start()
+        entered.wait()
+        time.sleep(0.2)  # the waiter now blocks in flock on the old file
+        store.remove_lock("c1")
+        order.append("holder out")
+    thread.join(5)
+    assert order == ["holder out", "waiter in", "waiter out"]
