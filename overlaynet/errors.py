@@ -53,6 +53,10 @@ class HostError(OverlaynetError):
     """The host lacks something overlaynet needs (root, a kernel feature, a command)."""
 
 
+class StoreError(HostError):
+    """The state directory cannot be written (read-only, full) or read; the store is as it was."""
+
+
 class KernelError(OverlaynetError):
     """The kernel refused an operation overlaynet asked for."""
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -26,6 +27,8 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from typing import overload
+
+from overlaynet.errors import StoreError
 
 DEFAULT_STATE_DIR = "/var/lib/overlaynet"
 
@@ -57,16 +60,75 @@ def _create_private(path: str) -> None:
         os.close(fd)
 
 
+_READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def unwritable(directory: str, why: str) -> StoreError:
+    return StoreError(f'state directory "{directory}": cannot write: {why}; nothing was changed '
+                      "(make room or make it writable, or set OVERLAYNET_STATE_DIR to another directory)")
+
+
+def _os_why(exc: OSError) -> str:
+    words = {errno.EROFS: "it is read-only", errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk is full"}
+    return words.get(exc.errno or 0, (exc.strerror or str(exc)).lower())
+
+
+def _why(exc: sqlite3.Error, directory: str) -> str:
+    text = str(exc)
+    if "readonly" in text:
+        return "it is read-only"
+    try:
+        full = os.statvfs(directory).f_bavail == 0  # SQLite often says only "disk I/O error"
+    except OSError:
+        full = False
+    if "disk is full" in text or full:
+        return "the disk is full"
+    return f"the database says: {text}"
+
+
+class _Guarded:
+    """The SQLite connection of a store, its failures turned into one ``StoreError`` naming the
+    directory (a full disk or a read-only mount is the user's to fix, not a traceback)."""
+
+    def __init__(self, connection: sqlite3.Connection, directory: str):
+        self._connection = connection
+        self._directory = directory
+
+    def execute(self, sql: str, parameters: tuple = ()) -> sqlite3.Cursor:
+        try:
+            return self._connection.execute(sql, parameters)
+        except sqlite3.Error as exc:
+            raise unwritable(self._directory, _why(exc, self._directory)) from None
+
+    def executescript(self, script: str) -> None:
+        try:
+            self._connection.executescript(script)
+        except sqlite3.Error as exc:
+            raise unwritable(self._directory, _why(exc, self._directory)) from None
+
+    def close(self) -> None:
+        self._connection.close()
+
+
 class Store:
     def __init__(self, directory: str | None = None):
         self.directory = directory or state_dir()
-        os.makedirs(self.directory, mode=0o700, exist_ok=True)
         database = os.path.join(self.directory, "state.db")
-        _create_private(database)
-        self._db = sqlite3.connect(database, timeout=30, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        try:
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            _create_private(database)
+        except OSError as exc:
+            if exc.errno not in _READ_ONLY or not os.path.exists(database):
+                raise unwritable(self.directory, _os_why(exc)) from None
+            # A read-only state directory can still be read (`get`, `describe`); writes refuse.
+            # Nothing can change it under a read-only mount: SQLite may read it as immutable.
+            self._db = _Guarded(sqlite3.connect(f"file:{database}?immutable=1", uri=True, timeout=30,
+                                                isolation_level=None), self.directory)
+        else:
+            self._db = _Guarded(sqlite3.connect(database, timeout=30, isolation_level=None), self.directory)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
         self._depth = 0
 
     def close(self) -> None:
@@ -89,7 +151,8 @@ class Store:
         try:
             yield
         except BaseException:
-            self._db.execute("ROLLBACK")
+            with contextlib.suppress(StoreError):  # SQLite may have rolled back already (a full disk)
+                self._db.execute("ROLLBACK")
             raise
         else:
             self._db.execute("COMMIT")
@@ -106,7 +169,11 @@ class Store:
         """
         path = self.runtime_path(cluster, "lock")
         while True:
-            with open(path, "a") as handle:
+            try:
+                handle = open(path, "a")  # noqa: SIM115 (closed by the with below)
+            except OSError as exc:
+                raise unwritable(self.directory, _os_why(exc)) from None
+            with handle:
                 fcntl.flock(handle, fcntl.LOCK_EX)
                 try:
                     current: int | None = os.stat(path).st_ino
