@@ -196,8 +196,9 @@ class Agent:
         loop = asyncio.get_running_loop()
         # The CNI spec leaves it to the runtime not to run two operations on one container at
         # once; a runtime killed mid-ADD cannot keep that promise (its plugin's ADD goes on here),
-        # so the agent keeps it: a DEL of the same container waits for that ADD to finish.
-        container = env.get("CNI_CONTAINERID", "")
+        # so the agent keeps it: a DEL of the same container waits for that ADD to finish. (Per
+        # plugin: an ADD's IPAM delegate, exec'd with the same container, must not wait for it.)
+        container = f'{plugin}/{env.get("CNI_CONTAINERID", "")}'
         lock, users = self._cni_locks.get(container, (asyncio.Lock(), 0))
         self._cni_locks[container] = (lock, users + 1)
         try:

@@ -3,7 +3,7 @@
 The delegate is ``ipam.type`` found on ``CNI_PATH``; it gets the same environment (with the
 command in ``CNI_COMMAND``) and the complete stdin, for ADD, DEL, CHECK, GC and STATUS, and its
 error is ours. One shortcut: inside the agent, when the executable found *is* this package's
-``overlaynet-ipam``, it runs in-process on the same env and stdin instead of paying for a new
+``overlaynet-ipam`` (or its compiled front), it runs in-process on the same env and stdin instead of paying for a new
 interpreter per pod; any other IPAM plugin is exec'd (in the plugin process's netns, through
 ``nsenter``).
 
@@ -40,10 +40,16 @@ def find_plugin(plugin_type: str, path: tuple[str, ...]) -> str:
 
 
 def _is_our_ipam(path: str) -> bool:
-    try:
-        return os.path.samefile(path, os.path.join(launch.own_plugin_dir(), IPAM_PLUGIN))
-    except OSError:
-        return False
+    """Whether ``path`` is this package's ``overlaynet-ipam``: the Python plugin, or its
+    compiled front (which would only hand the request back to this agent)."""
+    ours = [launch.own_plugin_dir(), launch.compiled_plugin_dir()]
+    for directory in filter(None, ours):
+        try:
+            if os.path.samefile(path, os.path.join(directory, IPAM_PLUGIN)):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def delegate(inv: Invocation, conf: Mapping, command: str) -> Result | None:

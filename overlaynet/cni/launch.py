@@ -25,6 +25,7 @@ import os
 import sys
 
 PLUGINS = ("overlaynet-flannel", "overlaynet-calico", "overlaynet-ipam")
+SHIM = "overlaynet-cni-shim"  # the compiled front scripts/setup builds into cni_plugins/bin
 PYTHON_ENV = "OVERLAYNET_PYTHON"  # the interpreter to run the plugins under, when set
 _CHOSEN_ENV = "OVERLAYNET_PLUGIN_PYTHON"  # set on the re-exec: never re-execute twice
 CHECKOUT_VENV = ".venv"
@@ -47,6 +48,21 @@ def own_plugin_dir() -> str:
     if os.path.isdir(checkout):
         return checkout
     return os.path.join(sys.prefix, "lib", "overlaynet", "cni")
+
+
+def compiled_plugin_dir() -> str | None:
+    """A checkout's ``cni_plugins/bin``, when ``scripts/setup`` built the plugins' compiled front
+    there (``cni_plugins/shim``: the thin path in C, the Python plugin for everything else) and
+    it is not older than its source; else None, and the Python plugins answer alone."""
+    checkout = os.path.join(import_root(), "cni_plugins")
+    built = os.path.join(checkout, "bin")
+    try:
+        stale = os.stat(os.path.join(built, SHIM)).st_mtime < os.stat(os.path.join(checkout, "shim", f"{SHIM}.c")).st_mtime
+    except OSError:
+        return None
+    if stale or not all(os.access(os.path.join(built, plugin), os.X_OK) for plugin in PLUGINS):
+        return None
+    return built
 
 
 def ensure_plugin_dir() -> str:

@@ -40,9 +40,11 @@ PARALLEL_ADDS = 4  # like a kubelet starting several sandboxes at once
 
 def cni_path() -> list[str]:
     """Where plugins are looked for: ``$OVERLAYNET_CNI_PATH`` (colon-separated) first, like
-    containerd's ``bin_dir``, then ours and the usual system directories."""
+    containerd's ``bin_dir``, then ours — the compiled front when it is built — and the usual
+    system directories."""
     extra = [d for d in os.environ.get("OVERLAYNET_CNI_PATH", "").split(":") if d]
-    return [*extra, launch.ensure_plugin_dir(), *SYSTEM_CNI_PATH]
+    compiled = launch.compiled_plugin_dir()
+    return [*extra, *([compiled] if compiled else []), launch.ensure_plugin_dir(), *SYSTEM_CNI_PATH]
 
 
 @dataclass(frozen=True)
