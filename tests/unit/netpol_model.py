@@ -1,0 +1,68 @@
+"""The upstream conformance model (test/e2e/network/netpol, mattfenwick/cyclonus): pods a, b, c
+in namespaces x, y, z, each labelled ``pod: <name>`` and serving 80 and 81 over TCP and UDP
+(named ``serve-80-tcp`` ...), and a ``Reachability`` like the e2e suite's for truth tables."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import yaml
+
+from overlaynet.api.manifests import ContainerPort
+from overlaynet.api.netpol import parse_networkpolicy_document
+from overlaynet.policy.semantics import PodEndpoint, PolicyView, truth_table
+
+NAMESPACES = ("x", "y", "z")
+PODS = ("a", "b", "c")
+
+
+def model_pods() -> tuple[PodEndpoint, ...]:
+    pods = []
+    for n_index, namespace in enumerate(NAMESPACES):
+        for p_index, pod in enumerate(PODS):
+            ports = tuple(ContainerPort(port, proto, f"serve-{port}-{proto.lower()}")
+                          for port in (80, 81) for proto in ("TCP", "UDP"))
+            pods.append(PodEndpoint(namespace, pod, (("pod", pod),),
+                                    ipaddress.IPv4Address(f"10.244.{n_index}.{p_index + 10}"),
+                                    f"node-{p_index + 1}", ports))
+    return tuple(pods)
+
+
+def model_view(*policy_yaml: str, namespaces: dict | None = None, pods=None) -> PolicyView:
+    labels = {ns: {"ns": ns} for ns in NAMESPACES}
+    labels.update(namespaces or {})
+    policies = tuple(parse_networkpolicy_document(yaml.safe_load(text), "test") for text in policy_yaml)
+    return PolicyView(pods or model_pods(), labels, policies)
+
+
+class Reachability:
+    """Expected connectivity of every pair, from a default, as the e2e suite's NewReachability."""
+
+    def __init__(self, default: bool):
+        keys = [p.key for p in model_pods()]
+        self.expected = {(a, b): default for a in keys for b in keys}
+
+    def expect(self, source: str, destination: str, value: bool) -> Reachability:
+        self.expected[(source, destination)] = value
+        return self
+
+    def expect_peer(self, source_ns: str | None, destination: str, value: bool) -> Reachability:
+        for a, b in self.expected:
+            if b == destination and (source_ns is None or a.startswith(source_ns + "/")):
+                self.expected[(a, b)] = value
+        return self
+
+    def all_ingress(self, destination: str, value: bool) -> Reachability:
+        return self.expect_peer(None, destination, value)
+
+    def all_egress(self, source: str, value: bool) -> Reachability:
+        for a, b in self.expected:
+            if a == source:
+                self.expected[(a, b)] = value
+        return self
+
+    def mismatches(self, view: PolicyView, port: int = 80, protocol: str = "TCP") -> list[str]:
+        """Pairs whose verdict differs, loopback ignored (as the e2e suite's ignoreLoopback)."""
+        actual = truth_table(view, port, protocol)
+        return [f"{a} -> {b}: expected {self.expected[(a, b)]}, got {actual[(a, b)]}"
+                for a, b in self.expected if a != b and actual[(a, b)] != self.expected[(a, b)]]
