@@ -16,6 +16,7 @@ from overlaynet import names
 from overlaynet.api import model
 from overlaynet.api.manifests import load_cluster, parse_manifests
 from overlaynet.api.objects import DEFAULT_NAMESPACE
+from overlaynet.cli import netpol as netpol_cli
 from overlaynet.cli.output import age, document, table
 from overlaynet.datapath.modes import KERNEL_FEATURES, KERNEL_VXLAN, get_mode, uses_ipam_blocks
 from overlaynet.datapath.topology import internal_ip
@@ -218,7 +219,8 @@ def apply(files, namespace, cluster):
 
 @cli.command()
 @click.argument("kind", required=False, type=click.Choice(
-    ["pod", "pods", "po", "deployment", "deployments", "deploy", "node", "nodes", "no", "service", "services", "svc"]))
+    ["pod", "pods", "po", "deployment", "deployments", "deploy", "node", "nodes", "no", "service", "services", "svc",
+     "networkpolicy", "networkpolicies", "netpol", "namespace", "namespaces", "ns"]))
 @click.argument("object_names", nargs=-1)
 @click.option("-f", "--filename", "files", multiple=True, type=click.Path(dir_okay=False))
 @click.option("-n", "--namespace", help="The objects' namespace.")
@@ -237,12 +239,13 @@ def delete(kind, object_names, files, namespace, cluster):
     require_privileges("overlaynet delete")
     manager = _manager()
     name = _resolve_cluster(manager, cluster)
-    canonical = {"po": "pod", "de": "deployment", "no": "node", "se": "service", "sv": "service"}
+    canonical = {"po": "pod", "de": "deployment", "no": "node", "se": "service", "sv": "service",
+                 "ne": "networkpolicy", "na": "namespace", "ns": "namespace"}
     targets = [(canonical[kind[:2]], n, namespace or DEFAULT_NAMESPACE) for n in object_names] if kind else []
     for path in files:
         for manifest in parse_manifests(path, namespace):
-            manifest_kind = {"PodManifest": "pod", "DeploymentManifest": "deployment", "Service": "service"}.get(
-                type(manifest).__name__)
+            manifest_kind = {"PodManifest": "pod", "DeploymentManifest": "deployment", "Service": "service",
+                             "NetworkPolicy": "networkpolicy", "Namespace": "namespace"}.get(type(manifest).__name__)
             if manifest_kind:
                 targets.append((manifest_kind, manifest.name, manifest.namespace))
     for target_kind, target, target_namespace in targets:
@@ -252,9 +255,14 @@ def delete(kind, object_names, files, namespace, cluster):
             manager.delete_deployment(name, target_namespace, target)
         elif target_kind == "service":
             manager.delete_service(name, target_namespace, target)
+        elif target_kind == "networkpolicy":
+            manager.delete_policy(name, target_namespace, target)
+        elif target_kind == "namespace":
+            manager.delete_namespace(name, target)
         else:
             manager.remove_node(name, target)
-        click.echo(f'{"deployment.apps" if target_kind == "deployment" else target_kind}/{target} deleted')
+        full = {"deployment": "deployment.apps", "networkpolicy": "networkpolicy.networking.k8s.io"}
+        click.echo(f"{full.get(target_kind, target_kind)}/{target} deleted")
 
 
 # -- get / describe ------------------------------------------------------------------------------
@@ -290,7 +298,8 @@ def _pod_status(pod: dict) -> str:
 @click.argument("resource", type=click.Choice(["nodes", "node", "no", "pods", "pod", "po", "deployments",
                                                "deployment", "deploy", "services", "service", "svc",
                                                "endpointslices", "endpointslice", "endpoints", "ep",
-                                               "clusters", "cluster"]))
+                                               "clusters", "cluster", "networkpolicies", "networkpolicy", "netpol",
+                                               "namespaces", "namespace", "ns"]))
 @click.argument("object_name", required=False)
 @click.option("-o", "--output", type=OUTPUT_FORMATS, help="wide, json, yaml or name.")
 @click.option("-n", "--namespace", help="Only this namespace (default: default).")
@@ -312,6 +321,9 @@ def get(resource, object_name, output, namespace, all_namespaces, cluster):
     name = _resolve_cluster(manager, cluster)
     manager.spec(name)  # a clear error for a cluster that does not exist
     scope = None if all_namespaces else (namespace or DEFAULT_NAMESPACE)
+    if resource in netpol_cli.POLICY_RESOURCES + netpol_cli.NAMESPACE_RESOURCES:
+        netpol_cli.get_objects(manager, name, resource, object_name, output, scope, all_namespaces)
+        return
     if resource in ("nodes", "node", "no"):
         kind, objects = "node", manager.nodes(name)
     elif resource in ("pods", "pod", "po"):
@@ -407,7 +419,8 @@ def _get_clusters(manager, object_name, output) -> None:
 
 
 @cli.command()
-@click.argument("kind", type=click.Choice(["node", "nodes", "no", "pod", "pods", "po", "service", "services", "svc"]))
+@click.argument("kind", type=click.Choice(["node", "nodes", "no", "pod", "pods", "po", "service", "services", "svc",
+                                           "networkpolicy", "networkpolicies", "netpol"]))
 @click.argument("object_name")
 @click.option("-n", "--namespace", default=DEFAULT_NAMESPACE, show_default=True)
 @cluster_option
@@ -428,6 +441,8 @@ def describe(kind, object_name, namespace, cluster):
         click.echo(describing.describe_node(manager, name, object_name))
     elif kind.startswith("po"):
         click.echo(describing.describe_pod(manager, name, namespace, object_name))
+    elif kind.startswith("net"):
+        click.echo(netpol_cli.describe_policy(manager, name, namespace, object_name))
     else:
         click.echo(describing.describe_service(manager, name, namespace, object_name))
 
@@ -822,5 +837,5 @@ from overlaynet.cli.lab import lab  # noqa: E402
 from overlaynet.cli.tools_doctor_graph_capture import capture, doctor, graph  # noqa: E402
 from overlaynet.cli.trace_fault import fault, trace  # noqa: E402
 
-for command in (trace, graph, capture, fault, doctor, lab):
+for command in (trace, graph, capture, fault, doctor, lab, netpol_cli.label, netpol_cli.netpol):
     cli.add_command(command)
