@@ -84,4 +84,5 @@ def sync(store: Store, runtime: Runtime, spec: ClusterSpec) -> None:
         ruleset = render_node(store, spec, node["metadata"]["name"], view, existing)
         runtime.iptables.ensure_jumps(netns, ruleset.jumps, backend)
         runtime.iptables.restore(netns, ruleset.payload, backend)
+        runtime.iptables.restore(netns, ruleset.moves, backend)
     store.set_meta(spec.name, SYNCED, "1")

@@ -62,6 +62,7 @@ class PolicyRuleset:
     payload: str
     chains: tuple[str, ...]
     jumps: tuple[Jump, ...]
+    moves: str  # a second restore payload: each jump deleted and inserted again at the top
     pod_chains: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)  # key -> (tw, fw)
 
 
@@ -206,8 +207,8 @@ def _render_policy(writer: _Writer, view: PolicyView, policy: NetworkPolicy, dir
 def render(view: PolicyView, local_pods: list[LocalPod], bridged: bool,
            existing_chains: Iterable[str] = ()) -> PolicyRuleset:
     """The node's policy chains as an ``iptables-restore --noflush`` payload for ``filter``:
-    every chain declared (flushed) and refilled, the FORWARD jump moved to the top, and the
-    ``existing_chains`` no policy needs any more deleted."""
+    every chain declared (flushed) and refilled, and the ``existing_chains`` no policy needs
+    any more deleted; ``moves`` puts the jumps from FORWARD and INPUT back at the top."""
     writer = _Writer()
     forward, to_host = writer.chain(FORWARD_CHAIN), writer.chain(INPUT_CHAIN)
     for chain in (forward, to_host):
@@ -255,5 +256,6 @@ def render(view: PolicyView, local_pods: list[LocalPod], bridged: bool,
                                                  jump.rule.replace(f"-A {jump.chain}", f"-I {jump.chain} 1", 1))]
     lines = ["*filter", *(f":{c} - [0:0]" for c in writer.chains), *(f":{c} - [0:0]" for c in stale),
              *(rule for rules in writer.rules.values() for rule in rules), *(f"-X {c}" for c in stale),
-             *moves, "COMMIT", ""]
-    return PolicyRuleset("\n".join(lines), tuple(writer.chains), jumps, pod_chains)
+             "COMMIT", ""]
+    return PolicyRuleset("\n".join(lines), tuple(writer.chains), jumps, "\n".join(["*filter", *moves, "COMMIT", ""]),
+                         pod_chains)

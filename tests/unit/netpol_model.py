@@ -66,3 +66,35 @@ class Reachability:
         actual = truth_table(view, port, protocol)
         return [f"{a} -> {b}: expected {self.expected[(a, b)]}, got {actual[(a, b)]}"
                 for a, b in self.expected if a != b and actual[(a, b)] != self.expected[(a, b)]]
+
+
+def policy(name: str, namespace: str, spec: str) -> str:
+    return f"kind: NetworkPolicy\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n{spec}"
+
+
+# Named sets of policies over the model: the conformance cases the semantics tests check by
+# truth table, reused to check that the rendered rules decide every pair the same way.
+SCENARIOS = {
+    "deny-ingress": [policy("deny", "x", "  podSelector: {}")],
+    "deny-egress": [policy("deny", "x", "  podSelector: {}\n  policyTypes: [Egress]")],
+    "allow-all-over-deny": [policy("deny", "x", "  podSelector: {}"),
+                            policy("allow", "x", "  podSelector: {}\n  ingress: [{}]")],
+    "pod-and-namespace-selector": [policy("p", "x", "  podSelector: {matchLabels: {pod: a}}\n"
+                                          "  ingress: [{from: [{namespaceSelector: {matchExpressions: "
+                                          "[{key: kubernetes.io/metadata.name, operator: NotIn, values: [x]}]},"
+                                          " podSelector: {matchLabels: {pod: b}}}]}]")],
+    "pod-or-namespace-selector": [policy("p", "x", "  podSelector: {matchLabels: {pod: a}}\n"
+                                         "  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}},"
+                                         " {podSelector: {matchLabels: {pod: b}}}]}]")],
+    "ports-named-and-range": [policy("ports", "x", "  podSelector: {}\n"
+                                     "  ingress: [{ports: [{port: serve-81-udp, protocol: UDP}, {port: 80, endPort: 80}]}]")],
+    "egress-named-port": [policy("egress-named", "y", "  podSelector: {matchLabels: {pod: b}}\n  policyTypes: [Egress]\n"
+                                 "  egress: [{to: [{namespaceSelector: {}}], ports: [{port: serve-80-tcp}]}]")],
+    "ip-block-except": [policy("ip-block", "x", "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress, Ingress]\n"
+                               "  egress: [{to: [{ipBlock: {cidr: 10.244.0.0/16, except: [10.244.1.11/32]}}]}]\n"
+                               "  ingress: [{from: [{ipBlock: {cidr: 10.244.2.0/24}}], ports: [{port: 81}]}]")],
+    "egress-and-ingress-both-needed": [
+        policy("egress", "x", "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n"
+               "  egress: [{to: [{namespaceSelector: {matchLabels: {ns: y}}}]}]"),
+        policy("deny", "y", "  podSelector: {matchLabels: {pod: c}}")],
+}
