@@ -40,7 +40,7 @@ def traced_allowed(mode: str, rules: dict[str, PolicyRuleset], source: PodEndpoi
     src_if = "cni0" if bridged else interface(mode, source)
     dst_if = "cni0" if bridged else interface(mode, target)
     physdev = interface(mode, source) if bridged else None
-    common = dict(src=str(source.ip), dst=str(target.ip), dport=port, proto=protocol.lower())
+    common = {"src": str(source.ip), "dst": str(target.ip), "dport": port, "proto": protocol.lower()}
     if source.node == target.node:
         hops = [(source.node, Packet(**common, in_interface=src_if, out_interface=dst_if, physdev_in=physdev))]
     else:
