@@ -173,6 +173,7 @@ def _render_policy(writer: _Writer, view: PolicyView, policy: NetworkPolicy, dir
                 comment = f"{where} {label}{port_label}"
                 # named ports resolve at the destination: the peer (egress) or each local pod (ingress)
                 if spec is not None and isinstance(spec.port, str):
+                    destinations: list[tuple[PodEndpoint | None, list[str]]]
                     if ingress:
                         destinations = [(pod, [self_flag, f"{pod.ip}/32"]) for pod in local]
                     elif rule.peers and block_peer is None:
