@@ -750,16 +750,17 @@ def verify(ctx, output, timeout, cluster):
                       if a["dev"] == names.POD_INTERFACE] for pod in pod_eps}
     report = verifying.build_report(index, results[:len(probes)], own)
     report.checks += verifying.judge_services(service_index, results[len(probes):])
+    policed = netpol_cli.judge_verify_policies(manager, name, report, targets)
     elapsed = time.monotonic() - started
     if output == "json":
         click.echo(json.dumps({"cluster": name, "cni": spec.cni, "passed": report.passed, "seconds": round(elapsed, 3),
                                "summary": report.summary(), "checks": [c.as_dict() for c in report.checks]}, indent=2))
     else:
-        _print_report(verifying, report, pod_eps, node_eps, elapsed, name, spec.cni)
+        _print_report(verifying, report, pod_eps, node_eps, elapsed, name, spec.cni, policed)
     ctx.exit(0 if report.passed else 1)
 
 
-def _print_report(verifying, report, pod_eps, node_eps, elapsed, cluster, cni) -> None:
+def _print_report(verifying, report, pod_eps, node_eps, elapsed, cluster, cni, policed=False) -> None:
     titles = {"pod-pod": "(a) pod -> pod, no NAT", "node-pod": "(b) node -> pod, no NAT",
               "pod-node": "(b) pod -> node, no NAT", "self": "(c) pod's own IP == IP others see == podIP",
               **verifying.SERVICE_RULES}
@@ -768,11 +769,15 @@ def _print_report(verifying, report, pod_eps, node_eps, elapsed, cluster, cni) -
                + (f", {services} service ports" if services else "")
                + f", {len(report.checks)} checks over TCP, UDP and ICMP")
     summary = report.summary()
-    rows = [[titles[rule], str(c["ok"]), str(c["nat"]), str(c["fail"]), "PASS" if c["ok"] == sum(c.values()) else "FAIL"]
-            for rule, c in summary.items()]
-    click.echo(table(["RULE", "OK", "NAT", "FAILED", "RESULT"], rows))
+    extra = [s for s in (verifying.DENIED, verifying.POLICY) if any(s in c for c in summary.values())]
+    rows = [[titles[rule], str(c["ok"]), str(c["nat"]), str(c["fail"])] + [str(c.get(s, 0)) for s in extra]
+            + ["PASS" if c["nat"] == c["fail"] == 0 else "FAIL"] for rule, c in summary.items()]
+    names_of = {verifying.DENIED: "DENIED (EXPECTED)", verifying.POLICY: "NOT JUDGED (POLICY)"}
+    click.echo(table(["RULE", "OK", "NAT", "FAILED"] + [names_of[s] for s in extra] + ["RESULT"], rows))
     header, grid = verifying.matrix(report, pod_eps)
-    click.echo("\npod -> pod matrix (✓ = TCP, UDP and ICMP reached the pod and it saw the sender's own IP):")
+    click.echo("\npod -> pod matrix (✓ = TCP, UDP and ICMP reached the pod and it saw the sender's own IP"
+               + ("; x = denied by NetworkPolicy, as expected; ~ = some protocols denied, as expected" if policed
+                  else "") + "):")
     click.echo(table(header, grid))
     for check in report.failures[:50]:
         click.echo(f"✗ {check.describe()}")

@@ -280,3 +280,15 @@ def probe_pairs(manager, cluster: str, pods, port: int, protocol: str, timeout: 
                            "dst": str(target.ip), "port": port, "protocol": protocol.lower()})
     results = manager.agent(cluster).probe(probes, timeout=timeout)
     return {index[r["id"]]: bool(r.get("ok")) for r in results}
+
+
+def judge_verify_policies(manager, cluster: str, report, targets) -> bool:
+    """``verify``: judge the probes against the cluster's policies; False when it has none."""
+    from overlaynet.control import policies
+    from overlaynet.tools.verify_policy import judge_policies
+
+    if not policies.has_policies(manager.store, cluster):
+        return False
+    endpoints = {t.service: {f"{t.service.split('/')[0]}/{name}" for name, _, _ in t.endpoints} for t in targets}
+    judge_policies(report, policies.policy_view(manager.store, cluster), endpoints)
+    return True
