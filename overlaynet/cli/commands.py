@@ -573,22 +573,25 @@ def rules(node_name, table, diff, cluster):
     spec = manager.spec(name)
     rendered = _render_node(spec, manager.node(name, node_name), proxier.stored_services(manager, name),
                             proxier.stored_slices(manager, name))
+    policy = netpol_cli.policy_rules(manager, spec, node_name)  # None: the cluster never had a policy
     backend = manager.store.get_meta(name, "kube-proxy-backend") or iptables.backend()
     netns = names.node_netns(name, node_name)
     tables = [table] if table else ["nat", "filter"]
     live = iptables.save(netns, backend)
     click.echo(f"# node {node_name} (netns {netns}), iptables backend: {backend}")
     if diff:
-        click.echo("\n".join(_rules_diff(live, rendered.payload, tables)) or "# live rules match the rendered ones")
+        expected = rendered.payload + (policy.payload if policy else "")
+        click.echo("\n".join(_rules_diff(live, expected, tables)) or "# live rules match the rendered ones")
         return
-    owners = rendered.chain_owners()
+    owners = {chain: f"service {owner}" for chain, owner in rendered.chain_owners().items()}
+    owners.update(policy.chain_owners() if policy else {})
     for line in _table_sections(live, tables):
         chain = line[1:].split()[0] if line.startswith(":") else None
-        click.echo(f"{line}   # service {owners[chain]}" if chain in owners else line)
+        click.echo(f"{line}   # {owners[chain]}" if chain in owners else line)
 
 
 def _rules_diff(live: str, rendered: str, tables: list[str]) -> list[str]:
-    """A unified diff of kube-proxy's chains, live against rendered, after iptables-save's
+    """A unified diff of kube-proxy's and the policies' chains, live against rendered, after iptables-save's
     normalisations (address forms, match order, defaults) so only real differences show."""
     import difflib
 
@@ -597,7 +600,7 @@ def _rules_diff(live: str, rendered: str, tables: list[str]) -> list[str]:
     def lines(text: str) -> list[str]:
         canonical = canonical_tables(text)
         return [f"{table} {chain}: {rule}" for table in tables
-                for chain, rules in sorted(canonical.get(table, {}).items()) if chain.startswith("KUBE-")
+                for chain, rules in sorted(canonical.get(table, {}).items()) if chain.startswith(("KUBE-", "cali-"))
                 for rule in rules]
 
     return list(difflib.unified_diff(lines(live), lines(rendered), "live", "rendered", lineterm=""))

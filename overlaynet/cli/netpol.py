@@ -292,3 +292,12 @@ def judge_verify_policies(manager, cluster: str, report, targets) -> bool:
     endpoints = {t.service: {f"{t.service.split('/')[0]}/{name}" for name, _, _ in t.endpoints} for t in targets}
     judge_policies(report, policies.policy_view(manager.store, cluster), endpoints)
     return True
+
+
+def policy_rules(manager, spec, node: str):
+    """What the policy agent loads into ``node`` now; None for a cluster that never had a policy."""
+    from overlaynet.node import netpol_sync
+
+    if manager.store.get_meta(spec.name, netpol_sync.SYNCED) is None:
+        return None
+    return netpol_sync.render_node(manager.store, spec, node)

@@ -64,6 +64,14 @@ class PolicyRuleset:
     jumps: tuple[Jump, ...]
     moves: str  # a second restore payload: each jump deleted and inserted again at the top
     pod_chains: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)  # key -> (tw, fw)
+    policy_chains: dict[str, str] = field(default_factory=dict)  # cali-pi-/cali-po- chain -> policy key
+
+    def chain_owners(self) -> dict[str, str]:
+        """Chain -> what it enforces (``pod shop/api``, ``policy shop/deny``), for ``rules``."""
+        owners = {chain: f"policy {key}" for chain, key in self.policy_chains.items()}
+        for key, chains in self.pod_chains.items():
+            owners.update({chain: f"pod {key}" for chain in chains if chain})
+        return owners
 
 
 def policy_hash(*parts: str) -> str:
@@ -259,4 +267,4 @@ def render(view: PolicyView, local_pods: list[LocalPod], bridged: bool,
              *(rule for rules in writer.rules.values() for rule in rules), *(f"-X {c}" for c in stale),
              "COMMIT", ""]
     return PolicyRuleset("\n".join(lines), tuple(writer.chains), jumps, "\n".join(["*filter", *moves, "COMMIT", ""]),
-                         pod_chains)
+                         pod_chains, {chain: key for (key, _), chain in policy_chains.items()})
