@@ -33,3 +33,17 @@ def test_expected_denies_pass_and_wrong_connections_fail():
     assert next(c.describe() for c in report.failures).endswith("connected, but NetworkPolicy denies it")
     _header, rows = matrix(Report([report.checks[0]]), [ya, xa])
     assert rows[0] == ["a", "-", "x"]
+
+
+def test_the_jump_moves_put_the_policy_jumps_back_on_top():
+    from overlaynet.policy.render import render
+    from overlaynet.proxy.rules import parse_rule, parse_tables
+
+    ruleset = render(model_view(), [], bridged=True)
+    tables = parse_tables(ruleset.payload)
+    tables.table("filter").update({"FORWARD": [parse_rule(j.rule) for j in ruleset.jumps if j.chain == "FORWARD"],
+                                   "INPUT": [parse_rule(j.rule) for j in ruleset.jumps if j.chain == "INPUT"]})
+    kube = parse_rule('-A FORWARD -m comment --comment "kubernetes forwarding rules" -j KUBE-FORWARD')
+    tables.table("filter")["FORWARD"].insert(0, kube)
+    parse_tables(ruleset.moves, tables)
+    assert [r.target for r in tables.table("filter")["FORWARD"]] == ["cali-FORWARD", "KUBE-FORWARD"]
