@@ -580,7 +580,8 @@ def rules(node_name, table, diff, cluster):
     live = iptables.save(netns, backend)
     click.echo(f"# node {node_name} (netns {netns}), iptables backend: {backend}")
     if diff:
-        expected = rendered.payload + (policy.payload if policy else "")
+        synced = manager.store.get_meta(name, "kube-proxy-backend") is not None  # kube-proxy has run here
+        expected = (rendered.payload if synced else "") + (policy.payload if policy else "")
         click.echo("\n".join(_rules_diff(live, expected, tables)) or "# live rules match the rendered ones")
         return
     owners = {chain: f"service {owner}" for chain, owner in rendered.chain_owners().items()}

@@ -100,6 +100,13 @@ def test_default_deny_ingress_then_policy_delete_restores(clean):
     assert node.stdout.strip() == "a", "the node reaches its own pods under default deny (kubelet probes)"
     report = c.table("--port", "80")
     assert report["mismatches"] == 0
+    verify = c.cli.run("verify", "-o", "json", "--timeout", "1", "--name", c.name, check=False)
+    checks = json.loads(verify.stdout)["checks"]
+    assert verify.returncode == 0, [ch for ch in checks if ch["status"] not in ("ok", "denied")]
+    denied = {(ch["from"], ch["to"]) for ch in checks if ch["status"] == "denied" and ch["rule"] == "pod-pod"}
+    assert ("y/c", "x/a") in denied and ("x/a", "y/c") not in denied
+    diff = c.cli.run("rules", "node-1", "--diff", "--table", "filter", "--name", c.name).stdout
+    assert "live rules match the rendered ones" in diff
     assert {(p["from"], p["to"]) for p in report["pairs"] if not p["allowed"]} == {
         (s, t) for s in c.ips for t in ("x/a", "x/b") if s != t}
     c.cli.run("delete", "netpol", "deny", "-n", "x", "--name", c.name)
