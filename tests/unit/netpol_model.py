@@ -52,6 +52,18 @@ class Reachability:
                 self.expected[(a, b)] = value
         return self
 
+    def peers(self, value: bool, from_ns: str | None = None, from_pod: str | None = None,
+              to_ns: str | None = None, to_pod: str | None = None) -> Reachability:
+        """The e2e suite's ExpectPeer: every pair whose ends match the (namespace, pod) given."""
+        def fits(key: str, ns: str | None, pod: str | None) -> bool:
+            namespace, name = key.split("/")
+            return (ns is None or ns == namespace) and (pod is None or pod == name)
+
+        for a, b in self.expected:
+            if fits(a, from_ns, from_pod) and fits(b, to_ns, to_pod):
+                self.expected[(a, b)] = value
+        return self
+
     def all_ingress(self, destination: str, value: bool) -> Reachability:
         return self.expect_peer(None, destination, value)
 
@@ -93,6 +105,14 @@ SCENARIOS = {
     "ip-block-except": [policy("ip-block", "x", "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress, Ingress]\n"
                                "  egress: [{to: [{ipBlock: {cidr: 10.244.0.0/16, except: [10.244.1.11/32]}}]}]\n"
                                "  ingress: [{from: [{ipBlock: {cidr: 10.244.2.0/24}}], ports: [{port: 81}]}]")],
+    "ingress-egress-together": [policy("together", "x", "  podSelector: {matchLabels: {pod: a}}\n"
+                                       "  policyTypes: [Egress, Ingress]\n"
+                                       "  ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}]}]\n"
+                                       "  egress: [{ports: [{port: 80}]}]")],
+    "protocol-only": [policy("by-proto", "x", "  podSelector: {matchLabels: {pod: a}}\n"
+                             "  ingress: [{ports: [{protocol: UDP}]}]")],
+    "match-expressions-not-in": [policy("not-x", "y", "  podSelector: {}\n  ingress: [{from: [{namespaceSelector: "
+                                        "{matchExpressions: [{key: ns, operator: NotIn, values: [x]}]}}]}]")],
     "egress-and-ingress-both-needed": [
         policy("egress", "x", "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n"
                "  egress: [{to: [{namespaceSelector: {matchLabels: {ns: y}}}]}]"),
