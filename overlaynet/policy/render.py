@@ -38,7 +38,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from overlaynet.api.netpol import EGRESS, INGRESS, NetworkPolicy, Peer, PolicyPort
-from overlaynet.policy.semantics import PodEndpoint, PolicyView, isolating, peer_pods, resolve_port
+from overlaynet.policy.semantics import PodEndpoint, PolicyView, isolating, peer_pods, resolve_port, selects
 from overlaynet.proxy.render import Jump
 
 FORWARD_CHAIN = "cali-FORWARD"
@@ -147,9 +147,9 @@ def _port_matches(spec: PolicyPort, destination: PodEndpoint | None) -> list[str
 
 def _render_policy(writer: _Writer, view: PolicyView, policy: NetworkPolicy, direction: str,
                    local: list[PodEndpoint]) -> str:
-    """The ``cali-pi-``/``cali-po-`` chain of ``policy``: one mark-and-return per allowed
-    (peer, port); ``local`` are the node's pods the policy selects (named ports of ingress
-    resolve against them)."""
+    """The ``cali-pi-``/``cali-po-`` chain of ``policy``: one rule setting the accept mark per
+    allowed (peer, port); ``local`` are the node's pods the policy selects (named ports of
+    ingress resolve against them)."""
     ingress = direction == INGRESS
     chain = writer.chain(ingress_chain(policy) if ingress else egress_chain(policy))
     rules = policy.ingress if ingress else policy.egress
@@ -163,7 +163,8 @@ def _render_policy(writer: _Writer, view: PolicyView, policy: NetworkPolicy, dir
         writer.add(chain, "-j", "RETURN", comment=f"{policy.key} {direction.lower()}: no rules (deny all)")
     for r_index, rule in enumerate(rules):
         where = f"{policy.key} {direction.lower()}[{r_index}]"
-        # (peer words, peer label, destination pod for named ports) per resolved peer
+        # per resolved peer: its match words, its label, the pod it is (named ports of egress
+        # resolve against it) or the ipBlock peer it came from
         targets: list[tuple[list[str], str, PodEndpoint | None, Peer | None]] = []
         if not rule.peers:
             targets.append(([], "any peer", None, None))
@@ -226,6 +227,7 @@ def render(view: PolicyView, local_pods: list[LocalPod], bridged: bool,
     policy_chains: dict[tuple[str, str], str] = {}
     pod_chains: dict[str, tuple[str | None, str | None]] = {}
     tw_rules: list[tuple[list[str], str, str]] = []
+    node_pods = [p.pod for p in local_pods]
     for local in sorted(local_pods, key=lambda p: p.pod.key):
         pod = local.pod
         chosen: dict[str, str | None] = {}
@@ -234,15 +236,13 @@ def render(view: PolicyView, local_pods: list[LocalPod], bridged: bool,
             if not policies:
                 chosen[direction] = None
                 continue
-            selected = [p.pod for p in local_pods]
             name = writer.chain((to_workload_chain if direction == INGRESS else from_workload_chain)(local.interface))
             chosen[direction] = name
             writer.add(name, "-j", "MARK", "--set-xmark", CLEAR_MARK, comment="start: clear the accept mark")
             for policy in policies:
                 key = (policy.key, direction)
                 if key not in policy_chains:
-                    mine = [p for p in selected if policy.namespace == p.namespace
-                            and policy.pod_selector.matches(p.label_dict()) and p.ip]
+                    mine = [p for p in node_pods if selects(policy, p) and p.ip]
                     policy_chains[key] = _render_policy(writer, view, policy, direction, mine)
                 writer.add(name, "-j", policy_chains[key], comment=f"policy {policy.key}")
                 writer.add(name, "-m", "mark", "--mark", ACCEPT_MARK, "-j", "RETURN",
