@@ -301,3 +301,23 @@ def policy_rules(manager, spec, node: str):
     if manager.store.get_meta(spec.name, netpol_sync.SYNCED) is None:
         return None
     return netpol_sync.render_node(manager.store, spec, node)
+
+
+def trace_interfaces(manager, spec, node: str, source_kind: str, source_pod: dict | None) -> dict:
+    """The devices ``trace`` gives its packet so the policy chains' ``-i``/``-o``/physdev
+    matches can be followed: where it enters ``node`` and where each local pod is reached."""
+    from overlaynet.node import netpol_sync
+
+    if spec.cni not in netpol_sync.ENFORCING_MODES or spec.cni_config:
+        return {}
+    bridged = spec.cni == "flannel"
+    local = {r["status"]["podIP"]: ("cni0" if bridged else netpol_sync.pod_interface(spec, r))
+             for r in manager.pods(spec.name) if r["spec"].get("nodeName") == node and r["status"].get("podIP")}
+    found: dict = {"out_interface": "flannel.1" if bridged else names.NODE_UPLINK,
+                   "out_by_destination": tuple(sorted(local.items()))}
+    if source_kind == "pod" and source_pod is not None:
+        veth = netpol_sync.pod_interface(spec, source_pod)
+        found.update(in_interface="cni0" if bridged else veth, physdev_in=veth if bridged else None)
+    elif source_kind == "external":
+        found["in_interface"] = names.NODE_UPLINK
+    return found

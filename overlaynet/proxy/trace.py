@@ -57,8 +57,9 @@ class Packet:
     differs), or ``"node"`` (sent by a process of the node itself: nat OUTPUT).
 
     The interfaces are needed only by rules that match them (NetworkPolicy's chains):
-    ``in_interface``/``out_interface`` for ``-i``/``-o``, ``physdev_in`` for a packet that
-    entered a bridge through that port (``-m physdev --physdev-in``)."""
+    ``in_interface``/``out_interface`` for ``-i``/``-o`` (``out_by_destination`` gives the
+    route's device for some destinations, looked up after DNAT), ``physdev_in`` for a packet
+    that entered a bridge through that port (``-m physdev --physdev-in``)."""
 
     src: str
     dst: str
@@ -69,6 +70,7 @@ class Packet:
     in_interface: str | None = None
     out_interface: str | None = None
     physdev_in: str | None = None
+    out_by_destination: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -285,7 +287,8 @@ class Tracer:
             elif key == "proto":
                 hit = value.lower() == packet.proto
             else:
-                interface = packet.in_interface if key == "in" else packet.out_interface
+                interface = packet.in_interface if key == "in" else \
+                    dict(packet.out_by_destination).get(st.dst, packet.out_interface)
                 if interface is None:
                     raise RuleError(f"interface match on a packet without that interface: {rule.text!r}")
                 hit = interface.startswith(value[:-1]) if value.endswith("+") else interface == value
