@@ -613,23 +613,16 @@ def _rules_diff(live: str, rendered: str, tables: list[str]) -> list[str]:
 @click.option("--node", "node_name", required=True, help="The node whose rules to print.")
 @click.option("--table", type=click.Choice(["nat", "filter"]), help="Only this table (default: nat and filter).")
 def render_rules(files, node_name, table):
-    """The kube-proxy rules a node would get, without root and without a cluster.
+    """The kube-proxy rules (and NetworkPolicy chains) a node would get, without root and without a cluster.
 
     \b
     Example:
       overlaynet render -f examples/cluster.yaml -f examples/web.yaml -f examples/web-svc.yaml --node node-1
     """
-    from overlaynet.api.manifests import load_documents, parse_document
     from overlaynet.control.offline import run_offline
     from overlaynet.node import proxier
 
-    spec, manifests = model.build_spec(), []
-    for path in files:
-        for index, raw in enumerate(load_documents(path), 1):
-            if raw.get("kind") == "Cluster":
-                spec = load_cluster(path)
-            else:
-                manifests.append(parse_document(raw, path, None, index))
+    spec, manifests = offline_inputs(files)
     with run_offline(spec, manifests) as manager:
         nodes = manager.nodes(spec.name)
         node = next((n for n in nodes if n["metadata"]["name"] == node_name), None)
@@ -638,12 +631,31 @@ def render_rules(files, node_name, table):
                                 f"(nodes: {', '.join(n['metadata']['name'] for n in nodes)})")
         services = proxier.stored_services(manager, spec.name)
         slices = proxier.stored_slices(manager, spec.name)
+        policy = netpol_cli.policy_rules(manager, spec, node_name)  # with NetworkPolicies: the cali-* chains
     ruleset = _render_node(spec, node, services, slices)
     click.echo(f"# kube-proxy (iptables mode) for node {node_name} ({internal_ip(node)}) of cluster "
                f'"{spec.name}": {len(services)} services; load with iptables-restore --noflush')
     for jump in ruleset.jumps:
         click.echo(f"# and, outside the restore, if missing: iptables -t {jump.table} {jump.rule.replace('-A', '-I', 1)}")
     click.echo("\n".join(_table_sections(ruleset.payload, [table] if table else ["nat", "filter"])))
+    if policy is not None and table in (None, "filter"):
+        click.echo(f"# NetworkPolicy chains for node {node_name}; load with iptables-restore --noflush, then the jumps:")
+        click.echo("\n".join(_table_sections(policy.payload, ["filter"])))
+        click.echo("\n".join(_table_sections(policy.moves, ["filter"])))
+
+
+def offline_inputs(files) -> tuple[model.ClusterSpec, list]:
+    """A Cluster document (default: the default cluster) and the manifests of ``files``."""
+    from overlaynet.api.manifests import load_documents, parse_document
+
+    spec, manifests = model.build_spec(), []
+    for path in files:
+        for index, raw in enumerate(load_documents(path), 1):
+            if raw.get("kind") == "Cluster":
+                spec = load_cluster(path)
+            else:
+                manifests.append(parse_document(raw, path, None, index))
+    return spec, manifests
 
 
 # -- exec / verify -------------------------------------------------------------------------------

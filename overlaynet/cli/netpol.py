@@ -218,29 +218,44 @@ def netpol() -> None:
 @click.option("--protocol", type=click.Choice(["TCP", "UDP"], case_sensitive=False), default="TCP", show_default=True)
 @click.option("--probe", is_flag=True, help="Also try every pair with a real connection and mark mismatches (!).")
 @click.option("--timeout", type=float, default=1.0, show_default=True, help="Seconds per probe (--probe).")
+@click.option("-f", "--filename", "files", multiple=True, type=click.Path(dir_okay=False),
+              help="Without a cluster: a Cluster document (optional) and manifests of pods and policies.")
 @click.option("-o", "--output", type=click.Choice(["json"]), help="json for scripts.")
 @click.option("--name", "cluster", metavar="CLUSTER", help="The cluster (default: the only one).")
 @click.pass_context
-def netpol_table(ctx, namespace, port, protocol, probe, timeout, output, cluster):
+def netpol_table(ctx, namespace, port, protocol, probe, timeout, files, output, cluster):
     """The pod x pod table of allowed connections to PORT/PROTOCOL, as the policies say.
 
     Rows are sources, columns destinations (as the upstream conformance tests print them).
     With --probe each pair is also tried for real (the destination must serve the port) and a
-    cell whose measurement disagrees ends with "!"; the exit status is then 1.
+    cell whose measurement disagrees ends with "!"; the exit status is then 1. With -f the table
+    is computed from files alone (no root, no cluster: the pods get the addresses a cluster
+    made from the same files would give them).
 
     \b
     Example:
       overlaynet netpol table
       overlaynet netpol table -n shop --port 80 --protocol UDP --probe
+      overlaynet netpol table -f cluster.yaml -f pods.yaml -f policies.yaml --port 80
     """
-    from overlaynet.cli.commands import _manager, _resolve_cluster, require_privileges
+    from overlaynet.cli.commands import _manager, _resolve_cluster, offline_inputs, require_privileges
     from overlaynet.control import policies
 
     protocol = protocol.upper()
-    manager = _manager()
-    name = _resolve_cluster(manager, cluster)
-    manager.spec(name)
-    view = policies.policy_view(manager.store, name)
+    if files:
+        if probe or cluster:
+            raise InvalidInput("netpol table: -f computes the table from files; --probe and --name need a cluster")
+        from overlaynet.control.offline import run_offline
+
+        spec, manifests = offline_inputs(files)
+        with run_offline(spec, manifests) as offline:
+            view = policies.policy_view(offline.store, spec.name)
+        name = spec.name
+    else:
+        manager = _manager()
+        name = _resolve_cluster(manager, cluster)
+        manager.spec(name)
+        view = policies.policy_view(manager.store, name)
     pods = [p for p in view.pods if p.ip is not None and (namespace is None or p.namespace == namespace)]
     if not pods:
         raise InvalidInput(f'cluster "{name}": no running pods{f" in namespace {namespace}" if namespace else ""}')
