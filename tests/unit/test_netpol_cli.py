@@ -41,3 +41,24 @@ def test_render_adds_the_policy_chains(capsys):
     assert code == 0
     assert '"shop/allow-frontend ingress[0] from[0] web/frontend ports[0]"' in out
     assert "-I FORWARD 1 -m comment" in out
+
+
+EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "examples"
+
+
+def test_a_conformance_case_from_its_files(tmp_path, capsys):
+    """examples/netpol-model.yaml is the upstream model; a case file gives its truth table."""
+    from tests.unit.netpol_model import SCENARIOS, Reachability
+
+    case = tmp_path / "case.yaml"
+    case.write_text("---\n".join(SCENARIOS["pod-and-namespace-selector"]))
+    code = main(["netpol", "table", "-f", str(EXAMPLES / "netpol-model.yaml"), "-f", str(case), "--port", "80",
+                 "-o", "json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and len(report["pairs"]) == 9 * 8
+    expected = Reachability(True).all_ingress("x/a", False).expect("y/b", "x/a", True).expect("z/b", "x/a", True)
+    assert {(p["from"], p["to"]): p["allowed"] for p in report["pairs"]} == {
+        pair: value for pair, value in expected.expected.items() if pair[0] != pair[1]}
+    main(["netpol", "table", "-f", str(EXAMPLES / "netpol-model.yaml"),
+          "-f", str(EXAMPLES / "netpol-deny-ingress-x.yaml"), "--port", "80"])
+    assert "x/a          -      x      x      ✓" in capsys.readouterr().out
