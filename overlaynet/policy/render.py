@@ -47,6 +47,7 @@ CHAIN_PREFIX = "cali-"
 ACCEPT_MARK = "0x10000/0x10000"  # Felix's default "accept" mark bit
 CLEAR_MARK = "0x0/0x10000"
 CHAIN_MAX = 28  # iptables' chain name limit (XT_EXTENSION_MAXNAMELEN - 1)
+COMMENT_MAX = 256  # xt_comment's XT_MAX_COMMENT_LEN, with its NUL
 
 
 @dataclass(frozen=True)
@@ -129,8 +130,9 @@ class _Writer:
         """``-A chain <matches> [-m comment --comment ...] -j <target ...>``."""
         split = words.index("-j")
         parts = ["-A", chain, *words[:split]]
-        if comment:
-            parts += ["-m", "comment", "--comment", comment]
+        if comment:  # long names (a 253-character policy or pod) are cut to what xt_comment holds
+            parts += ["-m", "comment", "--comment",
+                      comment if len(comment) < COMMENT_MAX else comment[:COMMENT_MAX - 4] + "..."]
         self.rules[chain].append(_quote([*parts, *words[split:]]))
 
 

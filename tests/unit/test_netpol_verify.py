@@ -47,3 +47,16 @@ def test_the_jump_moves_put_the_policy_jumps_back_on_top():
     tables.table("filter")["FORWARD"].insert(0, kube)
     parse_tables(ruleset.moves, tables)
     assert [r.target for r in tables.table("filter")["FORWARD"]] == ["cali-FORWARD", "KUBE-FORWARD"]
+
+
+def test_comments_of_long_names_fit_xt_comment():
+    from overlaynet.policy.render import COMMENT_MAX, LocalPod, render
+    from overlaynet.proxy.rules import parse_tables
+    from tests.unit.netpol_model import policy
+
+    long_name = "p" * 250
+    view = model_view(policy(long_name, "x", "  podSelector: {}\n  ingress: [{from: [{podSelector: {}}]}]"))
+    ruleset = render(view, [LocalPod(p, f"veth{p.name}") for p in view.pods if p.key == "x/a"], bridged=True)
+    comments = [r.comment for rules in parse_tables(ruleset.payload).table("filter").values() for r in rules]
+    assert comments and all(c is None or len(c) < COMMENT_MAX for c in comments)
+    assert any(c and c.endswith("...") for c in comments)
