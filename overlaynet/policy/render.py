@@ -241,6 +241,8 @@ def render(view: PolicyView, local_pods: list[LocalPod], bridged: bool,
             name = writer.chain((to_workload_chain if direction == INGRESS else from_workload_chain)(local.interface))
             chosen[direction] = name
             writer.add(name, "-j", "MARK", "--set-xmark", CLEAR_MARK, comment="start: clear the accept mark")
+            itself = ["-s" if direction == INGRESS else "-d", f"{pod.ip}/32"]
+            writer.add(name, *itself, "-j", "RETURN", comment=f"{pod.key} itself (hairpin through a Service)")
             for policy in policies:
                 key = (policy.key, direction)
                 if key not in policy_chains:
