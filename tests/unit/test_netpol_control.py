@@ -77,3 +77,25 @@ def test_a_mode_whose_pod_interfaces_are_unknown_refuses_policies(tmp_path):
         manager.apply(CLUSTER, [parse_document(DENY, "test")])
     assert manager.store.list(CLUSTER, "NetworkPolicy") == []
     manager.store.close()
+
+
+def test_describe_and_get_of_policies_and_namespaces(manager, capsys):
+    from overlaynet.cli import netpol as netpol_cli
+
+    manager.apply(CLUSTER, [parse_document(DENY, "test"), parse_document(
+        {"kind": "Namespace", "metadata": {"name": "front", "labels": {"tier": "web"}}}, "test")])
+    text = netpol_cli.describe_policy(manager, CLUSTER, "shop", "deny")
+    assert "PodSelector:     app=api" in text and "Selects now:     shop/api" in text
+    assert "<none> (Selected pods are isolated for ingress connectivity)" in text
+    assert "Not affecting egress traffic" in text
+    netpol_cli.get_objects(manager, CLUSTER, "netpol", None, None, None, True)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["NAMESPACE", "NAME", "POD-SELECTOR", "AGE"] and out[1].split()[:3] == ["shop", "deny", "app=api"]
+    netpol_cli.get_objects(manager, CLUSTER, "ns", None, "wide", None, False)
+    rows = {line.split()[0]: line.split()[-1] for line in capsys.readouterr().out.splitlines()[1:]}
+    assert rows["front"] == "kubernetes.io/metadata.name=front,tier=web"
+    assert rows["shop"] == "kubernetes.io/metadata.name=shop"  # implicit: a pod named it
+    record = manager.pod(CLUSTER, "shop", "api")
+    lines = netpol_cli.policy_lines(manager, CLUSTER, record)
+    assert lines[1].startswith("  Ingress: isolated by deny (chain cali-tw-veth") and lines[3] == "  Egress: not isolated"
+    assert lines[2].startswith("    deny: cali-pi-")
