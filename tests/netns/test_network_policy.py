@@ -158,6 +158,10 @@ def test_describe_and_get_show_the_policy_and_its_chains(clean):
     assert "deny" in c.cli.run("get", "netpol", "-n", "x", "--name", c.name).stdout
     traced = c.cli.run("trace", "b", f"{c.ips['x/a']}:80", "-n", "x", "--name", c.name).stdout
     assert f"{chain}, cali-pi-" in traced and "DROP" in traced, traced
+    in_netns(f"{c.name}.node.node-1", "iptables", "-F", chain)  # changed behind overlaynet's back
+    assert c.tcp("x/b", "x/a")
+    repaired = c.cli.run("reconcile", "--name", c.name).stdout
+    assert "the policy agent wrote back" in repaired and not c.tcp("x/b", "x/a")
     bad = c.cli.run("apply", "-f", write_manifest(c.state, "bad.yaml", [policy("bad", "x", {
         "podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/16", "except": ["10.1.0.0/24"]}}]}]})]),
         "--name", c.name, check=False)
