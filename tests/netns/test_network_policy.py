@@ -51,18 +51,19 @@ class Cluster:
         return f"{self.name}.pod.{namespace}.{name}"
 
     def tcp(self, source: str, target: str, port: int = 80) -> bool:
-        result = in_netns(self.netns(source), "curl", "-s", "-m", "1", f"http://{self.ips[target]}:{port}/hostname")
+        result = in_netns(self.netns(source), "curl", "-s", "-m", "0.5", f"http://{self.ips[target]}:{port}/hostname")
         return result.returncode == 0 and result.stdout.strip() == target.split("/")[1]
 
     def udp(self, source: str, target: str, port: int = 81) -> bool:
-        code = ("import socket,sys; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1);"
+        code = ("import socket,sys; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(0.5);"
                 f"s.sendto(b'hostname', ('{self.ips[target]}', {port}));"
                 "print(s.recv(200).decode())")
         result = in_netns(self.netns(source), "python3", "-c", code)
         return result.returncode == 0 and result.stdout.strip() == target.split("/")[1]
 
     def table(self, *extra: str) -> dict:
-        result = self.cli.run("netpol", "table", "--probe", "-o", "json", "--name", self.name, *extra, check=False)
+        result = self.cli.run("netpol", "table", "--probe", "--timeout", "0.5", "-o", "json", "--name", self.name,
+                              *extra, check=False)
         return json.loads(result.stdout)
 
 
