@@ -302,6 +302,7 @@ class ClusterManager:
             policy_objects = [m for m in manifests if isinstance(m, NetworkPolicy | Namespace)]
             if any(isinstance(m, NetworkPolicy) for m in policy_objects):
                 netpol_sync.check_supported(spec)
+                netpol_sync.prepare_nodes(self.store, self.runtime, spec)  # refused before anything is stored
             report += policies.apply_objects(self.store, cluster, policy_objects)
             proxier.store_documents(self.store, spec, service_documents)
             pods.delete_pods(self.store, self.runtime, spec, deletes)

@@ -28,7 +28,7 @@ from overlaynet.control.seams import Runtime
 from overlaynet.control.store import Store
 from overlaynet.datapath.plan import Sysctl
 from overlaynet.datapath.topology import PodInfo
-from overlaynet.errors import InvalidInput
+from overlaynet.errors import HostError, InvalidInput, OverlaynetError
 from overlaynet.policy.render import LocalPod, PolicyRuleset, render
 from overlaynet.policy.semantics import PolicyView
 
@@ -67,6 +67,20 @@ def render_node(store: Store, spec: ClusterSpec, node: str, view: PolicyView | N
     return render(view, local_pods(store, spec, view, node), spec.cni == "flannel", existing_chains or [])
 
 
+def prepare_nodes(store: Store, runtime: Runtime, spec: ClusterSpec) -> None:
+    """What the nodes need before a policy can be enforced: in the vxlan mode, bridged traffic
+    through iptables (br_netfilter, a module on Debian: ``modprobe br_netfilter``)."""
+    if spec.cni != "flannel":
+        return
+    for node in store.list(spec.name, "Node"):
+        try:
+            runtime.apply((Sysctl(names.node_netns(spec.name, node["metadata"]["name"]), BRIDGE_SYSCTL, "1"),))
+        except OverlaynetError as exc:
+            raise HostError(f'node "{node["metadata"]["name"]}": NetworkPolicy in the vxlan mode needs '
+                            f"{BRIDGE_SYSCTL} = 1 in the node ({exc}); load br_netfilter: modprobe br_netfilter") \
+                from None
+
+
 def sync(store: Store, runtime: Runtime, spec: ClusterSpec) -> None:
     if store.get_meta(spec.name, SYNCED) is None:
         if not policies.has_policies(store, spec.name):
@@ -76,10 +90,9 @@ def sync(store: Store, runtime: Runtime, spec: ClusterSpec) -> None:
                or runtime.iptables.backend())
     store.set_meta(spec.name, "netpol-backend", backend)
     view = policies.policy_view(store, spec.name)
+    prepare_nodes(store, runtime, spec)  # a node added since the last sync needs it too
     for node in store.list(spec.name, "Node"):
         netns = names.node_netns(spec.name, node["metadata"]["name"])
-        if spec.cni == "flannel":
-            runtime.apply((Sysctl(netns, BRIDGE_SYSCTL, "1"),))
         existing = runtime.iptables.chains(netns, backend, "filter")
         ruleset = render_node(store, spec, node["metadata"]["name"], view, existing)
         runtime.iptables.ensure_jumps(netns, ruleset.jumps, backend)

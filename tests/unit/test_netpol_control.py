@@ -99,3 +99,20 @@ def test_describe_and_get_of_policies_and_namespaces(manager, capsys):
     lines = netpol_cli.policy_lines(manager, CLUSTER, record)
     assert lines[1].startswith("  Ingress: isolated by deny (chain cali-tw-veth") and lines[3] == "  Egress: not isolated"
     assert lines[2].startswith("    deny: cali-pi-")
+
+
+def test_without_br_netfilter_a_policy_is_refused_before_it_is_stored(manager):
+    from overlaynet.datapath.plan import Sysctl
+    from overlaynet.errors import HostError, KernelError
+
+    applied = manager.runtime.apply
+
+    def apply(plan):
+        if any(isinstance(step, Sysctl) and "bridge" in step.key for step in plan):
+            raise KernelError("/proc/sys/net/bridge/bridge-nf-call-iptables: No such file or directory")
+        return applied(plan)
+
+    manager.runtime.apply = apply
+    with pytest.raises(HostError, match='node "node-1": NetworkPolicy in the vxlan mode needs .*modprobe br_netfilter'):
+        manager.apply(CLUSTER, [parse_document(DENY, "test")])
+    assert manager.store.list(CLUSTER, "NetworkPolicy") == []
