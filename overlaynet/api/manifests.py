@@ -3,8 +3,8 @@
 Accepted kinds: ``Pod`` (v1), ``Deployment`` (apps/v1), ``Service`` (v1) and ``EndpointSlice``
 (discovery.k8s.io/v1, parsed by ``overlaynet.api.services``), ``NetworkPolicy``
 (networking.k8s.io/v1) and ``Namespace`` (v1, both parsed by ``overlaynet.api.netpol``),
-``List`` of those, and our own ``Cluster`` document (for ``up -f``). Multi-document files are read in order. Fields that
-cannot apply to an emulated network (``image``, ``command``, ``resources``) are accepted and
+``List`` of those, and our own ``Cluster`` document (for ``up -f``). Multi-document files are
+read in order. Fields that cannot apply to an emulated network (``image``, ``command``, ``resources``) are accepted and
 ignored; readiness and liveness probes are validated here and run by the agent, so the YAML of a real cluster applies unchanged; fields that would
 change networking in ways not emulated (``hostNetwork``, SCTP) are refused by name.
 
