@@ -7,3 +7,4 @@ stores, plans or touches the kernel.
 
 __all__ = ["manifests", "model", "objects", "probes", "services"]
 __all__ += ["loadbalancer"]  # LoadBalancer Services
+__all__ += ["netpol"]  # NetworkPolicy

@@ -1,9 +1,10 @@
 """Kubernetes YAML in, validated manifest values out (pure: the only I/O is reading the file).
 
 Accepted kinds: ``Pod`` (v1), ``Deployment`` (apps/v1), ``Service`` (v1) and ``EndpointSlice``
-(discovery.k8s.io/v1, parsed by ``overlaynet.api.services``), ``List`` of those, and our own
-``Cluster`` document (for ``up -f``). Multi-document files are read in order. Fields that
-cannot apply to an emulated network (``image``, ``command``, ``resources``) are accepted and
+(discovery.k8s.io/v1, parsed by ``overlaynet.api.services``), ``NetworkPolicy``
+(networking.k8s.io/v1) and ``Namespace`` (v1, both parsed by ``overlaynet.api.netpol``),
+``List`` of those, and our own ``Cluster`` document (for ``up -f``). Multi-document files are
+read in order. Fields that cannot apply to an emulated network (``image``, ``command``, ``resources``) are accepted and
 ignored; readiness and liveness probes are validated here and run by the agent, so the YAML of a real cluster applies unchanged; fields that would
 change networking in ways not emulated (``hostNetwork``, SCTP) are refused by name.
 
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 import yaml
 
 from overlaynet import names
-from overlaynet.api import model, probes, services
+from overlaynet.api import model, netpol, probes, services
 from overlaynet.api.objects import Where, object_namespace
 from overlaynet.errors import InvalidInput
 
@@ -71,7 +72,8 @@ class DeploymentManifest:
         return f"{self.name}-{self.template_hash}-{suffix}"
 
 
-Manifest = PodManifest | DeploymentManifest | services.Service | services.EndpointSlice
+Manifest = (PodManifest | DeploymentManifest | services.Service | services.EndpointSlice
+            | netpol.NetworkPolicy | netpol.Namespace)
 
 
 def load_documents(path: str, text: str | None = None) -> list[dict]:
@@ -121,11 +123,16 @@ def parse_document(document: dict, source: str, namespace: str | None = None, in
         return services.parse_service_document(document, source, namespace)
     if kind == "EndpointSlice":
         return services.parse_endpointslice_document(document, source, namespace)
+    if kind == "NetworkPolicy":
+        return netpol.parse_networkpolicy_document(document, source, namespace)
+    if kind == "Namespace":
+        return netpol.parse_namespace_document(document, source)
     if kind == "Cluster":
         raise where.error("a Cluster document describes a cluster: use `overlaynet up -f`, not apply")
     if not kind:
         raise where.error("kind is missing")
-    raise where.error(f'kind "{kind}" is not supported (supported: Pod, Deployment, Service, EndpointSlice, List)')
+    raise where.error(f'kind "{kind}" is not supported (supported: Pod, Deployment, Service, EndpointSlice, '
+                      'NetworkPolicy, Namespace, List)')
 
 
 def _metadata(document: dict, where: Where, namespace: str | None) -> tuple[str, str, dict]:

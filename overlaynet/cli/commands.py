@@ -16,6 +16,7 @@ from overlaynet import names
 from overlaynet.api import model
 from overlaynet.api.manifests import load_cluster, parse_manifests
 from overlaynet.api.objects import DEFAULT_NAMESPACE
+from overlaynet.cli import netpol as netpol_cli
 from overlaynet.cli.output import age, document, table
 from overlaynet.datapath.modes import KERNEL_FEATURES, KERNEL_VXLAN, get_mode, uses_ipam_blocks
 from overlaynet.datapath.topology import internal_ip
@@ -218,7 +219,8 @@ def apply(files, namespace, cluster):
 
 @cli.command()
 @click.argument("kind", required=False, type=click.Choice(
-    ["pod", "pods", "po", "deployment", "deployments", "deploy", "node", "nodes", "no", "service", "services", "svc"]))
+    ["pod", "pods", "po", "deployment", "deployments", "deploy", "node", "nodes", "no", "service", "services", "svc",
+     "networkpolicy", "networkpolicies", "netpol", "namespace", "namespaces", "ns"]))
 @click.argument("object_names", nargs=-1)
 @click.option("-f", "--filename", "files", multiple=True, type=click.Path(dir_okay=False))
 @click.option("-n", "--namespace", help="The objects' namespace.")
@@ -237,12 +239,13 @@ def delete(kind, object_names, files, namespace, cluster):
     require_privileges("overlaynet delete")
     manager = _manager()
     name = _resolve_cluster(manager, cluster)
-    canonical = {"po": "pod", "de": "deployment", "no": "node", "se": "service", "sv": "service"}
+    canonical = {"po": "pod", "de": "deployment", "no": "node", "se": "service", "sv": "service",
+                 "ne": "networkpolicy", "na": "namespace", "ns": "namespace"}
     targets = [(canonical[kind[:2]], n, namespace or DEFAULT_NAMESPACE) for n in object_names] if kind else []
     for path in files:
         for manifest in parse_manifests(path, namespace):
-            manifest_kind = {"PodManifest": "pod", "DeploymentManifest": "deployment", "Service": "service"}.get(
-                type(manifest).__name__)
+            manifest_kind = {"PodManifest": "pod", "DeploymentManifest": "deployment", "Service": "service",
+                             "NetworkPolicy": "networkpolicy", "Namespace": "namespace"}.get(type(manifest).__name__)
             if manifest_kind:
                 targets.append((manifest_kind, manifest.name, manifest.namespace))
     for target_kind, target, target_namespace in targets:
@@ -252,9 +255,14 @@ def delete(kind, object_names, files, namespace, cluster):
             manager.delete_deployment(name, target_namespace, target)
         elif target_kind == "service":
             manager.delete_service(name, target_namespace, target)
+        elif target_kind == "networkpolicy":
+            manager.delete_policy(name, target_namespace, target)
+        elif target_kind == "namespace":
+            manager.delete_namespace(name, target)
         else:
             manager.remove_node(name, target)
-        click.echo(f'{"deployment.apps" if target_kind == "deployment" else target_kind}/{target} deleted')
+        full = {"deployment": "deployment.apps", "networkpolicy": "networkpolicy.networking.k8s.io"}
+        click.echo(f"{full.get(target_kind, target_kind)}/{target} deleted")
 
 
 # -- get / describe ------------------------------------------------------------------------------
@@ -290,7 +298,8 @@ def _pod_status(pod: dict) -> str:
 @click.argument("resource", type=click.Choice(["nodes", "node", "no", "pods", "pod", "po", "deployments",
                                                "deployment", "deploy", "services", "service", "svc",
                                                "endpointslices", "endpointslice", "endpoints", "ep",
-                                               "clusters", "cluster"]))
+                                               "clusters", "cluster", "networkpolicies", "networkpolicy", "netpol",
+                                               "namespaces", "namespace", "ns"]))
 @click.argument("object_name", required=False)
 @click.option("-o", "--output", type=OUTPUT_FORMATS, help="wide, json, yaml or name.")
 @click.option("-n", "--namespace", help="Only this namespace (default: default).")
@@ -312,6 +321,9 @@ def get(resource, object_name, output, namespace, all_namespaces, cluster):
     name = _resolve_cluster(manager, cluster)
     manager.spec(name)  # a clear error for a cluster that does not exist
     scope = None if all_namespaces else (namespace or DEFAULT_NAMESPACE)
+    if resource in netpol_cli.POLICY_RESOURCES + netpol_cli.NAMESPACE_RESOURCES:
+        netpol_cli.get_objects(manager, name, resource, object_name, output, scope, all_namespaces)
+        return
     if resource in ("nodes", "node", "no"):
         kind, objects = "node", manager.nodes(name)
     elif resource in ("pods", "pod", "po"):
@@ -407,7 +419,8 @@ def _get_clusters(manager, object_name, output) -> None:
 
 
 @cli.command()
-@click.argument("kind", type=click.Choice(["node", "nodes", "no", "pod", "pods", "po", "service", "services", "svc"]))
+@click.argument("kind", type=click.Choice(["node", "nodes", "no", "pod", "pods", "po", "service", "services", "svc",
+                                           "networkpolicy", "networkpolicies", "netpol"]))
 @click.argument("object_name")
 @click.option("-n", "--namespace", default=DEFAULT_NAMESPACE, show_default=True)
 @cluster_option
@@ -428,6 +441,8 @@ def describe(kind, object_name, namespace, cluster):
         click.echo(describing.describe_node(manager, name, object_name))
     elif kind.startswith("po"):
         click.echo(describing.describe_pod(manager, name, namespace, object_name))
+    elif kind.startswith("net"):
+        click.echo(netpol_cli.describe_policy(manager, name, namespace, object_name))
     else:
         click.echo(describing.describe_service(manager, name, namespace, object_name))
 
@@ -558,22 +573,26 @@ def rules(node_name, table, diff, cluster):
     spec = manager.spec(name)
     rendered = _render_node(spec, manager.node(name, node_name), proxier.stored_services(manager, name),
                             proxier.stored_slices(manager, name))
+    policy = netpol_cli.policy_rules(manager, spec, node_name)  # None: the cluster never had a policy
     backend = manager.store.get_meta(name, "kube-proxy-backend") or iptables.backend()
     netns = names.node_netns(name, node_name)
     tables = [table] if table else ["nat", "filter"]
     live = iptables.save(netns, backend)
     click.echo(f"# node {node_name} (netns {netns}), iptables backend: {backend}")
     if diff:
-        click.echo("\n".join(_rules_diff(live, rendered.payload, tables)) or "# live rules match the rendered ones")
+        synced = manager.store.get_meta(name, "kube-proxy-backend") is not None  # kube-proxy has run here
+        expected = (rendered.payload if synced else "") + (policy.payload if policy else "")
+        click.echo("\n".join(_rules_diff(live, expected, tables)) or "# live rules match the rendered ones")
         return
-    owners = rendered.chain_owners()
+    owners = {chain: f"service {owner}" for chain, owner in rendered.chain_owners().items()}
+    owners.update(policy.chain_owners() if policy else {})
     for line in _table_sections(live, tables):
         chain = line[1:].split()[0] if line.startswith(":") else None
-        click.echo(f"{line}   # service {owners[chain]}" if chain in owners else line)
+        click.echo(f"{line}   # {owners[chain]}" if chain in owners else line)
 
 
 def _rules_diff(live: str, rendered: str, tables: list[str]) -> list[str]:
-    """A unified diff of kube-proxy's chains, live against rendered, after iptables-save's
+    """A unified diff of kube-proxy's and the policies' chains, live against rendered, after iptables-save's
     normalisations (address forms, match order, defaults) so only real differences show."""
     import difflib
 
@@ -582,7 +601,7 @@ def _rules_diff(live: str, rendered: str, tables: list[str]) -> list[str]:
     def lines(text: str) -> list[str]:
         canonical = canonical_tables(text)
         return [f"{table} {chain}: {rule}" for table in tables
-                for chain, rules in sorted(canonical.get(table, {}).items()) if chain.startswith("KUBE-")
+                for chain, rules in sorted(canonical.get(table, {}).items()) if chain.startswith(("KUBE-", "cali-"))
                 for rule in rules]
 
     return list(difflib.unified_diff(lines(live), lines(rendered), "live", "rendered", lineterm=""))
@@ -594,23 +613,16 @@ def _rules_diff(live: str, rendered: str, tables: list[str]) -> list[str]:
 @click.option("--node", "node_name", required=True, help="The node whose rules to print.")
 @click.option("--table", type=click.Choice(["nat", "filter"]), help="Only this table (default: nat and filter).")
 def render_rules(files, node_name, table):
-    """The kube-proxy rules a node would get, without root and without a cluster.
+    """The kube-proxy rules (and NetworkPolicy chains) a node would get, without root and without a cluster.
 
     \b
     Example:
       overlaynet render -f examples/cluster.yaml -f examples/web.yaml -f examples/web-svc.yaml --node node-1
     """
-    from overlaynet.api.manifests import load_documents, parse_document
     from overlaynet.control.offline import run_offline
     from overlaynet.node import proxier
 
-    spec, manifests = model.build_spec(), []
-    for path in files:
-        for index, raw in enumerate(load_documents(path), 1):
-            if raw.get("kind") == "Cluster":
-                spec = load_cluster(path)
-            else:
-                manifests.append(parse_document(raw, path, None, index))
+    spec, manifests = offline_inputs(files)
     with run_offline(spec, manifests) as manager:
         nodes = manager.nodes(spec.name)
         node = next((n for n in nodes if n["metadata"]["name"] == node_name), None)
@@ -619,12 +631,31 @@ def render_rules(files, node_name, table):
                                 f"(nodes: {', '.join(n['metadata']['name'] for n in nodes)})")
         services = proxier.stored_services(manager, spec.name)
         slices = proxier.stored_slices(manager, spec.name)
+        policy = netpol_cli.policy_rules(manager, spec, node_name)  # with NetworkPolicies: the cali-* chains
     ruleset = _render_node(spec, node, services, slices)
     click.echo(f"# kube-proxy (iptables mode) for node {node_name} ({internal_ip(node)}) of cluster "
                f'"{spec.name}": {len(services)} services; load with iptables-restore --noflush')
     for jump in ruleset.jumps:
         click.echo(f"# and, outside the restore, if missing: iptables -t {jump.table} {jump.rule.replace('-A', '-I', 1)}")
     click.echo("\n".join(_table_sections(ruleset.payload, [table] if table else ["nat", "filter"])))
+    if policy is not None and table in (None, "filter"):
+        click.echo(f"# NetworkPolicy chains for node {node_name}; load with iptables-restore --noflush, then the jumps:")
+        click.echo("\n".join(_table_sections(policy.payload, ["filter"])))
+        click.echo("\n".join(_table_sections(policy.moves, ["filter"])))
+
+
+def offline_inputs(files) -> tuple[model.ClusterSpec, list]:
+    """A Cluster document (default: the default cluster) and the manifests of ``files``."""
+    from overlaynet.api.manifests import load_documents, parse_document
+
+    spec, manifests = model.build_spec(), []
+    for path in files:
+        for index, raw in enumerate(load_documents(path), 1):
+            if raw.get("kind") == "Cluster":
+                spec = load_cluster(path)
+            else:
+                manifests.append(parse_document(raw, path, None, index))
+    return spec, manifests
 
 
 # -- exec / verify -------------------------------------------------------------------------------
@@ -735,16 +766,17 @@ def verify(ctx, output, timeout, cluster):
                       if a["dev"] == names.POD_INTERFACE] for pod in pod_eps}
     report = verifying.build_report(index, results[:len(probes)], own)
     report.checks += verifying.judge_services(service_index, results[len(probes):])
+    policed = netpol_cli.judge_verify_policies(manager, name, report, targets)
     elapsed = time.monotonic() - started
     if output == "json":
         click.echo(json.dumps({"cluster": name, "cni": spec.cni, "passed": report.passed, "seconds": round(elapsed, 3),
                                "summary": report.summary(), "checks": [c.as_dict() for c in report.checks]}, indent=2))
     else:
-        _print_report(verifying, report, pod_eps, node_eps, elapsed, name, spec.cni)
+        _print_report(verifying, report, pod_eps, node_eps, elapsed, name, spec.cni, policed)
     ctx.exit(0 if report.passed else 1)
 
 
-def _print_report(verifying, report, pod_eps, node_eps, elapsed, cluster, cni) -> None:
+def _print_report(verifying, report, pod_eps, node_eps, elapsed, cluster, cni, policed=False) -> None:
     titles = {"pod-pod": "(a) pod -> pod, no NAT", "node-pod": "(b) node -> pod, no NAT",
               "pod-node": "(b) pod -> node, no NAT", "self": "(c) pod's own IP == IP others see == podIP",
               **verifying.SERVICE_RULES}
@@ -753,11 +785,15 @@ def _print_report(verifying, report, pod_eps, node_eps, elapsed, cluster, cni) -
                + (f", {services} service ports" if services else "")
                + f", {len(report.checks)} checks over TCP, UDP and ICMP")
     summary = report.summary()
-    rows = [[titles[rule], str(c["ok"]), str(c["nat"]), str(c["fail"]), "PASS" if c["ok"] == sum(c.values()) else "FAIL"]
-            for rule, c in summary.items()]
-    click.echo(table(["RULE", "OK", "NAT", "FAILED", "RESULT"], rows))
+    extra = [s for s in (verifying.DENIED, verifying.POLICY) if any(s in c for c in summary.values())]
+    rows = [[titles[rule], str(c["ok"]), str(c["nat"]), str(c["fail"])] + [str(c.get(s, 0)) for s in extra]
+            + ["PASS" if c["nat"] == c["fail"] == 0 else "FAIL"] for rule, c in summary.items()]
+    names_of = {verifying.DENIED: "DENIED (EXPECTED)", verifying.POLICY: "NOT JUDGED (POLICY)"}
+    click.echo(table(["RULE", "OK", "NAT", "FAILED"] + [names_of[s] for s in extra] + ["RESULT"], rows))
     header, grid = verifying.matrix(report, pod_eps)
-    click.echo("\npod -> pod matrix (✓ = TCP, UDP and ICMP reached the pod and it saw the sender's own IP):")
+    click.echo("\npod -> pod matrix (✓ = TCP, UDP and ICMP reached the pod and it saw the sender's own IP"
+               + ("; x = denied by NetworkPolicy, as expected; ~ = some protocols denied, as expected" if policed
+                  else "") + "):")
     click.echo(table(header, grid))
     for check in report.failures[:50]:
         click.echo(f"✗ {check.describe()}")
@@ -822,5 +858,5 @@ from overlaynet.cli.lab import lab  # noqa: E402
 from overlaynet.cli.tools_doctor_graph_capture import capture, doctor, graph  # noqa: E402
 from overlaynet.cli.trace_fault import fault, trace  # noqa: E402
 
-for command in (trace, graph, capture, fault, doctor, lab):
+for command in (trace, graph, capture, fault, doctor, lab, netpol_cli.label, netpol_cli.netpol):
     cli.add_command(command)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from overlaynet import names
+from overlaynet.cli.netpol import policy_lines
 from overlaynet.cli.output import age
 from overlaynet.control.records import CONTAINER_ANNOTATION
 from overlaynet.datapath.modes import uses_ipam_blocks
@@ -115,6 +116,7 @@ def describe_pod(manager, cluster: str, namespace: str, pod_name: str) -> str:
              for c in spec.get("containers", []) for p in c.get("ports", []) or []]
     lines += _section("Declared ports", ports)
     lines.append("Test server:        TCP+UDP 8080 and every declared port (see README: The test server)")
+    lines += policy_lines(manager, cluster, record)
     if status.get("podIP"):
         netns = names.pod_netns(cluster, namespace, pod_name)
         lines.append(f"Network namespace:  {netns}   (try: ip netns exec {netns} ip addr)")

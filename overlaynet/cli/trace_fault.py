@@ -22,6 +22,7 @@ import click
 
 from overlaynet import names
 from overlaynet.api.objects import DEFAULT_NAMESPACE
+from overlaynet.cli import netpol as netpol_cli
 from overlaynet.cli.output import table
 from overlaynet.datapath import topology
 from overlaynet.datapath.modes import get_mode, uses_ipam_blocks
@@ -152,6 +153,8 @@ def trace(source, destination, proto, namespace, live, output, cluster):
     dst, port = tracing.parse_destination(destination)
     src, node = _trace_source(manager, name, spec, source, namespace, dst)
     packet = tracing.plan_packet(src, dst, port, proto)
+    source_pod = manager.pod(name, *src.name.split("/", 1)) if src.kind == "pod" else None
+    packet = dataclasses.replace(packet, **netpol_cli.trace_interfaces(manager, spec, node, src.kind, source_pod))
     netns = names.node_netns(name, node)
     backend = manager.store.get_meta(name, "kube-proxy-backend") or iptables.backend()
     if live:

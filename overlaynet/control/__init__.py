@@ -15,3 +15,4 @@ The controllers decide; what a node runs is in ``overlaynet.node``.
 __all__ = ["deployments", "endpoints", "manager", "node_ipam", "offline", "ownership", "pods", "records",
            "runtime", "scheduler", "seams", "store"]
 __all__ += ["loadbalancers"]  # LoadBalancer Services
+__all__ += ["policies"]  # NetworkPolicy

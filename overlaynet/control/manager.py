@@ -20,8 +20,9 @@ from dataclasses import replace
 from overlaynet import names
 from overlaynet.api.manifests import DeploymentManifest, Manifest, PodManifest
 from overlaynet.api.model import ClusterSpec, NodeSpec, check_ranges, spec_from_document
+from overlaynet.api.netpol import Namespace, NetworkPolicy
 from overlaynet.api.services import EndpointSlice, Service
-from overlaynet.control import deployments, pods, reconcile
+from overlaynet.control import deployments, pods, policies, reconcile
 from overlaynet.control.node_ipam import allocate_node
 from overlaynet.control.ownership import AGENT, HOST, NETNS, PATH, agent_socket
 from overlaynet.control.reconcile import Repair
@@ -42,7 +43,7 @@ from overlaynet.datapath.plan import Plan, namespaces
 from overlaynet.datapath.topology import NodeInfo
 from overlaynet.errors import AgentError, ConflictError, InvalidInput, KernelError, NotFoundError
 from overlaynet.ipam.blocks import BlockIPAM
-from overlaynet.node import bgp_mesh, kubelet, proxier, routes
+from overlaynet.node import bgp_mesh, kubelet, netpol_sync, proxier, routes
 
 __all__ = ["ClusterManager"]
 
@@ -231,6 +232,7 @@ class ClusterManager:
             self._update_document(cluster, grown)
             self._schedule_pending(spec)
             proxier.sync(self.store, self.runtime, spec)
+            netpol_sync.sync(self.store, self.runtime, spec)
             return self.node(cluster, node.name)
 
     def remove_node(self, cluster: str, name: str) -> None:
@@ -249,6 +251,7 @@ class ClusterManager:
             self._reconcile_deployments(spec)
             routes.sync_routes(self.store, self.runtime, spec)
             proxier.sync(self.store, self.runtime, spec)
+            netpol_sync.sync(self.store, self.runtime, spec)
 
     def _remove_node_objects(self, spec: ClusterSpec, mode: Mode, node: NodeInfo, peers: list[NodeInfo]) -> None:
         """Undo a node: the peers' routes to it first (Flannel's lease removal), then the node."""
@@ -296,6 +299,11 @@ class ClusterManager:
                     applied.append(record)
             for request in creates:  # a name the kernel would refuse stops the apply before any change
                 names.pod_netns(cluster, request.namespace, request.name)
+            policy_objects = [m for m in manifests if isinstance(m, NetworkPolicy | Namespace)]
+            if any(isinstance(m, NetworkPolicy) for m in policy_objects):
+                netpol_sync.check_supported(spec)
+                netpol_sync.prepare_nodes(self.store, self.runtime, spec)  # refused before anything is stored
+            report += policies.apply_objects(self.store, cluster, policy_objects)
             proxier.store_documents(self.store, spec, service_documents)
             pods.delete_pods(self.store, self.runtime, spec, deletes)
             pods.create_pods(self.store, self.runtime, spec, creates)
@@ -303,6 +311,7 @@ class ClusterManager:
                 self.store.put(cluster, record)
             deployments.refresh_status(self.store, cluster)
             proxier.sync(self.store, self.runtime, spec)
+            netpol_sync.sync(self.store, self.runtime, spec)
             return report + service_lines
 
     def _apply_pod_manifest(self, cluster: str, manifest: PodManifest, creates: list[PodRequest]) -> str:
@@ -333,6 +342,7 @@ class ClusterManager:
             self._reconcile_deployments(spec)
             self._schedule_pending(spec)
             proxier.sync(self.store, self.runtime, spec)
+            netpol_sync.sync(self.store, self.runtime, spec)
 
     def delete_deployment(self, cluster: str, namespace: str, name: str) -> None:
         with self.store.cluster_lock(cluster):
@@ -343,6 +353,7 @@ class ClusterManager:
             self.store.delete(cluster, "Deployment", name, namespace)
             self._schedule_pending(spec)
             proxier.sync(self.store, self.runtime, spec)
+            netpol_sync.sync(self.store, self.runtime, spec)
 
     def delete_service(self, cluster: str, namespace: str, name: str) -> None:
         with self.store.cluster_lock(cluster):
@@ -354,6 +365,31 @@ class ClusterManager:
         """One repair pass over what was changed behind overlaynet's back (``reconcile``)."""
         with self.store.cluster_lock(cluster):
             return reconcile.reconcile(self.store, self.runtime, self.spec(cluster))
+
+    def delete_policy(self, cluster: str, namespace: str, name: str) -> None:
+        with self.store.cluster_lock(cluster):
+            spec = self.spec(cluster)
+            policies.delete_policy(self.store, cluster, namespace, name)
+            netpol_sync.sync(self.store, self.runtime, spec)
+
+    def delete_namespace(self, cluster: str, name: str) -> None:
+        with self.store.cluster_lock(cluster):
+            spec = self.spec(cluster)
+            policies.delete_namespace(self.store, cluster, name)
+            netpol_sync.sync(self.store, self.runtime, spec)
+
+    def label(self, cluster: str, kind: str, namespace: str, name: str, setting: dict[str, str],
+              removing: list[str], overwrite: bool = False) -> str:
+        """kubectl label on a pod (its Services' endpoints and the policies follow) or a namespace."""
+        with self.store.cluster_lock(cluster):
+            spec = self.spec(cluster)
+            if kind == "pod":
+                line = policies.label_pod(self.store, cluster, namespace, name, setting, removing, overwrite)
+                proxier.sync(self.store, self.runtime, spec)
+            else:
+                line = policies.label_namespace(self.store, cluster, name, setting, removing, overwrite)
+            netpol_sync.sync(self.store, self.runtime, spec)
+            return line
 
     def pod_health(self, cluster: str, namespace: str, name: str, kind: str, ok: bool) -> None:
         """What the agent's prober found: readiness moves the pod in and out of its Services'

@@ -14,7 +14,9 @@ dependence:
    server is served again where the agent lacks it;
 4. BIRD, with ``bgp: bird``: a daemon that is not running is started again;
 5. kube-proxy: a full sync of every node (as after a restart), reporting the rules it wrote
-   back (``iptables-save`` before and after, counters left out).
+   back (``iptables-save`` before and after, counters left out);
+6. the NetworkPolicy agent (``node/netpol_sync``): its sync, reporting the ``cali-*`` rules
+   of the ``filter`` table it wrote back, the same way.
 
 What it cannot put back it reports, with what to do: a pod whose network namespace is gone
 (its sandbox is lost; the kubelet would make a new one: delete the pod). A cluster with the
@@ -42,7 +44,7 @@ from overlaynet.datapath.modes import get_mode, uses_ipam_blocks
 from overlaynet.datapath.plan import Netns, Plan, Step, words
 from overlaynet.datapath.topology import NodeInfo, PodInfo
 from overlaynet.errors import AgentError
-from overlaynet.node import bgp_mesh, proxier, routes
+from overlaynet.node import bgp_mesh, netpol_sync, proxier, routes
 
 __all__ = ["Repair", "reconcile"]
 
@@ -173,9 +175,35 @@ def _reconcile_bird(store: Store, runtime: Runtime, spec: ClusterSpec) -> list[R
     return [Repair(f"node/{name}", "BIRD was not running; started again") for name in dead]
 
 
-def _nat_rules(runtime: Runtime, netns_name: str, backend: str) -> list[str]:
-    text = runtime.iptables.save(netns_name, backend, "nat")
+def _nat_rules(runtime: Runtime, netns_name: str, backend: str, table: str = "nat") -> list[str]:
+    text = runtime.iptables.save(netns_name, backend, table)
     return [_COUNTERS.sub("", line) for line in text.splitlines() if line and not line.startswith(("#", ":"))]
+
+
+def _restored(before: list[str], after: list[str]) -> list[str]:
+    return [line[2:] for line in difflib.ndiff(sorted(before), sorted(after)) if line.startswith("+ ")]
+
+
+def _reconcile_policies(store: Store, runtime: Runtime, spec: ClusterSpec) -> list[Repair]:
+    if store.get_meta(spec.name, netpol_sync.SYNCED) is None:
+        return []  # the cluster never had a NetworkPolicy
+    backend = store.get_meta(spec.name, "netpol-backend") or runtime.iptables.backend()
+    nodes = [n["metadata"]["name"] for n in store.list(spec.name, "Node")]
+
+    def policy_rules(node: str) -> list[str]:
+        return [line for line in _nat_rules(runtime, names.node_netns(spec.name, node), backend, "filter")
+                if "cali-" in line]
+
+    before = {node: policy_rules(node) for node in nodes}
+    netpol_sync.sync(store, runtime, spec)
+    repairs = []
+    for node in nodes:
+        restored = _restored(before[node], policy_rules(node))
+        if restored:
+            shown = "; ".join(restored[:3]) + (f"; and {len(restored) - 3} more" if len(restored) > 3 else "")
+            repairs.append(Repair(f"node/{node}", f"the policy agent wrote back {len(restored)} filter rule(s): "
+                                                  f"{shown}"))
+    return repairs
 
 
 def _reconcile_proxy(store: Store, runtime: Runtime, spec: ClusterSpec) -> list[Repair]:
@@ -191,7 +219,7 @@ def _reconcile_proxy(store: Store, runtime: Runtime, spec: ClusterSpec) -> list[
     repairs = []
     for node in nodes:
         after = _nat_rules(runtime, names.node_netns(spec.name, node), backend)
-        restored = [line[2:] for line in difflib.ndiff(sorted(before[node]), sorted(after)) if line.startswith("+ ")]
+        restored = _restored(before[node], after)
         if restored:
             shown = "; ".join(restored[:3]) + (f"; and {len(restored) - 3} more" if len(restored) > 3 else "")
             repairs.append(Repair(f"node/{node}", f"kube-proxy wrote back {len(restored)} nat rule(s): {shown}"))
@@ -218,4 +246,5 @@ def reconcile(store: Store, runtime: Runtime, spec: ClusterSpec) -> list[Repair]
     repairs += _serve_missing(store, runtime, spec, running, keys, lost)
     repairs += _reconcile_bird(store, runtime, spec)
     repairs += _reconcile_proxy(store, runtime, spec)
+    repairs += _reconcile_policies(store, runtime, spec)
     return repairs

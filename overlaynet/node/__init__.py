@@ -9,3 +9,4 @@
 
 __all__ = ["bgp_mesh", "bird_config", "kubelet", "proxier", "routes"]
 __all__ += ["speaker"]  # LoadBalancer Services
+__all__ += ["netpol_sync"]  # NetworkPolicy

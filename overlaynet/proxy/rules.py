@@ -167,7 +167,8 @@ class Tables:
 
 def parse_tables(text: str, base: Tables | None = None) -> Tables:
     """Parse restore input or save output. With ``base``, apply it as ``--noflush`` would:
-    declared chains are flushed and refilled, others kept, ``-X`` deletes."""
+    declared chains are flushed and refilled, others kept, ``-X`` deletes, ``-D`` and ``-I``
+    delete and insert single rules."""
     tables = base if base is not None else Tables()
     current: dict[str, list[Rule]] | None = None
     for number, line in enumerate(text.splitlines(), 1):
@@ -194,6 +195,19 @@ def parse_tables(text: str, base: Tables | None = None) -> Tables:
             if rule.chain not in current:
                 raise RuleError(f"line {number}: chain {rule.chain} was not declared")
             current[rule.chain].append(rule)
+        elif line.startswith(("-D ", "-I ")):  # a rule deleted, or inserted at a position (1 = the top)
+            words = line.split(None, 3)
+            position = int(words[2]) if len(words) > 2 and words[2].isdigit() else None
+            rest = (words[3] if len(words) > 3 else "") if position is not None else " ".join(words[2:])
+            rule = parse_rule(f"-A {words[1]} {rest}")
+            if rule.chain not in current:
+                raise RuleError(f"line {number}: chain {rule.chain} does not exist")
+            if words[0] == "-D":
+                if rule not in current[rule.chain]:
+                    raise RuleError(f"line {number}: -D {rule.chain}: no such rule")
+                current[rule.chain].remove(rule)
+            else:
+                current[rule.chain].insert((position or 1) - 1, rule)
         else:
             raise RuleError(f"line {number}: cannot read {line!r}")
     return tables

@@ -54,7 +54,12 @@ class Packet:
 
     ``origin``: ``"pod"`` (from a pod of this node, through its veth: nat PREROUTING),
     ``"external"`` (from the node network: nat PREROUTING too; only the source address
-    differs), or ``"node"`` (sent by a process of the node itself: nat OUTPUT)."""
+    differs), or ``"node"`` (sent by a process of the node itself: nat OUTPUT).
+
+    The interfaces are needed only by rules that match them (NetworkPolicy's chains):
+    ``in_interface``/``out_interface`` for ``-i``/``-o`` (``out_by_destination`` gives the
+    route's device for some destinations, looked up after DNAT), ``physdev_in`` for a packet
+    that entered a bridge through that port (``-m physdev --physdev-in``)."""
 
     src: str
     dst: str
@@ -62,6 +67,10 @@ class Packet:
     proto: str = "tcp"
     sport: int = 40000
     origin: str = "pod"
+    in_interface: str | None = None
+    out_interface: str | None = None
+    physdev_in: str | None = None
+    out_by_destination: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -278,7 +287,11 @@ class Tracer:
             elif key == "proto":
                 hit = value.lower() == packet.proto
             else:
-                raise RuleError(f"interface matches are not traced: {rule.text!r}")
+                interface = packet.in_interface if key == "in" else \
+                    dict(packet.out_by_destination).get(st.dst, packet.out_interface)
+                if interface is None:
+                    raise RuleError(f"interface match on a packet without that interface: {rule.text!r}")
+                hit = interface.startswith(value[:-1]) if value.endswith("+") else interface == value
             if hit == negated:
                 return [(1.0, False, st)]
         split: float | None = None
@@ -291,7 +304,8 @@ class Tracer:
                     return [(1.0, False, st)]
                 for option in match.options:
                     if option.name in ("--dport", "--destination-port"):
-                        hit = st.dport == int(option.values[0])
+                        first, _, last = option.values[0].partition(":")
+                        hit = int(first) <= st.dport <= int(last or first)
                     elif option.name in ("--sport", "--source-port"):
                         hit = packet.sport == int(option.values[0])
                     else:
@@ -319,6 +333,12 @@ class Tracer:
                     states = {"NEW"} | ({"DNAT"} if st.dnat else set())
                     hit = bool(states & set(option.values[0].split(",")))
                     if hit == option.negated:
+                        return [(1.0, False, st)]
+            elif name == "physdev":
+                for option in match.options:
+                    if option.name != "--physdev-in":
+                        raise RuleError(f"physdev {option.name} is not traced: {rule.text!r}")
+                    if (packet.physdev_in == option.values[0]) == option.negated:
                         return [(1.0, False, st)]
             elif name == "statistic":
                 mode = match.get("--mode")

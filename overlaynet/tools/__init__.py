@@ -5,3 +5,4 @@ rules and route), ``faults`` (break-it faults, planned with their undo) and ``la
 course's labs: their definitions and checks)."""
 
 __all__ = ["capture", "doctor", "faults", "graph", "labs", "trace", "verify"]
+__all__ += ["verify_policy"]  # NetworkPolicy

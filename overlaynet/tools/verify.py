@@ -22,6 +22,10 @@ from overlaynet.datapath.topology import internal_ip
 
 PROTOCOLS = ("tcp", "udp", "icmp")
 OK, NAT, FAIL = "ok", "nat", "fail"
+# NetworkPolicy (tools/verify_policy.py): a probe the policies deny that did not connect, as
+# expected; a Service probe whose endpoints' policies it does not judge
+DENIED, POLICY = "denied", "policy"
+PASSING = (OK, DENIED, POLICY)
 
 
 @dataclass(frozen=True)
@@ -68,7 +72,7 @@ class Report:
 
     @property
     def failures(self) -> list[Check]:
-        return [c for c in self.checks if c.status != OK]
+        return [c for c in self.checks if c.status not in PASSING]
 
     @property
     def passed(self) -> bool:
@@ -78,7 +82,8 @@ class Report:
         table: dict[str, Counter] = defaultdict(Counter)
         for check in self.checks:
             table[check.rule][check.status] += 1
-        return {rule: {s: counts[s] for s in (OK, NAT, FAIL)} for rule, counts in table.items()}
+        statuses = (OK, NAT, FAIL) + tuple(s for s in (DENIED, POLICY) if any(s in c for c in table.values()))
+        return {rule: {s: counts[s] for s in statuses} for rule, counts in table.items()}
 
 
 def endpoints(cluster: str, nodes: list[dict], pods: list[dict]) -> tuple[list[Endpoint], list[Endpoint]]:
@@ -188,13 +193,25 @@ def matrix(report: Report, pod_eps: list[Endpoint], limit: int = 16) -> tuple[li
             if counts is None:
                 row.append("-" if source == target or not by_pods else "")
             elif by_pods:
-                row.append("✓" if set(counts) == {OK} else ("NAT" if counts[NAT] and not counts[FAIL] else "✗"))
+                row.append(_cell(counts))
             else:
                 total = sum(counts.values())
-                row.append(f"{counts[OK]}/{total}" + ("" if counts[OK] == total else " ✗"))
+                passed = counts[OK] + counts[DENIED]
+                row.append(f"{passed}/{total}" + ("" if passed == total else " ✗"))
         rows.append(row)
     header = ["FROM \\ TO"] + short
     return header, rows
+
+
+def _cell(counts: Counter) -> str:
+    """✓ all reached; x all denied by policy, as expected; ~ some of each; NAT; ✗ a failure."""
+    if counts[FAIL]:
+        return "✗"
+    if counts[NAT]:
+        return "NAT"
+    if counts[DENIED]:
+        return "x" if not counts[OK] else "~"
+    return "✓"
 
 
 # -- Services ---------------------------------------------------------------------------------

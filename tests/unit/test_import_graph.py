@@ -147,6 +147,7 @@ def test_node_components_never_reach_up_to_the_controllers():
 
 def test_kube_proxy_and_the_routes_reach_the_kernel_only_through_the_seams():
     for module in ("overlaynet.node.proxier", "overlaynet.node.routes", "overlaynet.node.bgp_mesh",
-                   "overlaynet.control.manager", "overlaynet.control.pods"):
+                   "overlaynet.control.manager", "overlaynet.control.pods", "overlaynet.node.netpol_sync",
+                   "overlaynet.control.policies", "overlaynet.policy.semantics", "overlaynet.policy.render"):
         kernel = sorted(name for name in imports(module, module_level_only=False) if name.startswith("overlaynet.kernel"))
         assert kernel == [], module

@@ -64,7 +64,8 @@ def test_list_kind_is_flattened():
      'app.yaml: Pod "client": spec.containers[0].ports[0].containerPort 70000 is out of range 1-65535'),
     (("protocol: UDP", "protocol: SCTP"), 'spec.containers[0].ports[0].protocol "SCTP" is not supported'),
     (("name: client", "name: Client_1"), 'Pod "Client_1": metadata.name must consist of lower case'),
-    (("kind: Pod", "kind: Gadget"), 'kind "Gadget" is not supported (supported: Pod, Deployment, Service, EndpointSlice, List)'),
+    (("kind: Pod", "kind: Gadget"), 'kind "Gadget" is not supported (supported: Pod, Deployment, Service, EndpointSlice, '
+     'NetworkPolicy, Namespace, List)'),
     (("nodeName: node-1", "hostNetwork: true"), "spec.hostNetwork is not supported"),
     (("name: dns", "name: this-name-is-too-long"), "must be an IANA service name"),
 ])

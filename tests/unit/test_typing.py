@@ -17,6 +17,7 @@ PURE_PATHS = [
     "overlaynet/ipam",
     "overlaynet/datapath",
     "overlaynet/proxy",
+    "overlaynet/policy",
     "overlaynet/cni/spec.py",
     "overlaynet/names.py",
     "overlaynet/errors.py",
@@ -24,7 +25,7 @@ PURE_PATHS = [
     "overlaynet/control/endpoints.py",
     "overlaynet/node/bird_config.py",
 ]
-TYPED_PACKAGES = ["api", "ipam", "datapath", "datapath.modes", "proxy", "cni"]
+TYPED_PACKAGES = ["api", "ipam", "datapath", "datapath.modes", "proxy", "policy", "cni"]
 
 
 def test_pyproject_checks_exactly_the_pure_paths():
