@@ -34,7 +34,6 @@ import functools
 import ipaddress
 import os
 import socket
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -637,7 +636,8 @@ def remove(plan: Plan) -> None:
 def vxlan_supported() -> bool:
     """Whether this kernel can create VXLAN devices (probed once per process, in a throwaway
     namespace that is deleted again)."""
-    probe = f"overlaynet-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    netns.sweep_throwaways("probe")
+    probe = netns.throwaway_name("probe")
     step = Vxlan(probe, "vxprobe0", vni=1, local="127.0.0.1", dev="lo", port=8472,
                  mtu=1450, mac="02:00:00:00:00:01")
     try:

@@ -18,6 +18,7 @@ import ctypes
 import errno
 import os
 import time
+import uuid
 from collections.abc import Iterator
 
 from overlaynet.errors import KernelError
@@ -115,6 +116,21 @@ def delete(name: str) -> bool:
             return False
         raise KernelError(f'netns "{name}": cannot delete: {exc}') from exc
     return True
+
+
+def throwaway_name(purpose: str) -> str:
+    """A namespace name for a short-lived probe: ``overlaynet-<purpose>-<pid>-<random>``; one a
+    killed process left behind is removed by the next ``sweep_throwaways``."""
+    return f"overlaynet-{purpose}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def sweep_throwaways(purpose: str) -> None:
+    """Delete the throwaway namespaces of ``purpose`` whose process is gone (killed mid-probe)."""
+    prefix = f"overlaynet-{purpose}-"
+    for name in list_names():
+        pid = name[len(prefix):].split("-")[0] if name.startswith(prefix) else ""
+        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            delete(name)
 
 
 def wait_gone(names: list[str], timeout: float = 5.0) -> list[str]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import uuid
 
 from overlaynet.errors import KernelError
 from overlaynet.kernel import host, netns
@@ -116,7 +115,8 @@ def _probe_kernel() -> dict[str, str | None]:
     from pyroute2 import IPRoute
     from pyroute2.netlink.exceptions import NetlinkError
 
-    probe = f"overlaynet-doctor-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    netns.sweep_throwaways("doctor")
+    probe = netns.throwaway_name("doctor")
     found: dict[str, str | None] = {}
     try:
         try:

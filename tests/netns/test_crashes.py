@@ -18,7 +18,7 @@ import sys
 import time
 
 from tests.conftest import agent_processes, host_snapshot
-from tests.netns.clusters import Cli, deployment, namespaces_of, short_state_dir, write_manifest
+from tests.netns.clusters import Cli, deployment, short_state_dir, write_manifest
 
 SEED = 20261204
 KILLS = int(os.environ.get("OVERLAYNET_KILLS", "50"))
@@ -76,7 +76,8 @@ def _converged(cli: Cli, phase: str, manifest: str) -> None:
 
 def _leftovers(state_dir: str, before: dict) -> list[str]:
     after = host_snapshot()
-    problems = [f"namespace {n}" for n in namespaces_of(CLUSTER)]
+    # Every namespace, not only the cluster's: `up` probes the kernel in a throwaway one too.
+    problems = [f"namespace {n}" for n in sorted(after["netns"] - before["netns"])]
     problems += [f"link {link}" for link in sorted(after["links"] - before["links"])]
     problems += [f"agent {pid}" for pid in _agents_of(CLUSTER)]
     problems += [f"file {name}" for name in sorted(os.listdir(state_dir)) if not name.startswith("state.db")]

@@ -502,3 +502,23 @@ def test_host_networks_are_the_initial_namespaces_non_loopback_ones():
     }
     assert set(networks) == expected
     assert all(not n.is_loopback for n in networks)
+
+
+def test_a_probe_namespace_a_killed_process_left_is_swept():
+    """``up`` probes VXLAN support in a throwaway namespace; one left by a process killed
+    mid-probe goes with the next probe, and a live process's is left alone."""
+    sleeper = subprocess.Popen(["sleep", "30"])
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale, alive = f"overlaynet-probe-{dead.pid}-deadbeef", f"overlaynet-probe-{sleeper.pid}-cafecafe"
+    try:
+        for name in (stale, alive):
+            netns.ensure(name)
+        kapply.vxlan_supported.cache_clear()
+        assert kapply.vxlan_supported()
+        assert stale not in netns.list_names() and alive in netns.list_names()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        for name in (stale, alive):
+            netns.delete(name)
