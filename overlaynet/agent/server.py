@@ -6,6 +6,9 @@ order:
 
     {"op": "ping"}                                          -> {"ok": true, "cluster", "pid", "keys"}
     {"op": "serve", "key", "netns", "hostname", "ports": [[8080, "TCP"], [8080, "UDP"]]}
+                                                            ("workload": "dns": the DNS server on the ports)
+    {"op": "dns_zone", "domain", "records": [[name, type, data], ...], "serial"}
+                                                            (what every DNS server answers from now on)
     {"op": "unserve", "key"}                                (closes every socket of the key)
     {"op": "set_serving", "key", "serving": bool}
     {"op": "list"}                                          -> {"ok": true, "keys": [...]}
@@ -45,7 +48,7 @@ from collections.abc import Callable
 from typing import Any
 
 from overlaynet import names
-from overlaynet.agent import reachability, testserver
+from overlaynet.agent import dnsserver, reachability, testserver
 from overlaynet.agent.prober import Prober
 from overlaynet.api.probes import ProbeSpec
 from overlaynet.errors import AgentError, OverlaynetError, one_line
@@ -67,7 +70,8 @@ class Agent:
         self.cluster = cluster
         self.socket_path = socket_path
         self.report_health = report_health
-        self.keys: dict[str, testserver.ServedKey] = {}
+        self.keys: dict[str, testserver.ServedKey | dnsserver.DnsServedKey] = {}
+        self.dns_zone: dnsserver.Zone | None = None  # the cluster DNS's records (op dns_zone)
         self.probers: dict = {}  # key -> agent.prober.Prober, for pods with probes
         self._lock = asyncio.Lock()  # serve / unserve / set_serving change sockets one at a time
         self._stopped = asyncio.Event()
@@ -88,9 +92,10 @@ class Agent:
             "list": self._list,
             "probe": self._probe,
             "cni": self._cni,
+            "dns_zone": self._dns_zone,
         }.get(op)  # type: ignore[arg-type]
         if handler is None:
-            raise AgentError(f"unknown op {op!r}; one of ping, serve, unserve, set_serving, list, probe, cni")
+            raise AgentError(f"unknown op {op!r}; one of ping, serve, unserve, set_serving, list, probe, cni, dns_zone")
         return await handler(request)
 
     async def _ping(self, request: dict) -> dict:
@@ -102,9 +107,13 @@ class Agent:
         hostname = _string(request, "hostname")
         ports = testserver.check_ports(key, request.get("ports"))
         health = _parse_health(key, request.get("health"))
+        workload = request.get("workload", "test")
+        if workload not in ("test", "dns"):
+            raise AgentError(f'key "{key}": workload {workload!r} is not one of test, dns')
+        kind = dnsserver.DnsServedKey if workload == "dns" else testserver.ServedKey
         async with self._lock:
             served = self.keys.get(key)
-            if served is not None and (served.netns != netns_name
+            if served is not None and (served.netns != netns_name or not isinstance(served, kind)
                                        or served.identity != testserver.netns_identity(netns_name)):
                 # The key moved to another namespace, or its namespace was deleted and made
                 # again under the same name: start afresh there.
@@ -112,7 +121,8 @@ class Agent:
                 del self.keys[key]
                 served = None
             if served is None:
-                served = testserver.ServedKey(key, netns_name, hostname)
+                served = (dnsserver.DnsServedKey(key, netns_name, hostname, lambda: self.dns_zone)
+                          if workload == "dns" else testserver.ServedKey(key, netns_name, hostname))
                 try:
                     await served.set_ports(ports)
                 except BaseException:
@@ -176,6 +186,12 @@ class Agent:
     async def _probe(self, request: dict) -> dict:
         probes, timeout = reachability.parse_probes(request.get("probes"), request.get("timeout", 2.0))
         return {"results": await reachability.run_probes(probes, timeout)}
+
+    async def _dns_zone(self, request: dict) -> dict:
+        zone = dnsserver.parse_zone(request)
+        self.dns_zone = zone  # one assignment on the loop: a query sees the old set or the new one
+        log.info("dns zone %s: %d record sets, serial %d", zone.origins[0], len(zone), zone.serial)
+        return {"records": len(zone)}
 
     async def _cni(self, request: dict) -> dict:
         plugin = _string(request, "plugin")

@@ -38,6 +38,7 @@ import os
 import signal
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote
 
@@ -323,8 +324,9 @@ class _HttpProtocol(asyncio.Protocol):
         self._answer(dial_response(responses, errors), head_only)
 
 
-class _UdpServer:
-    """One UDP port: answer each datagram *from the address it was sent to*.
+class UdpServer:
+    """One UDP port: answer each datagram *from the address it was sent to* (``reply(data, peer)``
+    gives the answer, or None for none; the DNS server uses it too).
 
     Not ``loop.create_datagram_endpoint``: its transport cannot read or set ``IP_PKTINFO``,
     and without it a reply leaves with whatever source address the route back picks. A node
@@ -332,10 +334,10 @@ class _UdpServer:
     would get its answer from ``cni0``'s, which its connected socket rightly drops.
     """
 
-    __slots__ = ("_served", "sock", "_loop", "_fd")
+    __slots__ = ("_reply", "sock", "_loop", "_fd")
 
-    def __init__(self, served: ServedKey, sock: socket.socket) -> None:
-        self._served = served
+    def __init__(self, sock: socket.socket, reply: Callable[[bytes, tuple], bytes | None]) -> None:
+        self._reply = reply
         self.sock = sock
         sock.setsockopt(socket.IPPROTO_IP, _IP_PKTINFO, 1)
         self._loop = asyncio.get_running_loop()
@@ -354,7 +356,7 @@ class _UdpServer:
                 return
             except OSError:
                 continue  # an error queued for an earlier reply; the next datagram may be fine
-            reply = udp_reply(data, self._served.hostname, peer)
+            reply = self._reply(data, peer)
             if reply is None:
                 continue
             pktinfo = [(level, kind, value) for level, kind, value in ancillary
@@ -369,7 +371,7 @@ class _UdpServer:
                 pass  # UDP: a reply that cannot go now is lost, as on the wire
 
 
-def _open_socket(netns_name: str, port: int, protocol: str) -> socket.socket:
+def open_socket(netns_name: str, port: int, protocol: str) -> socket.socket:
     """A socket bound to 0.0.0.0:port inside ``netns_name`` (listening, for TCP)."""
     kind = socket.SOCK_STREAM if protocol == "TCP" else socket.SOCK_DGRAM
     with netns.inside(netns_name):
@@ -413,7 +415,7 @@ class ServedKey:
         self.serving = True
         self.connections: set[asyncio.BaseTransport] = set()
         self._tcp: dict[int, asyncio.AbstractServer] = {}
-        self._udp: dict[int, _UdpServer] = {}
+        self._udp: dict[int, UdpServer] = {}
         self._tasks: set[asyncio.Task] = set()
 
     def describe(self) -> dict:
@@ -469,14 +471,14 @@ class ServedKey:
         loop = asyncio.get_running_loop()
         try:
             for port, protocol in new:
-                sock = _open_socket(self.netns, port, protocol)
+                sock = open_socket(self.netns, port, protocol)
                 try:
                     if protocol == "TCP":
                         self._tcp[port] = await loop.create_server(
                             lambda: _HttpProtocol(self), sock=sock, backlog=LISTEN_BACKLOG
                         )
                     else:
-                        self._udp[port] = _UdpServer(self, sock)
+                        self._udp[port] = UdpServer(sock, lambda data, peer: udp_reply(data, self.hostname, peer))
                 except BaseException:
                     sock.close()
                     raise

@@ -21,7 +21,7 @@ from overlaynet import names
 from overlaynet.api.manifests import DeploymentManifest, Manifest, PodManifest
 from overlaynet.api.model import ClusterSpec, NodeSpec, check_ranges, spec_from_document
 from overlaynet.api.services import EndpointSlice, Service
-from overlaynet.control import deployments, pods
+from overlaynet.control import deployments, dns, pods
 from overlaynet.control.node_ipam import allocate_node
 from overlaynet.control.ownership import AGENT, HOST, NETNS, PATH, agent_socket
 from overlaynet.control.records import (
@@ -122,6 +122,8 @@ class ClusterManager:
                                 list(NODE_SERVER_PORTS))
                     self._set_node_ready(spec.name, node.name)
                 routes.sync_routes(self.store, self.runtime, spec)
+                if spec.dns:  # kubeadm's CoreDNS add-on: ordinary objects in kube-system
+                    self._apply(spec, dns.addon_manifests(spec))
                 self.store.set_phase(spec.name, "Running")
             except BaseException:
                 self._teardown(spec.name)
@@ -225,7 +227,7 @@ class ClusterManager:
             self._set_node_ready(cluster, node.name)
             self._update_document(cluster, grown)
             self._schedule_pending(spec)
-            proxier.sync(self.store, self.runtime, spec)
+            self._sync_services(spec)
             return self.node(cluster, node.name)
 
     def remove_node(self, cluster: str, name: str) -> None:
@@ -243,7 +245,7 @@ class ClusterManager:
             self._update_document(cluster, replace(spec, nodes=tuple(n for n in spec.nodes if n.name != name)))
             self._reconcile_deployments(spec)
             routes.sync_routes(self.store, self.runtime, spec)
-            proxier.sync(self.store, self.runtime, spec)
+            self._sync_services(spec)
 
     def _remove_node_objects(self, spec: ClusterSpec, mode: Mode, node: NodeInfo, peers: list[NodeInfo]) -> None:
         """Undo a node: the peers' routes to it first (Flannel's lease removal), then the node."""
@@ -273,31 +275,34 @@ class ClusterManager:
     def apply(self, cluster: str, manifests: list[Manifest]) -> list[str]:
         """Apply Pods and Deployments; return kubectl-style lines (``pod/web created``)."""
         with self.store.cluster_lock(cluster):
-            spec = self.spec(cluster)
-            report: list[str] = []
-            creates: list[PodRequest] = []
-            deletes: list[dict] = []
-            applied: list[dict] = []
-            service_lines, service_documents = proxier.plan_services(
-                self.store, spec, [m for m in manifests if isinstance(m, Service)],
-                [m for m in manifests if isinstance(m, EndpointSlice)])
-            for manifest in manifests:
-                if isinstance(manifest, PodManifest):
-                    report.append(self._apply_pod_manifest(cluster, manifest, creates))
-                elif isinstance(manifest, DeploymentManifest):
-                    line, record = deployments.apply_manifest(self.store, cluster, manifest, creates, deletes)
-                    report.append(line)
-                    applied.append(record)
-            for request in creates:  # a name the kernel would refuse stops the apply before any change
-                names.pod_netns(cluster, request.namespace, request.name)
-            proxier.store_documents(self.store, spec, service_documents)
-            pods.delete_pods(self.store, self.runtime, spec, deletes)
-            pods.create_pods(self.store, self.runtime, spec, creates)
-            for record in applied:
-                self.store.put(cluster, record)
-            deployments.refresh_status(self.store, cluster)
-            proxier.sync(self.store, self.runtime, spec)
-            return report + service_lines
+            return self._apply(self.spec(cluster), manifests)
+
+    def _apply(self, spec: ClusterSpec, manifests: list[Manifest]) -> list[str]:
+        cluster = spec.name
+        report: list[str] = []
+        creates: list[PodRequest] = []
+        deletes: list[dict] = []
+        applied: list[dict] = []
+        service_lines, service_documents = proxier.plan_services(
+            self.store, spec, [m for m in manifests if isinstance(m, Service)],
+            [m for m in manifests if isinstance(m, EndpointSlice)])
+        for manifest in manifests:
+            if isinstance(manifest, PodManifest):
+                report.append(self._apply_pod_manifest(cluster, manifest, creates))
+            elif isinstance(manifest, DeploymentManifest):
+                line, record = deployments.apply_manifest(self.store, cluster, manifest, creates, deletes)
+                report.append(line)
+                applied.append(record)
+        for request in creates:  # a name the kernel would refuse stops the apply before any change
+            names.pod_netns(cluster, request.namespace, request.name)
+        proxier.store_documents(self.store, spec, service_documents)
+        pods.delete_pods(self.store, self.runtime, spec, deletes)
+        pods.create_pods(self.store, self.runtime, spec, creates)
+        for record in applied:
+            self.store.put(cluster, record)
+        deployments.refresh_status(self.store, cluster)
+        self._sync_services(spec)
+        return report + service_lines
 
     def _apply_pod_manifest(self, cluster: str, manifest: PodManifest, creates: list[PodRequest]) -> str:
         """A new pod is queued on ``creates``; a label change is stored at once. The kubectl line."""
@@ -326,7 +331,7 @@ class ClusterManager:
             pods.delete_pods(self.store, self.runtime, spec, [self.pod(cluster, namespace, name)])
             self._reconcile_deployments(spec)
             self._schedule_pending(spec)
-            proxier.sync(self.store, self.runtime, spec)
+            self._sync_services(spec)
 
     def delete_deployment(self, cluster: str, namespace: str, name: str) -> None:
         with self.store.cluster_lock(cluster):
@@ -336,13 +341,13 @@ class ClusterManager:
             pods.delete_pods(self.store, self.runtime, spec, deployments.owned_pods(self.store, cluster, namespace, name))
             self.store.delete(cluster, "Deployment", name, namespace)
             self._schedule_pending(spec)
-            proxier.sync(self.store, self.runtime, spec)
+            self._sync_services(spec)
 
     def delete_service(self, cluster: str, namespace: str, name: str) -> None:
         with self.store.cluster_lock(cluster):
             spec = self.spec(cluster)
             proxier.delete_service(self.store, spec, namespace, name)
-            proxier.sync(self.store, self.runtime, spec)
+            self._sync_services(spec)
 
     def pod_health(self, cluster: str, namespace: str, name: str, kind: str, ok: bool) -> None:
         """What the agent's prober found: readiness moves the pod in and out of its Services'
@@ -361,7 +366,12 @@ class ClusterManager:
             self.store.put(cluster, record)
             spec = self.spec(cluster)
             deployments.refresh_status(self.store, cluster)
-            proxier.sync(self.store, self.runtime, spec)
+            self._sync_services(spec)
+
+    def _sync_services(self, spec: ClusterSpec) -> None:
+        """kube-proxy's sync (with the EndpointSlice controller), then the cluster DNS's records."""
+        proxier.sync(self.store, self.runtime, spec)
+        dns.sync_zone(self.store, self.runtime, spec)
 
     def _schedule_pending(self, spec: ClusterSpec) -> None:
         """Give Pending pods another chance (a node joined or capacity was freed)."""

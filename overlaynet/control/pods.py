@@ -19,6 +19,7 @@ from overlaynet import names
 from overlaynet.api.manifests import PodManifest, parse_document, pod_probes, served_ports
 from overlaynet.api.model import ClusterSpec
 from overlaynet.control import scheduler
+from overlaynet.control.dns import runs_cluster_dns
 from overlaynet.control.ownership import NETNS, agent_socket
 from overlaynet.control.records import (
     PodRequest,
@@ -34,7 +35,7 @@ from overlaynet.control.store import Store
 from overlaynet.datapath.modes import get_mode
 from overlaynet.datapath.plan import Netns
 from overlaynet.errors import AgentError, KernelError, NotFoundError
-from overlaynet.node import kubelet, routes
+from overlaynet.node import kubelet, resolv, routes
 
 __all__ = ["create_pods", "delete_pods", "pending_requests", "pod_capacity"]
 
@@ -112,12 +113,17 @@ def create_pods(store: Store, runtime: Runtime, spec: ClusterSpec, requests: lis
     results = {s: outcome for s, outcome in outcomes.items() if isinstance(outcome, dict)}
     started = [(s, r) for s, r in sandboxes if s in results]
     try:
+        resolv.write_pod_files(store, runtime, spec, [(s.namespace, s.name, r.template.spec) for s, r in started])
         agent = runtime.agent(cluster, agent_socket(store, cluster))
         for sandbox, request in started:
             pod_netns = names.pod_netns(cluster, sandbox.namespace, sandbox.name)
             probes = pod_probes(request.template.spec)
             health = {"specs": [p.as_dict() for p in probes], "podIP": kubelet.pod_ip(results[sandbox]),
                       "nodeNetns": names.node_netns(cluster, sandbox.node), "podNetns": pod_netns} if probes else None
+            if runs_cluster_dns(request.template.spec):  # CoreDNS: the DNS server on its declared ports
+                agent.serve(pod_key(sandbox.namespace, sandbox.name), pod_netns, sandbox.name,
+                            [(p.port, p.protocol) for p in request.template.ports], health, workload="dns")
+                continue
             agent.serve(pod_key(sandbox.namespace, sandbox.name), pod_netns, sandbox.name,
                         list(served_ports(request.template)), health)
     except BaseException:
@@ -150,6 +156,8 @@ def delete_pods(store: Store, runtime: Runtime, spec: ClusterSpec, records: list
             [names.pod_netns(cluster, r["metadata"]["namespace"], r["metadata"]["name"]) for r in bound])
         if lingering:
             raise KernelError(f'cluster "{cluster}": pod namespaces still present after delete: {", ".join(lingering)}')
+        resolv.remove_pod_files(store, runtime, cluster,
+                                [(r["metadata"]["namespace"], r["metadata"]["name"]) for r in bound])
     with store.transaction():
         for record in records:
             meta = record["metadata"]
