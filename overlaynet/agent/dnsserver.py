@@ -117,7 +117,7 @@ def answer(zone: Zone | None, wire: bytes, max_size: int | None = None) -> bytes
         return _error_from_header(wire, dns.rcode.FORMERR)
     if query.flags & dns.flags.QR:
         return None  # a response: never answer one (no loops)
-    response = dns.message.make_response(query)
+    response = dns.message.make_response(query, our_payload=UDP_MAX_SIZE)
     if max_size is None:
         max_size = min(UDP_MAX_SIZE, max(UDP_DEFAULT_SIZE, query.payload)) if query.edns >= 0 else UDP_DEFAULT_SIZE
     if query.opcode() != dns.opcode.QUERY:
@@ -131,7 +131,7 @@ def answer(zone: Zone | None, wire: bytes, max_size: int | None = None) -> bytes
     try:
         return response.to_wire(max_size=max_size)
     except dns.exception.TooBig:
-        truncated = dns.message.make_response(query)
+        truncated = dns.message.make_response(query, our_payload=UDP_MAX_SIZE)
         truncated.flags |= dns.flags.TC | (response.flags & dns.flags.AA)
         return truncated.to_wire(max_size=max_size)
 

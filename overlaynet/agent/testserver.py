@@ -334,7 +334,7 @@ class UdpServer:
     would get its answer from ``cni0``'s, which its connected socket rightly drops.
     """
 
-    __slots__ = ("_reply", "sock", "_loop", "_fd")
+    __slots__ = ("_fd", "_loop", "_reply", "sock")
 
     def __init__(self, sock: socket.socket, reply: Callable[[bytes, tuple], bytes | None]) -> None:
         self._reply = reply
