@@ -11,8 +11,9 @@ This module owns:
   exist); REFUSED for a name outside both zones (there is no upstream resolver to forward
   to: overlaynet's pods have no internet); a UDP answer larger than the client takes (512
   bytes, or its EDNS size) comes back truncated (``tc``), and the client asks again over TCP;
-- ``DnsServedKey``: the sockets of one DNS pod, UDP and TCP on its declared ports, with the
-  same interface as the test server's ``ServedKey`` (``serve``, ``unserve``, ``set_serving``).
+- ``DnsResponder``: what a CoreDNS pod answers on its DNS ports (UDP datagrams and TCP
+  streams); the pod's ``testserver.ServedKey`` opens those sockets beside its test server's,
+  so ``unserve``, ``set_serving`` (``overlaynet testserver stop``) and liveness restarts apply.
 
 What it never does: compute records (the controller does, from the store) or recurse.
 """
@@ -33,8 +34,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
-from overlaynet.agent import testserver
-from overlaynet.errors import AgentError, KernelError
+from overlaynet.errors import AgentError
 
 log = logging.getLogger("overlaynet.agent")
 
@@ -168,18 +168,35 @@ def _error_from_header(wire: bytes, rcode: int) -> bytes | None:
     return wire[:2] + flags.to_bytes(2, "big") + bytes(8)
 
 
+class DnsResponder:
+    """What a DNS pod's server answers with, on the ports in ``ports``: handed to its test
+    server's ``ServedKey``, which opens those ports for DNS (UDP datagrams, TCP streams) and
+    every other port for the test server, as a CoreDNS pod serves DNS and its health port."""
+
+    def __init__(self, ports: frozenset[tuple[int, str]], zone: Callable[[], Zone | None]) -> None:
+        self.ports = ports
+        self.zone = zone
+
+    def reply(self, data: bytes, _peer: tuple) -> bytes | None:
+        return answer(self.zone(), data)
+
+    def tcp_protocol(self, connections: set[asyncio.BaseTransport]) -> asyncio.Protocol:
+        return _TcpDns(self, connections)
+
+
 class _TcpDns(asyncio.Protocol):
     """One DNS-over-TCP connection: length-prefixed queries, answered in order."""
 
-    def __init__(self, served: DnsServedKey) -> None:
-        self._served = served
+    def __init__(self, responder: DnsResponder, connections: set[asyncio.BaseTransport]) -> None:
+        self._responder = responder
+        self._connections = connections  # the served key's, so that closing it aborts this one
         self._transport: asyncio.Transport | None = None
         self._buf = bytearray()
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
-        self._served.connections.add(transport)
+        self._connections.add(transport)
         self._rearm()
 
     def _rearm(self) -> None:
@@ -193,7 +210,7 @@ class _TcpDns(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
         if self._transport is not None:
-            self._served.connections.discard(self._transport)
+            self._connections.discard(self._transport)
 
     def data_received(self, data: bytes) -> None:
         self._buf += data
@@ -204,82 +221,8 @@ class _TcpDns(asyncio.Protocol):
                 return
             message = bytes(self._buf[2:2 + length])
             del self._buf[:2 + length]
-            reply = answer(self._served.zone(), message, 65535)
+            reply = answer(self._responder.zone(), message, 65535)
             if reply is None:
                 self._transport.close()  # type: ignore[union-attr]
                 return
             self._transport.write(len(reply).to_bytes(2, "big") + reply)  # type: ignore[union-attr]
-
-
-class DnsServedKey:
-    """The DNS server of one pod: UDP and TCP sockets on each declared port, answering from ``zone()``."""
-
-    def __init__(self, key: str, netns_name: str, hostname: str, zone: Callable[[], Zone | None]) -> None:
-        self.key = key
-        self.netns = netns_name
-        self.identity = testserver.netns_identity(netns_name)
-        self.hostname = hostname
-        self.zone = zone
-        self.ports: tuple[tuple[int, str], ...] = ()
-        self.serving = True
-        self.connections: set[asyncio.BaseTransport] = set()
-        self._tcp: dict[int, asyncio.AbstractServer] = {}
-        self._udp: dict[int, testserver.UdpServer] = {}
-
-    def describe(self) -> dict:
-        return {"key": self.key, "netns": self.netns, "hostname": self.hostname, "workload": "dns",
-                "ports": [[port, protocol] for port, protocol in self.ports], "serving": self.serving,
-                "open": sorted([[p, "TCP"] for p in self._tcp] + [[p, "UDP"] for p in self._udp])}
-
-    def _open_set(self) -> set[tuple[int, str]]:
-        return {(p, "TCP") for p in self._tcp} | {(p, "UDP") for p in self._udp}
-
-    async def set_ports(self, ports: tuple[tuple[int, str], ...]) -> None:
-        if self.serving:
-            await self._open(set(ports))
-        self._close({pp for pp in self._open_set() if pp not in set(ports)})
-        self.ports = ports
-
-    async def set_serving(self, serving: bool) -> None:
-        if serving and not self.serving:
-            await self._open(set(self.ports))
-        elif not serving and self.serving:
-            self._close(self._open_set())
-        self.serving = serving
-
-    async def close(self) -> None:
-        self._close(self._open_set())
-        for transport in list(self.connections):
-            transport.abort()
-        await asyncio.sleep(0)  # let aborted transports release their sockets
-
-    async def _open(self, wanted: set[tuple[int, str]]) -> None:
-        opened: list[tuple[int, str]] = []
-        loop = asyncio.get_running_loop()
-        try:
-            for port, protocol in sorted(wanted - self._open_set()):
-                sock = testserver.open_socket(self.netns, port, protocol)
-                try:
-                    if protocol == "TCP":
-                        self._tcp[port] = await loop.create_server(lambda: _TcpDns(self), sock=sock,
-                                                                   backlog=testserver.LISTEN_BACKLOG)
-                    else:
-                        self._udp[port] = testserver.UdpServer(sock, lambda data, _peer: answer(self.zone(), data))
-                except BaseException:
-                    sock.close()
-                    raise
-                opened.append((port, protocol))
-        except (OSError, KernelError) as exc:
-            self._close(set(opened))
-            raise AgentError(f'key "{self.key}": {exc}') from exc
-
-    def _close(self, which: set[tuple[int, str]]) -> None:
-        for port, protocol in which:
-            if protocol == "TCP":
-                server = self._tcp.pop(port, None)
-                if server is not None:
-                    server.close()
-            else:
-                udp = self._udp.pop(port, None)
-                if udp is not None:
-                    udp.close()

@@ -6,7 +6,7 @@ order:
 
     {"op": "ping"}                                          -> {"ok": true, "cluster", "pid", "keys"}
     {"op": "serve", "key", "netns", "hostname", "ports": [[8080, "TCP"], [8080, "UDP"]]}
-                                                            ("workload": "dns": the DNS server on the ports)
+                                                            ("dnsPorts": [[53, "UDP"], ...]: these answer DNS)
     {"op": "dns_zone", "domain", "records": [[name, type, data], ...], "serial"}
                                                             (what every DNS server answers from now on)
     {"op": "unserve", "key"}                                (closes every socket of the key)
@@ -70,7 +70,7 @@ class Agent:
         self.cluster = cluster
         self.socket_path = socket_path
         self.report_health = report_health
-        self.keys: dict[str, testserver.ServedKey | dnsserver.DnsServedKey] = {}
+        self.keys: dict[str, testserver.ServedKey] = {}
         self.dns_zone: dnsserver.Zone | None = None  # the cluster DNS's records (op dns_zone)
         self.probers: dict = {}  # key -> agent.prober.Prober, for pods with probes
         self._lock = asyncio.Lock()  # serve / unserve / set_serving change sockets one at a time
@@ -107,13 +107,10 @@ class Agent:
         hostname = _string(request, "hostname")
         ports = testserver.check_ports(key, request.get("ports"))
         health = _parse_health(key, request.get("health"))
-        workload = request.get("workload", "test")
-        if workload not in ("test", "dns"):
-            raise AgentError(f'key "{key}": workload {workload!r} is not one of test, dns')
-        kind = dnsserver.DnsServedKey if workload == "dns" else testserver.ServedKey
+        dns = self._parse_dns_ports(key, request.get("dnsPorts"), ports)
         async with self._lock:
             served = self.keys.get(key)
-            if served is not None and (served.netns != netns_name or not isinstance(served, kind)
+            if served is not None and (served.netns != netns_name or _dns_ports(served.dns) != _dns_ports(dns)
                                        or served.identity != testserver.netns_identity(netns_name)):
                 # The key moved to another namespace, or its namespace was deleted and made
                 # again under the same name: start afresh there.
@@ -121,8 +118,7 @@ class Agent:
                 del self.keys[key]
                 served = None
             if served is None:
-                served = (dnsserver.DnsServedKey(key, netns_name, hostname, lambda: self.dns_zone)
-                          if workload == "dns" else testserver.ServedKey(key, netns_name, hostname))
+                served = testserver.ServedKey(key, netns_name, hostname, dns)
                 try:
                     await served.set_ports(ports)
                 except BaseException:
@@ -136,6 +132,16 @@ class Agent:
                      " ".join(f"{p}/{proto}" for p, proto in ports) or "(no ports)")
             await self._start_probes(key, health)
             return {"key": served.describe()}
+
+    def _parse_dns_ports(self, key: str, raw: object, ports: tuple[tuple[int, str], ...]) -> dnsserver.DnsResponder | None:
+        """A ``serve`` request's ``dnsPorts``: which of its ports answer DNS (a CoreDNS pod)."""
+        if raw is None:
+            return None
+        dns_ports = testserver.check_ports(key, raw)
+        missing = [f"{port}/{protocol}" for port, protocol in dns_ports if (port, protocol) not in ports]
+        if missing:
+            raise AgentError(f'key "{key}": dnsPorts {", ".join(missing)} are not among its ports')
+        return dnsserver.DnsResponder(frozenset(dns_ports), lambda: self.dns_zone)
 
     async def _start_probes(self, key: str, health: Health | None) -> None:
         """Run the kubelet's probes for ``key`` (``_parse_health``'s checked request field)."""
@@ -315,6 +321,10 @@ def _run_cni(plugin: str, env: dict, stdin: bytes, pid: int) -> tuple[str, int, 
     finally:
         os.close(fd)
     return outcome.stdout, outcome.exit_code, outcome.stderr
+
+
+def _dns_ports(dns: dnsserver.DnsResponder | None) -> frozenset | None:
+    return dns.ports if dns is not None else None
 
 
 def _peer_uid(sock: socket.socket) -> int:

@@ -5,7 +5,8 @@ This module owns:
   ``parse_request`` / ``route`` / ``render_response`` for HTTP over TCP, ``udp_reply`` for UDP,
   ``parse_dial`` / ``dial_response`` for ``/dial``;
 - ``ServedKey``: the listening sockets of one served key (a pod or a node) in one netns,
-  opened, replaced, paused and closed on the agent's event loop.
+  opened, replaced, paused and closed on the agent's event loop; for a CoreDNS pod, some of
+  its ports answer DNS instead (``agent.dnsserver.DnsResponder``).
 
 ``serve_in_foreground`` runs one ``ServedKey`` on its own event loop until SIGINT or SIGTERM:
 the test server for a namespace a learner made by hand (``overlaynet testserver serve``).
@@ -32,6 +33,7 @@ UDP, one datagram in, one out: ``hostname``, ``clientip``, ``echo <msg>``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -40,11 +42,15 @@ import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, unquote
 
 from overlaynet.agent import reachability  # the client side of /dial lives with the probes
 from overlaynet.errors import AgentError, KernelError
 from overlaynet.kernel import netns
+
+if TYPE_CHECKING:
+    from overlaynet.agent.dnsserver import DnsResponder
 
 log = logging.getLogger("overlaynet.agent")
 
@@ -406,8 +412,9 @@ class ServedKey:
     ``close`` releases every socket, accepted connection and running dial of the key.
     """
 
-    def __init__(self, key: str, netns_name: str, hostname: str) -> None:
+    def __init__(self, key: str, netns_name: str, hostname: str, dns: DnsResponder | None = None) -> None:
         self.key = key
+        self.dns = dns  # a CoreDNS pod: these ports answer DNS (agent.dnsserver.DnsResponder)
         self.netns = netns_name
         self.identity = netns_identity(netns_name)
         self.hostname = hostname
@@ -425,6 +432,7 @@ class ServedKey:
             "hostname": self.hostname,
             "ports": [[port, protocol] for port, protocol in self.ports],
             "serving": self.serving,
+            **({"dns": sorted([port, protocol] for port, protocol in self.dns.ports)} if self.dns else {}),
             "open": sorted([[p, "TCP"] for p in self._tcp] + [[p, "UDP"] for p in self._udp]),
         }
 
@@ -472,13 +480,15 @@ class ServedKey:
         try:
             for port, protocol in new:
                 sock = open_socket(self.netns, port, protocol)
+                dns = self.dns if self.dns is not None and (port, protocol) in self.dns.ports else None
                 try:
                     if protocol == "TCP":
                         self._tcp[port] = await loop.create_server(
-                            lambda: _HttpProtocol(self), sock=sock, backlog=LISTEN_BACKLOG
-                        )
+                            functools.partial(dns.tcp_protocol, self.connections) if dns else (lambda: _HttpProtocol(self)),
+                            sock=sock, backlog=LISTEN_BACKLOG)
                     else:
-                        self._udp[port] = UdpServer(sock, lambda data, peer: udp_reply(data, self.hostname, peer))
+                        self._udp[port] = UdpServer(sock, dns.reply if dns else (
+                            lambda data, peer: udp_reply(data, self.hostname, peer)))
                 except BaseException:
                     sock.close()
                     raise

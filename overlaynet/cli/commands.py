@@ -728,25 +728,56 @@ def verify(ctx, output, timeout, cluster):
     targets = verifying.service_targets(proxier.stored_services(manager, name),
                                         proxier.stored_slices(manager, name), manager.pods(name))
     external = verifying.Endpoint("external", "client", names.external_netns(name), str(spec.external_client), "")
+    from overlaynet.control.dns import DNS_NAMESPACE, DNS_SERVICE
+
+    # kube-dns answers DNS, not the test server's requests: the DNS rule (e) checks it.
+    targets = [t for t in targets if not t.service.startswith(f"{DNS_NAMESPACE}/{DNS_SERVICE}:")]
     service_probes, service_index = verifying.plan_service_probes(targets, node_eps, pod_eps, external, len(probes))
-    results = manager.agent(name).probe(probes + service_probes, timeout=timeout)
+    dns_probes, dns_index = _dns_probes(manager, spec, pod_eps, len(probes) + len(service_probes))
+    results = manager.agent(name).probe(probes + service_probes + dns_probes, timeout=timeout)
     own = {pod.name: [a["cidr"].split("/")[0] for a in observe.observe_addresses(pod.netns)
                       if a["dev"] == names.POD_INTERFACE] for pod in pod_eps}
     report = verifying.build_report(index, results[:len(probes)], own)
-    report.checks += verifying.judge_services(service_index, results[len(probes):])
+    report.checks += verifying.judge_services(service_index, results[len(probes):len(probes) + len(service_probes)])
+    report.checks += verifying.judge_dns(dns_index, results[len(probes) + len(service_probes):])
     elapsed = time.monotonic() - started
     if output == "json":
         click.echo(json.dumps({"cluster": name, "cni": spec.cni, "passed": report.passed, "seconds": round(elapsed, 3),
-                               "summary": report.summary(), "checks": [c.as_dict() for c in report.checks]}, indent=2))
+                               "summary": report.summary(), "dnsSkipped": None if spec.dns else verifying.DNS_SKIPPED,
+                               "checks": [c.as_dict() for c in report.checks]}, indent=2))
     else:
         _print_report(verifying, report, pod_eps, node_eps, elapsed, name, spec.cni)
+        if not spec.dns:
+            click.echo(verifying.DNS_SKIPPED)
     ctx.exit(0 if report.passed else 1)
+
+
+def _dns_probes(manager, spec, pod_eps, first_id: int) -> tuple[list[dict], dict]:
+    """verify's DNS queries: every Service name, and one that does not exist (none without DNS)."""
+    from overlaynet.control import dns_records
+    from overlaynet.node import proxier
+    from overlaynet.tools import verify as verifying
+
+    if not spec.dns:
+        return [], {}
+    services = proxier.stored_services(manager, spec.name)
+    records = dns_records.plan_records(spec.cluster_domain, str(spec.dns_service_ip), services,
+                                       proxier.stored_slices(manager, spec.name), manager.pods(spec.name))
+    addresses: dict[str, list[str]] = {}
+    for record in records:
+        if record.type == "A":
+            addresses.setdefault(record.name.rstrip("."), []).append(record.data)
+    expected = {name: ",".join(sorted(addresses[name])) for name in
+                (f"{s.name}.{s.namespace}.svc.{spec.cluster_domain}" for s in services) if name in addresses}
+    missing = next(f"no-such-service-{i}.default.svc.{spec.cluster_domain}" for i in range(len(addresses) + 1)
+                   if f"no-such-service-{i}.default.svc.{spec.cluster_domain}" not in addresses)
+    return verifying.plan_dns_probes(expected, missing, pod_eps, str(spec.dns_service_ip), first_id)
 
 
 def _print_report(verifying, report, pod_eps, node_eps, elapsed, cluster, cni) -> None:
     titles = {"pod-pod": "(a) pod -> pod, no NAT", "node-pod": "(b) node -> pod, no NAT",
               "pod-node": "(b) pod -> node, no NAT", "self": "(c) pod's own IP == IP others see == podIP",
-              **verifying.SERVICE_RULES}
+              **verifying.SERVICE_RULES, **verifying.DNS_RULES}
     services = len({c.target.name.split(":")[0] for c in report.checks if c.rule.startswith("svc-")})
     click.echo(f'Verifying cluster "{cluster}" ({cni}): {len(pod_eps)} pods on {len(node_eps)} nodes'
                + (f", {services} service ports" if services else "")

@@ -8,8 +8,9 @@ What this module owns:
   Default``) and the ``kube-dns`` Service at the service CIDR's tenth address. They are
   ordinary objects: the scheduler places the pods, the EndpointSlice controller and
   kube-proxy carry the Service, ``get pods -A`` shows them, and they can be scaled or deleted.
-- ``runs_cluster_dns``: which pods run the DNS server instead of the test server: those with
-  a container whose image is CoreDNS's (``.../coredns:<tag>``), whatever their namespace.
+- ``runs_cluster_dns``: which pods run the DNS server: those with a container whose image is
+  CoreDNS's (``.../coredns:<tag>``), whatever their namespace; they answer DNS on their
+  declared port 53 (UDP and TCP) and, like every pod, the test server on 8080.
 - ``sync_zone``: the records (``dns_records``, pure) pushed to the agent (op ``dns_zone``),
   which every DNS pod's server answers from; called after every sync of the Services.
 
@@ -36,6 +37,7 @@ DNS_SERVICE = "kube-dns"
 DNS_DEPLOYMENT = "coredns"
 COREDNS_IMAGE = "registry.k8s.io/coredns/coredns:v1.11.3"  # kubeadm 1.31's
 REPLICAS = 2
+DNS_PORT = 53
 SOURCE = "the cluster DNS add-on"
 SERVICE_LABELS = {"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS"}
 

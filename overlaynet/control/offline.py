@@ -43,13 +43,14 @@ class OfflineAgent:
 
     def __init__(self) -> None:
         self.served: dict[str, tuple[str, list[tuple[int, str]], dict | None]] = {}
-        self.workloads: dict[str, str] = {}  # key -> "test" or "dns"
+        self.dns_ports: dict[str, list[tuple[int, str]]] = {}  # key -> the ports that answer DNS
         self.zone: tuple[str, list[list[str]]] | None = None  # the last dns_zone: (domain, records)
 
     def serve(self, key: str, netns: str, hostname: str, ports: list[tuple[int, str]],
-              health: dict | None = None, workload: str = "test") -> dict:
+              health: dict | None = None, dns_ports: list[tuple[int, str]] | None = None) -> dict:
         self.served[key] = (netns, list(ports), health)
-        self.workloads[key] = workload
+        if dns_ports:
+            self.dns_ports[key] = list(dns_ports)
         return {"key": key}
 
     def dns_zone(self, domain: str, records: list[list[str]], serial: int) -> int:

@@ -19,7 +19,7 @@ from overlaynet import names
 from overlaynet.api.manifests import PodManifest, parse_document, pod_probes, served_ports
 from overlaynet.api.model import ClusterSpec
 from overlaynet.control import scheduler
-from overlaynet.control.dns import runs_cluster_dns
+from overlaynet.control.dns import DNS_PORT, runs_cluster_dns
 from overlaynet.control.ownership import NETNS, agent_socket
 from overlaynet.control.records import (
     PodRequest,
@@ -120,12 +120,11 @@ def create_pods(store: Store, runtime: Runtime, spec: ClusterSpec, requests: lis
             probes = pod_probes(request.template.spec)
             health = {"specs": [p.as_dict() for p in probes], "podIP": kubelet.pod_ip(results[sandbox]),
                       "nodeNetns": names.node_netns(cluster, sandbox.node), "podNetns": pod_netns} if probes else None
-            if runs_cluster_dns(request.template.spec):  # CoreDNS: the DNS server on its declared ports
-                agent.serve(pod_key(sandbox.namespace, sandbox.name), pod_netns, sandbox.name,
-                            [(p.port, p.protocol) for p in request.template.ports], health, workload="dns")
-                continue
+            # CoreDNS answers the cluster DNS on its port 53; the test server on 8080, as in every pod.
+            dns_ports = [(p.port, p.protocol) for p in request.template.ports
+                         if p.port == DNS_PORT] if runs_cluster_dns(request.template.spec) else None
             agent.serve(pod_key(sandbox.namespace, sandbox.name), pod_netns, sandbox.name,
-                        list(served_ports(request.template)), health)
+                        list(served_ports(request.template)), health, dns_ports=dns_ports)
     except BaseException:
         delete_pods(store, runtime, spec, [_pod(store, cluster, s.namespace, s.name) for s, _ in started])
         raise

@@ -322,8 +322,8 @@ def test_up_runs_coredns_on_two_nodes_behind_kube_dns_and_pushes_the_records(man
     coredns = manager.pods("lab", "kube-system")
     assert len(coredns) == 2 and {p["spec"]["nodeName"] for p in coredns} == {"node-1", "node-2"}
     keys = [f"pod/kube-system/{p['metadata']['name']}" for p in coredns]
-    assert all(runtime.agents.workloads[k] == "dns" and runtime.agents.served[k][1] == [(53, "UDP"), (53, "TCP")]
-               for k in keys)
+    assert all(runtime.agents.dns_ports[k] == [(53, "UDP"), (53, "TCP")] for k in keys)
+    assert all(runtime.agents.served[k][1] == [(53, "TCP"), (53, "UDP"), (8080, "TCP"), (8080, "UDP")] for k in keys)
     domain, records = runtime.agents.zone
     assert domain == "cluster.local" and ["kube-dns.kube-system.svc.cluster.local.", "A", "10.96.0.10"] in records
     assert not runtime.files  # coredns pods have dnsPolicy Default: the node's own file
