@@ -44,7 +44,7 @@ def check(lab: LabState):
     pods = lab.pods()
     db = sorted(pods[name]["status"].get("podIP") or "" for name in ("db-0", "db-1") if name in pods)
     answer = sorted(re.findall(r"^\d+\.\d+\.\d+\.\d+$", lab.exec(
-        "client", "dig", "+short", "+time=2", "+tries=1", "db.default.svc.cluster.local").stdout, re.M))
+        "client", "dig", "+short", "+time=2", "+tries=1", "db.default.svc.cluster.local").stdout, re.MULTILINE))
     yield Item(len(db) == 2 and answer == db,
                (f"client: db.default.svc.cluster.local -> {', '.join(answer) or 'nothing'} (the db pods)",
                 f"client: db.default.svc.cluster.local -> {', '.join(answer) or 'nada'} (los pods db)"),

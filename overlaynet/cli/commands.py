@@ -102,8 +102,10 @@ def cli() -> None:
 @click.option("--bgp", "bgp", flag_value="bird", default=None, help="calico: learn block routes over a BIRD BGP mesh.")
 @click.option("--cni-conflist", "cni_config", type=click.Path(dir_okay=False, exists=True, resolve_path=True),
               help="Wire pods with this network configuration list instead of ours.")
+@click.option("--dns/--no-dns", default=None, help="The cluster DNS: CoreDNS pods and the kube-dns Service (default on).")
+@click.option("--cluster-domain", help=f"The DNS domain of Services and pods (default {model.DEFAULT_CLUSTER_DOMAIN}).")
 def up(config, cluster, nodes, cni, cluster_cidr, node_cidr_mask_size, service_cidr, node_network, mtu,
-       block_size, bgp, cni_config):
+       block_size, bgp, cni_config, dns, cluster_domain):
     """Create a cluster: underlay, nodes, CNI devices and the test-server agent.
 
     \b
@@ -114,7 +116,7 @@ def up(config, cluster, nodes, cni, cluster_cidr, node_cidr_mask_size, service_c
     """
     flags = {"nodes": nodes, "cni": cni, "cluster_cidr": cluster_cidr, "node_cidr_mask_size": node_cidr_mask_size,
              "service_cidr": service_cidr, "node_network": node_network, "mtu": mtu, "block_size": block_size,
-             "bgp": bgp, "cni_config": cni_config}
+             "bgp": bgp, "cni_config": cni_config, "dns": dns, "cluster_domain": cluster_domain}
     if config:
         spec = load_cluster(config, cluster)
         overrides = {k: v for k, v in flags.items() if v is not None}
@@ -139,6 +141,8 @@ def up(config, cluster, nodes, cni, cluster_cidr, node_cidr_mask_size, service_c
     manager.up(spec)
     click.echo(f"✓ underlay {spec.node_network}, cluster CIDR {spec.cluster_cidr} "
                f"(/{spec.node_cidr_mask_size} per node), service CIDR {spec.service_cidr}")
+    if spec.dns:
+        click.echo(f"✓ cluster DNS: kube-system/kube-dns at {spec.dns_service_ip}, domain {spec.cluster_domain}")
     for node in manager.nodes(spec.name):
         click.echo(f"✓ {node['metadata']['name']:<12} {internal_ip(node):<15} podCIDR {node['spec']['podCIDR']}")
     if spec.bgp == "bird":

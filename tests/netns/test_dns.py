@@ -107,14 +107,14 @@ def test_a_service_name_resolves_to_its_cluster_ip_from_pods_on_both_nodes(clust
     assert short(client, "+tcp", "kube-dns.kube-system.svc.cluster.local") == ["10.96.0.10"]
     answer = dig(client, "web.default.svc.cluster.local").stdout
     assert "status: NOERROR" in answer and "flags: qr aa rd" in answer and "SERVER: 10.96.0.10#53" in answer
-    assert re.search(r"^web\.default\.svc\.cluster\.local\.\s+5\s+IN\s+A\s+" + re.escape(web) + "$", answer, re.M)
+    assert re.search(r"^web\.default\.svc\.cluster\.local\.\s+5\s+IN\s+A\s+" + re.escape(web) + "$", answer, re.MULTILINE)
 
 
 def test_a_name_that_does_not_exist_is_nxdomain(cluster):
     answer = dig("client-1", "nothere.default.svc.cluster.local").stdout
     assert "status: NXDOMAIN" in answer
     assert re.search(r"^cluster\.local\.\s+5\s+IN\s+SOA\s+ns\.dns\.cluster\.local\. hostmaster\.cluster\.local\. ",
-                     answer, re.M)
+                     answer, re.MULTILINE)
     assert in_netns(netns_of("client-2"), "getent", "hosts", "nothere").returncode == 2
     assert "status: REFUSED" in dig("client-1", "example.com").stdout  # no upstream
 
