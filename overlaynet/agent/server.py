@@ -137,7 +137,7 @@ class Agent:
         """A ``serve`` request's ``dnsPorts``: which of its ports answer DNS (a CoreDNS pod)."""
         if raw is None:
             return None
-        dns_ports = testserver.check_ports(key, raw)
+        dns_ports = testserver.check_ports(key, raw, "dnsPorts")
         missing = [f"{port}/{protocol}" for port, protocol in dns_ports if (port, protocol) not in ports]
         if missing:
             raise AgentError(f'key "{key}": dnsPorts {", ".join(missing)} are not among its ports')

@@ -242,19 +242,19 @@ def udp_reply(data: bytes, hostname: str, peer: tuple) -> bytes | None:
     return f"unknown command {verb!r}; try hostname, clientip, echo <msg>".encode()
 
 
-def check_ports(key: str, ports: object) -> tuple[tuple[int, str], ...]:
+def check_ports(key: str, ports: object, field: str = "ports") -> tuple[tuple[int, str], ...]:
     """Validate a ``serve`` port list ``[[8080, "TCP"], ...]``; sorted, duplicates dropped."""
     if not isinstance(ports, (list, tuple)):
-        raise AgentError(f'key "{key}": ports must be a list of [port, protocol] pairs')
+        raise AgentError(f'key "{key}": {field} must be a list of [port, protocol] pairs')
     out: set[tuple[int, str]] = set()
     for i, item in enumerate(ports):
         if not isinstance(item, (list, tuple)) or len(item) != 2:
-            raise AgentError(f'key "{key}": ports[{i}] must be a [port, protocol] pair, not {item!r}')
+            raise AgentError(f'key "{key}": {field}[{i}] must be a [port, protocol] pair, not {item!r}')
         port, protocol = item
         if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
-            raise AgentError(f'key "{key}": ports[{i}]: port {port!r} is out of range 1-65535')
+            raise AgentError(f'key "{key}": {field}[{i}]: port {port!r} is out of range 1-65535')
         if protocol not in PROTOCOLS:
-            raise AgentError(f'key "{key}": ports[{i}]: protocol {protocol!r} is not one of TCP, UDP')
+            raise AgentError(f'key "{key}": {field}[{i}]: protocol {protocol!r} is not one of TCP, UDP')
         out.add((port, protocol))
     return tuple(sorted(out))
 

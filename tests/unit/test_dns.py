@@ -348,3 +348,60 @@ def test_a_service_asking_for_the_dns_address_is_told_who_holds_it(manager):
     with pytest.raises(InvalidInput, match=r'^mine.yaml: Service "mine": spec.clusterIP 10.96.0.10 is already '
                                            r"allocated \(by Service kube-system/kube-dns\)$"):
         manager.apply("lab", [service])
+
+
+# -- the agent's ops and verify's DNS rule -----------------------------------------------------------
+
+
+def test_the_agent_takes_a_zone_and_checks_dns_ports_before_any_socket_opens():
+    import asyncio
+
+    from overlaynet.agent.server import Agent
+
+    async def scenario():
+        agent = Agent("lab", "/nonexistent.sock", lambda *args: None)
+        reply = await agent.handle({"op": "dns_zone", "domain": "cluster.local", "serial": 7,
+                                    "records": [["web.default.svc.cluster.local.", "A", "10.96.0.5"]]})
+        assert reply == {"records": 1} and agent.dns_zone is not None and agent.dns_zone.serial == 7
+        with pytest.raises(AgentError, match=r'key "pod/kube-system/coredns-1": dnsPorts 53/TCP are not among its ports'):
+            await agent.handle({"op": "serve", "key": "pod/kube-system/coredns-1", "netns": "lab.pod.x",
+                                "hostname": "coredns-1", "ports": [[53, "UDP"]], "dnsPorts": [[53, "TCP"]]})
+        with pytest.raises(AgentError, match=r"dnsPorts\[0\]: protocol 'SCTP'"):
+            await agent.handle({"op": "serve", "key": "pod/a/b", "netns": "lab.pod.x", "hostname": "b",
+                                "ports": [[53, "UDP"]], "dnsPorts": [[53, "SCTP"]]})
+        assert agent.keys == {}
+
+    asyncio.run(scenario())
+
+
+def test_dns_probes_are_parsed_with_their_name():
+    from overlaynet.agent.reachability import parse_probes
+
+    probes, _ = parse_probes([{"id": 1, "netns": "lab.pod.default.c", "dst": "10.96.0.10", "port": 53,
+                               "protocol": "dns", "name": "web.default.svc.cluster.local"}], 2.0)
+    assert (probes[0].protocol, probes[0].name, probes[0].port) == ("dns", "web.default.svc.cluster.local", 53)
+    with pytest.raises(InvalidInput, match="probe 0: name '' must be a domain name"):
+        parse_probes([{"netns": "n", "dst": "10.96.0.10", "port": 53, "protocol": "dns"}], 2.0)
+
+
+def test_verify_asks_from_one_pod_per_node_and_judges_names_and_nxdomain():
+    from overlaynet.tools.verify import OK, Endpoint, judge_dns, plan_dns_probes
+
+    pods = [Endpoint("pod", "kube-system/coredns-1", "lab.pod.kube-system.coredns-1", "10.244.0.2", "node-1"),
+            Endpoint("pod", "default/client", "lab.pod.default.client", "10.244.0.3", "node-1"),
+            Endpoint("pod", "default/web", "lab.pod.default.web", "10.244.1.2", "node-2")]
+    expected = {"web.default.svc.cluster.local": "10.96.0.5"}
+    probes, index = plan_dns_probes(expected, "no-such-service-0.default.svc.cluster.local", pods, "10.96.0.10", 100)
+    assert [(p["id"], p["netns"], p["name"]) for p in probes] == [
+        (100, "lab.pod.default.client", "web.default.svc.cluster.local"),
+        (101, "lab.pod.default.client", "no-such-service-0.default.svc.cluster.local"),
+        (102, "lab.pod.default.web", "web.default.svc.cluster.local"),
+        (103, "lab.pod.default.web", "no-such-service-0.default.svc.cluster.local")]
+    checks = judge_dns(index, [
+        {"id": 100, "ok": True, "rcode": "NOERROR", "answer": "10.96.0.5"},
+        {"id": 101, "ok": True, "rcode": "NXDOMAIN", "answer": ""},
+        {"id": 102, "ok": True, "rcode": "NOERROR", "answer": "10.96.0.6"},
+        {"id": 103, "ok": False, "error": "connection refused"}])
+    assert [c.status == OK for c in checks] == [True, True, False, False]
+    assert checks[2].error == "answered 10.96.0.6, expected 10.96.0.5"
+    assert checks[3].describe().endswith("dns: connection refused")
