@@ -1,6 +1,6 @@
 """Probes: the agent's client side, for ``overlaynet verify`` and the test server's ``/dial``.
 
-This module owns sending one TCP, UDP or ICMP probe from inside a source netns and judging
+This module owns sending one TCP, UDP, ICMP or DNS probe from inside a source netns and judging
 the answer; and running thousands of them at bounded concurrency on the agent's one event
 loop, every probe ending (ok, or with an error) within its timeout. What it never does:
 change kernel state, or keep a socket (and with it a namespace) alive after a batch ends.
@@ -17,6 +17,8 @@ Costs, and what they are paid for:
   socket is told about an ICMP port-unreachable (so a closed port is "connection refused"
   at once instead of a timeout), gives ``local`` from getsockname, and needs no
   demultiplexing of replies. Lost datagrams are resent with backoff until the timeout.
+- DNS: an A query over a connected UDP socket, as UDP (dnspython builds and reads it):
+  ``rcode`` and the sorted addresses in ``answer``.
 - ICMP: one raw socket per source netns per batch (``ICMP_FILTER`` keeps out everything but
   echo replies and errors), replies demultiplexed by (id, seq); ``local`` comes from one
   connected UDP socket per source netns, re-connected per destination, which sends nothing.

@@ -194,7 +194,8 @@ class Agent:
         return {"results": await reachability.run_probes(probes, timeout)}
 
     async def _dns_zone(self, request: dict) -> dict:
-        zone = dnsserver.parse_zone(request)
+        # Built in a worker thread (~90 us a record with dnspython): the loop keeps answering meanwhile.
+        zone = await asyncio.get_running_loop().run_in_executor(None, dnsserver.parse_zone, request)
         self.dns_zone = zone  # one assignment on the loop: a query sees the old set or the new one
         log.info("dns zone %s: %d record sets, serial %d", zone.origins[0], len(zone), zone.serial)
         return {"records": len(zone)}
