@@ -77,6 +77,7 @@ class Agent:
         self._stopped = asyncio.Event()
         self._connections: set[asyncio.Task] = set()
         self._cni_pool: concurrent.futures.ThreadPoolExecutor | None = None  # made on first use
+        self._dns_pool: concurrent.futures.ThreadPoolExecutor | None = None  # builds pushed zones
 
     # -- requests -------------------------------------------------------------------------
 
@@ -195,7 +196,10 @@ class Agent:
 
     async def _dns_zone(self, request: dict) -> dict:
         # Built in a worker thread (~90 us a record with dnspython): the loop keeps answering meanwhile.
-        zone = await asyncio.get_running_loop().run_in_executor(None, dnsserver.parse_zone, request)
+        # Its own thread: the default executor's may all be waiting for the controller (probe reports).
+        if self._dns_pool is None:
+            self._dns_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dns")
+        zone = await asyncio.get_running_loop().run_in_executor(self._dns_pool, dnsserver.parse_zone, request)
         self.dns_zone = zone  # one assignment on the loop: a query sees the old set or the new one
         log.info("dns zone %s: %d record sets, serial %d", zone.origins[0], len(zone), zone.serial)
         return {"records": len(zone)}
@@ -295,6 +299,8 @@ class Agent:
             self.keys.clear()
             if self._cni_pool is not None:  # let CNI operations in flight finish: no half-wired pod
                 await loop.run_in_executor(None, self._cni_pool.shutdown, True)
+            if self._dns_pool is not None:
+                self._dns_pool.shutdown(wait=False, cancel_futures=True)
             try:
                 if os.stat(self.socket_path).st_ino == inode:
                     os.unlink(self.socket_path)

@@ -4,6 +4,7 @@ pod's resolv.conf where ``ip netns exec`` mounts it from; records following the 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -141,6 +142,20 @@ def test_the_queries_go_through_kube_proxys_dnat_to_a_coredns_pod(cluster):
     coredns = [p["status"]["podIP"] for p in
                cluster.json("get", "pods", "-n", "kube-system", "--name", CLUSTER)["items"]]
     assert all(f"--to-destination {ip}:53" in rules for ip in coredns)
+
+
+def test_verify_resolves_every_service_from_every_node_and_passes_with_the_coredns_pods(cluster):
+    result = cluster.run("verify", "--name", CLUSTER, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(cluster.run("verify", "--name", CLUSTER, "-o", "json").stdout)
+    assert report["passed"] and report["dnsSkipped"] is None
+    names = {(c["from"], c["to"]) for c in report["checks"] if c["rule"] == "dns-names"}
+    clients = {source for source, _ in names}
+    assert len(clients) == 2 and not any(c.startswith("kube-system/") for c in clients)  # one pod per node
+    assert {target for _, target in names} == {"web.default.svc.cluster.local", "db.default.svc.cluster.local",
+                                                 "kube-dns.kube-system.svc.cluster.local"}
+    assert sum(c["rule"] == "dns-nxdomain" for c in report["checks"]) == 2
+    assert "(e) every Service name resolves, from a pod on every node" in result.stdout
 
 
 def test_records_follow_a_change_within_a_second(cluster, tmp_path):
