@@ -15,14 +15,11 @@ class OverlaynetError(Exception):
     exit_code = 1
 
 
-# Control characters as Python writes them in a string literal: "\n", "\x00", ...
-_ESCAPED_CONTROLS = {code: repr(chr(code))[1:-1] for code in (*range(0x20), 0x7F)}
-
-
 def one_line(text: str) -> str:
-    """``text`` with its control characters escaped: a value quoted from input (a name with a
-    newline in it) cannot break an error's one line, or forge a second one."""
-    return text.translate(_ESCAPED_CONTROLS)
+    """``text`` with what does not print escaped as Python writes it in a literal ("\\n",
+    "\\u200b"): a value quoted from input (a name with a newline or a zero-width space in it)
+    can neither break an error's one line, forge a second one, nor hide in it."""
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
 class InvalidInput(OverlaynetError):

@@ -118,11 +118,11 @@ def start_agent(cluster: str, socket_path: str, log_path: str) -> int:
         else:
             if reply.get("pid") in existing:
                 return int(reply["pid"])
-    os.makedirs(os.path.dirname(socket_path), exist_ok=True)
-    os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
+    os.makedirs(os.path.dirname(socket_path), mode=0o700, exist_ok=True)
+    os.makedirs(os.path.dirname(os.path.abspath(log_path)), mode=0o700, exist_ok=True)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (launch.import_root(), env.get("PYTHONPATH", "")) if p)
-    with open(log_path, "ab") as log:
+    with open(os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600), "ab") as log:
         try:
             proc = subprocess.Popen(
                 agent_argv(cluster, socket_path),
@@ -212,7 +212,7 @@ class AgentClient:
         """What the process table says about the agent of this socket (for error messages)."""
         running = _clusters_on(self.socket_path)
         if not running:
-            return " (no agent process runs for this socket; `overlaynet up` starts one)"
+            return " (no agent process runs for this socket; `overlaynet reconcile` starts it again)"
         described = ", ".join(f'pid {pid} for cluster "{cluster}"' for pid, cluster in running)
         return f" (an agent process runs: {described})"
 

@@ -78,6 +78,7 @@ class Agent:
         self._connections: set[asyncio.Task] = set()
         self._cni_pool: concurrent.futures.ThreadPoolExecutor | None = None  # made on first use
         self._dns_pool: concurrent.futures.ThreadPoolExecutor | None = None  # builds pushed zones
+        self._cni_locks: dict[str, tuple[asyncio.Lock, int]] = {}  # per container: its lock, how many hold or wait
 
     # -- requests -------------------------------------------------------------------------
 
@@ -220,8 +221,22 @@ class Agent:
         if self._cni_pool is None:
             self._cni_pool = concurrent.futures.ThreadPoolExecutor(CNI_WORKERS, thread_name_prefix="cni")
         loop = asyncio.get_running_loop()
-        stdout, exit_code, stderr = await loop.run_in_executor(
-            self._cni_pool, _run_cni, plugin, env, stdin.encode("utf-8", "surrogateescape"), pid)
+        # The CNI spec leaves it to the runtime not to run two operations on one container at
+        # once; a runtime killed mid-ADD cannot keep that promise (its plugin's ADD goes on here),
+        # so the agent keeps it: a DEL of the same container waits for that ADD to finish.
+        container = env.get("CNI_CONTAINERID", "")
+        lock, users = self._cni_locks.get(container, (asyncio.Lock(), 0))
+        self._cni_locks[container] = (lock, users + 1)
+        try:
+            async with lock:
+                stdout, exit_code, stderr = await loop.run_in_executor(
+                    self._cni_pool, _run_cni, plugin, env, stdin.encode("utf-8", "surrogateescape"), pid)
+        finally:
+            lock, users = self._cni_locks[container]
+            if users == 1:
+                del self._cni_locks[container]
+            else:
+                self._cni_locks[container] = (lock, users - 1)
         log.info("cni %s %s %s/%s: exit %d", plugin, env.get("CNI_COMMAND", "?"), env.get("CNI_CONTAINERID", ""),
                  env.get("CNI_IFNAME", ""), exit_code)
         return {"stdout": stdout, "exit_code": exit_code, "stderr": stderr}

@@ -277,7 +277,7 @@ def load_cluster(path: str, name: str | None = None) -> model.ClusterSpec:
     known.add("loadBalancerPool")  # LoadBalancer Services' addresses (api/loadbalancer.py)
     known.update(("dns", "clusterDomain"))  # the cluster DNS (control/dns.py)
     unknown = sorted(set(spec) - known)
-    cluster_name = name or metadata.get("name") or model.DEFAULT_CLUSTER_NAME
+    cluster_name = name if name is not None else (metadata.get("name") or model.DEFAULT_CLUSTER_NAME)
     if unknown:
         raise InvalidInput(f'{path}: cluster "{cluster_name}": unknown field spec.{unknown[0]} '
                            f"(known: {', '.join(sorted(known))})")

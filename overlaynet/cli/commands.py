@@ -3,6 +3,7 @@ controller or a kernel observer, and prints; errors travel up to ``overlaynet.cl
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -32,8 +33,8 @@ def _manager():
 
 
 def _resolve_cluster(manager, name: str | None) -> str:
-    """``--name``, or the only cluster there is."""
-    if name:
+    """``--name`` (an empty one is refused, not taken as absent), or the only cluster there is."""
+    if name is not None:
         names.check_cluster_name(name)
         return name
     existing = manager.store.cluster_names()
@@ -123,7 +124,7 @@ def up(config, cluster, nodes, cni, cluster_cidr, node_cidr_mask_size, service_c
         if overrides:
             spec = model.build_spec(**{**model.document_arguments(spec.name, spec.to_document()["spec"]), **overrides})
     else:
-        spec = model.build_spec(name=cluster or model.DEFAULT_CLUSTER_NAME,
+        spec = model.build_spec(name=model.DEFAULT_CLUSTER_NAME if cluster is None else cluster,
                                 **{k: v for k, v in flags.items() if v is not None})
     require_privileges("overlaynet up")
     from overlaynet.kernel import observe
@@ -479,7 +480,7 @@ def testserver(action, pod_name, namespace, netns_name, ports, hostname, cluster
     if netns_name or ports or hostname:
         raise InvalidInput(f"testserver {action}: --netns, --port and --hostname are for `testserver serve`")
     manager = _manager()
-    name = cluster or os.environ.get("OVERLAYNET_CLUSTER") or _resolve_cluster(manager, None)
+    name = _resolve_cluster(manager, cluster if cluster is not None else os.environ.get("OVERLAYNET_CLUSTER"))
     if pod_name is None:
         implied = os.environ.get("OVERLAYNET_POD")
         if not implied:
@@ -799,6 +800,40 @@ def _print_report(verifying, report, pod_eps, node_eps, elapsed, cluster, cni) -
         click.echo(f"... and {len(report.failures) - 50} more failures (-o json lists all)")
     verdict = "PASSED" if report.passed else f"FAILED ({len(report.failures)} checks)"
     click.echo(f"\nKubernetes network model: {verdict} in {elapsed:.2f}s")
+
+
+@cli.command()
+@click.option("-o", "--output", type=click.Choice(["json"]), help="json for scripts.")
+@cluster_option
+@click.pass_context
+def reconcile(ctx, output, cluster):
+    """Repair what was changed behind overlaynet's back, and print what it was.
+
+    One pass, as the real components resync: the nodes' devices, addresses, routes, neighbour
+    and FDB entries and each pod's attachment are put back where the kernel lost them, the
+    agent and BIRD started again if they died, kube-proxy's rules rewritten in full. What
+    cannot be put back (a pod whose namespace was deleted) is reported with what to do;
+    exit 1 then.
+
+    \b
+    Example:
+      ip -n demo.node.node-1 route del 10.244.2.0/24
+      overlaynet reconcile
+    """
+    require_privileges("overlaynet reconcile")
+    manager = _manager()
+    name = _resolve_cluster(manager, cluster)
+    repairs = manager.reconcile(name)
+    unrepaired = [r for r in repairs if not r.repaired]
+    if output == "json":
+        click.echo(json.dumps({"cluster": name, "repairs": [dataclasses.asdict(r) for r in repairs]}, indent=2))
+    elif not repairs:
+        click.echo(f'cluster "{name}": nothing to repair: the kernel matches the cluster\'s state')
+    else:
+        for repair in repairs:
+            click.echo(f"{'fixed' if repair.repaired else 'NOT FIXED'}  {repair.where}: {repair.what}")
+        click.echo(f'\ncluster "{name}": {len(repairs) - len(unrepaired)} repaired, {len(unrepaired)} not')
+    ctx.exit(1 if unrepaired else 0)
 
 
 @cli.command()

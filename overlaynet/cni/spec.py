@@ -70,7 +70,12 @@ ATTACHMENT_COMMANDS = ("ADD", "DEL", "CHECK")
 NEEDS_1_1 = ("STATUS", "GC")
 
 IFNAME_MAX = 15  # IFNAMSIZ - 1: the name must be shorter than 16 characters
+CONTAINER_ID_MAX = 128  # runtimes use 64 hex digits; it becomes part of cache file names (<= 255 bytes)
 _NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*")  # network names and container ids
+# Stricter than the kernel (which takes any bytes but "/", ":" and whitespace): a name that reaches
+# a file name or a log line holds no shell metacharacter, no control and no look-alike letter.
+_IFNAME_CHARS = re.compile(r"[A-Za-z0-9_.\-]+")
+_NETNS_PATH = re.compile(r"/[A-Za-z0-9_.\-/]+")
 _VERSION = re.compile(r"(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)")
 
 VALID_ATTACHMENTS_KEYS = ("cni.dev/valid-attachments", "cni.dev/attachments")
@@ -193,12 +198,22 @@ def ifname_problem(name: str) -> str | None:
     """Why ``name`` cannot be an interface name, or None (rules of Go skel / the kernel)."""
     if not name:
         return "is empty"
-    if len(name) > IFNAME_MAX:
-        return f"is {len(name)} characters long; it must be shorter than {IFNAME_MAX + 1}"
     if name in (".", ".."):
         return "must not be . or .."
-    if any(c in name for c in "/:") or any(c.isspace() for c in name):
-        return "must not contain /, : or whitespace"
+    if not _IFNAME_CHARS.fullmatch(name):
+        return "may hold only ASCII letters, digits, _, . and -"
+    if len(name) > IFNAME_MAX:
+        return f"is {len(name)} characters long; it must be shorter than {IFNAME_MAX + 1}"
+    return None
+
+
+def netns_problem(path: str) -> str | None:
+    """Why ``path`` cannot be a CNI_NETNS, or None: an absolute path (``/var/run/netns/cni-...``,
+    ``/proc/<pid>/ns/net``) of plain characters, with no ``.`` or ``..`` step."""
+    if not _NETNS_PATH.fullmatch(path):
+        return "must be an absolute path of ASCII letters, digits, _, ., - and /"
+    if any(step in (".", "..") for step in path.split("/")):
+        return "must not step through . or .."
     return None
 
 
@@ -265,16 +280,23 @@ def parse_env(environ: Mapping[str, str]) -> CniEnv:
     if container_id and not valid_container_id(container_id):
         raise CniError(ERR_INVALID_ENV, f"CNI_CONTAINERID {container_id!r} has invalid characters",
                        "it must start with a letter or digit, followed by letters, digits, _, . or -")
+    if len(container_id) > CONTAINER_ID_MAX:
+        raise CniError(ERR_INVALID_ENV,
+                       f"CNI_CONTAINERID is {len(container_id)} characters long; at most {CONTAINER_ID_MAX}")
     ifname = environ.get("CNI_IFNAME", "")
     if ifname or command in ATTACHMENT_COMMANDS:
         problem = ifname_problem(ifname)
         if problem:
             raise CniError(ERR_INVALID_ENV, f"CNI_IFNAME {ifname!r} {problem}")
+    netns = environ.get("CNI_NETNS", "")
+    problem = netns_problem(netns) if netns else None
+    if problem:
+        raise CniError(ERR_INVALID_ENV, f"CNI_NETNS {netns!r} {problem}")
     path = tuple(p for p in environ.get("CNI_PATH", "").split(os.pathsep) if p)
     return CniEnv(
         command=command,
         container_id=container_id,
-        netns=environ.get("CNI_NETNS", ""),
+        netns=netns,
         ifname=ifname,
         args=parse_cni_args(environ.get("CNI_ARGS")),
         path=path,

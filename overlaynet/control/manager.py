@@ -21,10 +21,12 @@ from overlaynet import names
 from overlaynet.api.manifests import DeploymentManifest, Manifest, PodManifest
 from overlaynet.api.model import ClusterSpec, NodeSpec, check_ranges, spec_from_document
 from overlaynet.api.services import EndpointSlice, Service
-from overlaynet.control import deployments, dns, pods
+from overlaynet.control import deployments, dns, pods, reconcile
 from overlaynet.control.node_ipam import allocate_node
 from overlaynet.control.ownership import AGENT, HOST, NETNS, PATH, agent_socket
+from overlaynet.control.reconcile import Repair
 from overlaynet.control.records import (
+    NODE_SERVER_PORTS,
     PodRequest,
     node_info,
     node_key,
@@ -42,9 +44,7 @@ from overlaynet.errors import AgentError, ConflictError, InvalidInput, KernelErr
 from overlaynet.ipam.blocks import BlockIPAM
 from overlaynet.node import bgp_mesh, kubelet, proxier, routes
 
-__all__ = ["NODE_SERVER_PORTS", "ClusterManager"]
-
-NODE_SERVER_PORTS = ((8080, "TCP"), (8080, "UDP"))
+__all__ = ["ClusterManager"]
 
 
 class ClusterManager:
@@ -134,8 +134,11 @@ class ClusterManager:
         with self.store.cluster_lock(cluster):
             if self.store.get_cluster(cluster) is None and not any(
                     self.store.owned(cluster, kind) for kind in (NETNS, AGENT, PATH)):
+                self.store.remove_lock(cluster)  # an `up` killed before it recorded anything made it
                 raise NotFoundError(f'cluster "{cluster}" does not exist')
-            return self._teardown(cluster)
+            removed = self._teardown(cluster)
+            self.store.remove_lock(cluster)
+            return removed
 
     def _teardown(self, cluster: str) -> dict:
         socket_path = self.agent_socket(cluster)
@@ -166,11 +169,13 @@ class ClusterManager:
     def _restore_host_limits(self) -> None:
         """Put host-wide limits back once no cluster is left."""
         with self.store.cluster_lock(HOST):
-            originals = self.store.get_meta(HOST, "host-limits")
-            if originals is None or self.store.cluster_names():
+            if self.store.cluster_names():
                 return
-            self.runtime.restore_host_limits(json.loads(originals))
-            self.store.delete_cluster(HOST)
+            originals = self.store.get_meta(HOST, "host-limits")
+            if originals is not None:
+                self.runtime.restore_host_limits(json.loads(originals))
+                self.store.delete_cluster(HOST)
+            self.store.remove_lock(HOST)
 
     def _configure_node_cni(self, spec: ClusterSpec, node: str) -> None:
         """Write the node's CNI configuration, as a CNI DaemonSet installs it on a real node."""
@@ -275,7 +280,9 @@ class ClusterManager:
     def apply(self, cluster: str, manifests: list[Manifest]) -> list[str]:
         """Apply Pods and Deployments; return kubectl-style lines (``pod/web created``)."""
         with self.store.cluster_lock(cluster):
-            return self._apply(self.spec(cluster), manifests)
+            spec = self.spec(cluster)
+            pods.restart_stranded(self.store, self.runtime, spec)  # an earlier apply that died part-way
+            return self._apply(spec, manifests)
 
     def _apply(self, spec: ClusterSpec, manifests: list[Manifest]) -> list[str]:
         cluster = spec.name
@@ -348,6 +355,11 @@ class ClusterManager:
             spec = self.spec(cluster)
             proxier.delete_service(self.store, spec, namespace, name)
             self._sync_services(spec)
+
+    def reconcile(self, cluster: str) -> list[Repair]:
+        """One repair pass over what was changed behind overlaynet's back (``reconcile``)."""
+        with self.store.cluster_lock(cluster):
+            return reconcile.reconcile(self.store, self.runtime, self.spec(cluster))
 
     def pod_health(self, cluster: str, namespace: str, name: str, kind: str, ok: bool) -> None:
         """What the agent's prober found: readiness moves the pod in and out of its Services'

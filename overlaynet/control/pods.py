@@ -16,7 +16,7 @@ from collections import Counter
 from typing import cast
 
 from overlaynet import names
-from overlaynet.api.manifests import PodManifest, parse_document, pod_probes, served_ports
+from overlaynet.api.manifests import PodManifest, PodTemplate, parse_document, pod_probes, served_ports
 from overlaynet.api.model import ClusterSpec
 from overlaynet.control import scheduler
 from overlaynet.control.dns import DNS_PORT, runs_cluster_dns
@@ -30,14 +30,15 @@ from overlaynet.control.records import (
     pod_sandbox,
     sandbox_of,
 )
-from overlaynet.control.seams import Runtime
+from overlaynet.control.seams import Agent, Runtime
 from overlaynet.control.store import Store
 from overlaynet.datapath.modes import get_mode
 from overlaynet.datapath.plan import Netns
 from overlaynet.errors import AgentError, KernelError, NotFoundError
 from overlaynet.node import kubelet, resolv, routes
 
-__all__ = ["create_pods", "delete_pods", "pending_requests", "pod_capacity"]
+__all__ = ["create_pods", "delete_pods", "pending_requests", "pod_capacity", "restart_stranded", "serve_pod",
+           "stored_template"]
 
 
 def pod_capacity(spec: ClusterSpec, node: dict) -> int:
@@ -116,15 +117,8 @@ def create_pods(store: Store, runtime: Runtime, spec: ClusterSpec, requests: lis
         resolv.write_pod_files(store, runtime, spec, [(s.namespace, s.name, r.template.spec) for s, r in started])
         agent = runtime.agent(cluster, agent_socket(store, cluster))
         for sandbox, request in started:
-            pod_netns = names.pod_netns(cluster, sandbox.namespace, sandbox.name)
-            probes = pod_probes(request.template.spec)
-            health = {"specs": [p.as_dict() for p in probes], "podIP": kubelet.pod_ip(results[sandbox]),
-                      "nodeNetns": names.node_netns(cluster, sandbox.node), "podNetns": pod_netns} if probes else None
-            # CoreDNS answers the cluster DNS on its port 53; the test server on 8080, as in every pod.
-            dns_ports = [(p.port, p.protocol) for p in request.template.ports
-                         if p.port == DNS_PORT] if runs_cluster_dns(request.template.spec) else None
-            agent.serve(pod_key(sandbox.namespace, sandbox.name), pod_netns, sandbox.name,
-                        list(served_ports(request.template)), health, dns_ports=dns_ports)
+            serve_pod(agent, cluster, sandbox.namespace, sandbox.name, sandbox.node,
+                      kubelet.pod_ip(results[sandbox]), request.template)
     except BaseException:
         delete_pods(store, runtime, spec, [_pod(store, cluster, s.namespace, s.name) for s, _ in started])
         raise
@@ -141,8 +135,11 @@ def delete_pods(store: Store, runtime: Runtime, spec: ClusterSpec, records: list
     if not records:
         return
     cluster = spec.name
-    # Attached pods only: a pod whose ADD failed was given its DEL then, and has no sandbox.
-    bound = [r for r in records if r["status"].get("podIP")]
+    # Pods with a sandbox only: a pod whose ADD failed was given its DEL then, and its sandbox
+    # went (and was forgotten); one a process that died left half-created still has it.
+    sandboxes = set(store.owned(cluster, NETNS))
+    bound = [r for r in records if names.pod_netns(cluster, r["metadata"]["namespace"], r["metadata"]["name"])
+             in sandboxes]
     if bound:
         try:
             agent = runtime.agent(cluster, agent_socket(store, cluster))
@@ -165,6 +162,48 @@ def delete_pods(store: Store, runtime: Runtime, spec: ClusterSpec, records: list
     routes.sync_routes(store, runtime, spec)
 
 
+def restart_stranded(store: Store, runtime: Runtime, spec: ClusterSpec) -> list[str]:
+    """Pods left ContainerCreating by a process that died part-way (pods are only created under
+    the cluster's lock, so the caller, holding it, sees no creation in progress): what is left
+    of their sandboxes is removed and they are created again, as a kubelet's sync loop replaces a
+    sandbox that is not ready. Their ``namespace/name``s."""
+    stranded = [record for record in store.list(spec.name, "Pod")
+                if record["spec"].get("nodeName") and record["status"].get("reason") == "ContainerCreating"
+                and not record["status"].get("message")]
+    if not stranded:
+        return []
+    requests = [PodRequest(r["metadata"]["namespace"], r["metadata"]["name"], stored_template(r), _owner(r))
+                for r in stranded]
+    delete_pods(store, runtime, spec, stranded)
+    create_pods(store, runtime, spec, requests)
+    return [f"{r.namespace}/{r.name}" for r in requests]
+
+
+def _owner(record: dict) -> str | None:
+    """The name of the Deployment that owns the pod, if one does."""
+    return next((o["name"] for o in record["metadata"].get("ownerReferences", []) if o.get("kind") == "Deployment"),
+                None)
+
+
+def serve_pod(agent: Agent, cluster: str, namespace: str, name: str, node: str, pod_ip: str,
+              template: PodTemplate) -> None:
+    """What the pod runs: the test server on its ports (a CoreDNS pod: the cluster DNS on its
+    port 53 as well), and its probes."""
+    pod_netns = names.pod_netns(cluster, namespace, name)
+    probes = pod_probes(template.spec)
+    health = {"specs": [p.as_dict() for p in probes], "podIP": pod_ip,
+              "nodeNetns": names.node_netns(cluster, node), "podNetns": pod_netns} if probes else None
+    dns_ports = [(p.port, p.protocol) for p in template.ports if p.port == DNS_PORT] \
+        if runs_cluster_dns(template.spec) else None
+    agent.serve(pod_key(namespace, name), pod_netns, name, list(served_ports(template)), health, dns_ports=dns_ports)
+
+
+def stored_template(record: dict) -> PodTemplate:
+    """The pod's spec as its manifest had it, parsed back from the store."""
+    manifest = parse_document({"kind": "Pod", "metadata": record["metadata"], "spec": record["spec"]}, "store")
+    return cast(PodManifest, manifest).template
+
+
 def pending_requests(store: Store, cluster: str) -> list[PodRequest]:
     """Take the Pending pods out of the store, as requests to schedule again (a node joined or
     capacity was freed)."""
@@ -173,8 +212,6 @@ def pending_requests(store: Store, cluster: str) -> list[PodRequest]:
         if record["status"].get("podIP"):
             continue
         meta = record["metadata"]
-        manifest = cast(PodManifest, parse_document({"kind": "Pod", "metadata": meta, "spec": record["spec"]}, "store"))
-        owner = next((o["name"] for o in meta.get("ownerReferences", []) if o.get("kind") == "Deployment"), None)
-        requests.append(PodRequest(meta["namespace"], meta["name"], manifest.template, owner))
+        requests.append(PodRequest(meta["namespace"], meta["name"], stored_template(record), _owner(record)))
         store.delete(cluster, "Pod", meta["name"], meta["namespace"])
     return requests

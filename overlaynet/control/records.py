@@ -23,7 +23,7 @@ from overlaynet.kernel import netns
 from overlaynet.node.kubelet import Sandbox
 
 __all__ = [
-    "CONTAINER_ANNOTATION", "NETNS_ANNOTATION", "PodRequest", "is_ready", "mark_running", "node_info",
+    "CONTAINER_ANNOTATION", "NETNS_ANNOTATION", "NODE_SERVER_PORTS", "PodRequest", "is_ready", "mark_running", "node_info",
     "node_key", "node_ready", "node_record", "now", "pod_key", "pod_record", "pod_sandbox", "sandbox_of",
     "set_ready",
 ]
@@ -34,6 +34,9 @@ CONTAINER_ANNOTATION = "overlaynet.dev/container-id"  # the sandbox id CNI calls
 
 def now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+NODE_SERVER_PORTS = ((8080, "TCP"), (8080, "UDP"))  # what every node serves (verify probes it)
 
 
 def node_key(node: str) -> str:

@@ -14,11 +14,11 @@ from collections.abc import Iterable, Mapping
 
 from overlaynet.agent.client import AgentClient, start_agent, stop_agent
 from overlaynet.control.seams import Agent, Bird, Iptables
-from overlaynet.datapath.plan import Plan
+from overlaynet.datapath.plan import Plan, Step
 from overlaynet.errors import OverlaynetError
 from overlaynet.kernel import apply as kernel_apply
 from overlaynet.kernel import bird as kernel_bird
-from overlaynet.kernel import host, iptables, netns, observe
+from overlaynet.kernel import drift, host, iptables, netns, observe
 from overlaynet.kernel.bird import MeshReport
 from overlaynet.node import kubelet
 from overlaynet.proxy.render import Jump
@@ -35,6 +35,9 @@ class HostIptables:
 
     def ensure_jumps(self, netns: str, jumps: Iterable[Jump], backend: str) -> list[Jump]:
         return iptables.ensure_jumps(netns, jumps, backend)
+
+    def save(self, netns: str, backend: str, table: str) -> str:
+        return iptables.save(netns, backend, table)
 
     def restore(self, netns: str, payload: str, backend: str) -> None:
         iptables.restore(netns, payload, backend)
@@ -86,6 +89,9 @@ class HostRuntime:
 
     def remove(self, plan: Plan) -> None:
         kernel_apply.remove(plan)
+
+    def missing_steps(self, plan: Plan) -> list[Step]:
+        return drift.missing_steps(plan)
 
     def delete_namespaces(self, netns_names: list[str]) -> list[str]:
         for name in netns_names:

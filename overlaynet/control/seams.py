@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Protocol
 
-from overlaynet.datapath.plan import Plan
+from overlaynet.datapath.plan import Plan, Step
 from overlaynet.errors import OverlaynetError
 from overlaynet.node.kubelet import NodePaths, Sandbox
 
@@ -45,6 +45,9 @@ class Iptables(Protocol):
     def chains(self, netns: str, backend: str, table: str) -> list[str]: ...
 
     def ensure_jumps(self, netns: str, jumps: Iterable[Jump], backend: str) -> list[Jump]: ...
+
+    def save(self, netns: str, backend: str, table: str) -> str:
+        """``iptables-save -t <table>`` of the namespace."""
 
     def restore(self, netns: str, payload: str, backend: str) -> None:
         """Load ``payload`` with ``iptables-restore --noflush``."""
@@ -84,6 +87,9 @@ class Runtime(Protocol):
     def apply(self, plan: Plan) -> None: ...
 
     def remove(self, plan: Plan) -> None: ...
+
+    def missing_steps(self, plan: Plan) -> list[Step]:
+        """The steps of ``plan`` the kernel does not show (deleted or changed behind our back)."""
 
     def delete_namespaces(self, netns_names: list[str]) -> list[str]:
         """Delete namespaces; return those the kernel still shows after waiting."""

@@ -11,7 +11,8 @@ It owns the desired and observed state of every cluster on this host:
 Writes happen in ``transaction()`` (``BEGIN IMMEDIATE``, WAL journal), so concurrent
 ``overlaynet`` processes never see half an update; ``cluster_lock`` serialises whole
 operations on one cluster (kernel work included) across processes with ``flock``.
-The location is ``$OVERLAYNET_STATE_DIR`` (default ``/var/lib/overlaynet``).
+The location is ``$OVERLAYNET_STATE_DIR`` (default ``/var/lib/overlaynet``); it is its owner's only
+(a directory it creates is 0700, the database 0600, narrowed if it was wider).
 """
 
 from __future__ import annotations
@@ -46,11 +47,23 @@ def state_dir() -> str:
     return os.environ.get("OVERLAYNET_STATE_DIR") or DEFAULT_STATE_DIR
 
 
+def _create_private(path: str) -> None:
+    """Create ``path`` readable by its owner only, or narrow it if it exists: the store holds
+    every object of every cluster. SQLite gives its -wal and -shm files the database's mode."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
 class Store:
     def __init__(self, directory: str | None = None):
         self.directory = directory or state_dir()
-        os.makedirs(self.directory, mode=0o755, exist_ok=True)
-        self._db = sqlite3.connect(os.path.join(self.directory, "state.db"), timeout=30, isolation_level=None)
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        database = os.path.join(self.directory, "state.db")
+        _create_private(database)
+        self._db = sqlite3.connect(database, timeout=30, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
@@ -85,13 +98,31 @@ class Store:
 
     @contextlib.contextmanager
     def cluster_lock(self, cluster: str) -> Iterator[None]:
-        """Hold the cluster's operation lock (blocks while another process holds it)."""
-        with open(self.runtime_path(cluster, "lock"), "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        """Hold the cluster's operation lock (blocks while another process holds it).
+
+        The lock file may be removed by its holder (``remove_lock``, once the cluster is gone):
+        a process that was waiting on it then holds a lock on a file no longer there, so after
+        each ``flock`` the path must still name the file locked, else it locks afresh.
+        """
+        path = self.runtime_path(cluster, "lock")
+        while True:
+            with open(path, "a") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                try:
+                    current: int | None = os.stat(path).st_ino
+                except FileNotFoundError:
+                    current = None
+                if current == os.fstat(handle.fileno()).st_ino:
+                    try:
+                        yield
+                    finally:
+                        fcntl.flock(handle, fcntl.LOCK_UN)
+                    return
+
+    def remove_lock(self, cluster: str) -> None:
+        """Remove the lock file of a cluster that is gone; called with the lock held."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.runtime_path(cluster, "lock"))
 
     def runtime_path(self, cluster: str, suffix: str) -> str:
         """A per-cluster file beside the database: ``<dir>/<cluster>.<suffix>``."""

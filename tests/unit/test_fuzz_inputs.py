@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 from overlaynet.agent.server import Agent
 from overlaynet.api import manifests, model
+from overlaynet.cli import main
 from overlaynet.cni import plugins, spec
 from overlaynet.datapath.modes import IPAM_PLUGIN
 from overlaynet.errors import OverlaynetError
@@ -305,3 +306,48 @@ def test_the_agent_serves_only_in_a_namespace_named_in_run_netns(netns):
     reply = json.loads(asyncio.run(agent._answer(json.dumps({**request, "netns": "fuzz-pod", "health": health}).encode())))
     assert not reply["ok"] and "network namespace name" in reply["error"], reply
     assert agent.keys == {}
+
+
+# -- names built to break things -----------------------------------------------------------
+
+HOSTILE_NAMES = ["", "a;rm -rf /", "$(reboot)", "`id`", "../x", "a/b", "ｗｅｂ", "wеb", "web\u200b", "web\n",
+                 "-x", "Web", "x" * 40]
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+def test_a_hostile_cluster_name_is_refused_before_anything(name, tmp_path, monkeypatch, capsys):
+    """``--name`` reaches namespace, interface and chain names: refused with one line that shows
+    it, escaped when it does not print (a zero-width space cannot hide in it)."""
+    monkeypatch.setenv("OVERLAYNET_STATE_DIR", str(tmp_path / "state"))
+    assert main(["get", "pods", "--name", name]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: cluster ") and error.count("\n") == 1, error
+    assert f'cluster "{repr(name)[1:-1]}"' in error
+
+
+RUNTIME_ENV = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "abc123", "CNI_NETNS": "/var/run/netns/cni-1",
+               "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin"}
+
+
+@pytest.mark.parametrize(("variable", "value"), [
+    ("CNI_NETNS", "/var/run/netns/../../proc/1/ns/net"), ("CNI_NETNS", "relative/netns"),
+    ("CNI_NETNS", "/run/netns/a;b"), ("CNI_NETNS", "/run/netns/$(id)"), ("CNI_NETNS", "/run/netns/wеb"),
+    ("CNI_IFNAME", "eth0;id"), ("CNI_IFNAME", "../e"), ("CNI_IFNAME", "e" * 16), ("CNI_IFNAME", "еth0"),
+    ("CNI_IFNAME", "eth0\u200b"), ("CNI_IFNAME", "eth 0"), ("CNI_IFNAME", ".."),
+    ("CNI_CONTAINERID", "../../etc"), ("CNI_CONTAINERID", "$(id)"), ("CNI_CONTAINERID", "аbc"),
+    ("CNI_CONTAINERID", "a" * 129), ("CNI_CONTAINERID", "-rf"),
+])
+def test_a_hostile_name_from_the_runtime_is_refused_with_code_4(variable, value):
+    """CNI_NETNS, CNI_IFNAME and CNI_CONTAINERID reach files, netlink and logs: refused first,
+    with the spec's code 4 (invalid environment variables) naming the variable."""
+    with pytest.raises(spec.CniError) as refused:
+        spec.parse_env({**RUNTIME_ENV, variable: value})
+    assert refused.value.code == spec.ERR_INVALID_ENV and variable in refused.value.msg
+
+
+def test_the_names_runtimes_really_pass_are_accepted():
+    for netns in ("/var/run/netns/cni-5f1e2d3c-aaaa-bbbb", "/proc/4242/ns/net", "/run/netns/ovn-node-1"):
+        for ifname in ("eth0", "net1", "cali1234567890a", "vxlan.calico"):
+            parsed = spec.parse_env({**RUNTIME_ENV, "CNI_NETNS": netns, "CNI_IFNAME": ifname,
+                                     "CNI_CONTAINERID": "f" * 64})
+            assert (parsed.netns, parsed.ifname) == (netns, ifname)

@@ -1,0 +1,223 @@
+"""Reconciliation: put back what was changed behind overlaynet's back, and say what it was.
+
+Real components re-converge on their resync: flanneld re-adds the routes, neighbours and FDB
+entries of its peers, Felix its routes, kube-proxy rewrites its chains in full, the kubelet
+restarts what a pod runs. ``reconcile`` does one such pass over a cluster, in that order of
+dependence:
+
+1. the agent (the pods' processes): started again when it does not answer;
+2. pods a process that died left half-created: created again (``pods.restart_stranded``);
+3. the kernel objects of the cluster's plan (``topology.plan_cluster``: nodes, bridges,
+   tunnels, peer routes, neighbours and FDB entries; the block routes of a Calico-like mode;
+   each running pod's attachment as its mode plans it): the steps the kernel no longer shows
+   (``Runtime.missing_steps``) are applied again; then every node's and running pod's test
+   server is served again where the agent lacks it;
+4. BIRD, with ``bgp: bird``: a daemon that is not running is started again;
+5. kube-proxy: a full sync of every node (as after a restart), reporting the rules it wrote
+   back (``iptables-save`` before and after, counters left out);
+6. the cluster DNS: its records pushed to the agent again (``dns.sync_zone``).
+
+What it cannot put back it reports, with what to do: a pod whose network namespace is gone
+(its sandbox is lost; the kubelet would make a new one: delete the pod). A cluster with the
+user's own conflist (``cniConfig``) has its pods' attachments left to those plugins.
+
+What it never does: touch what the cluster does not own, or print (the CLI does).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+import re
+
+from overlaynet import names
+from overlaynet.api.model import ClusterSpec
+from overlaynet.control import dns, pods
+from overlaynet.control.ownership import PATH, agent_socket
+from overlaynet.control.records import CONTAINER_ANNOTATION, NODE_SERVER_PORTS, node_info, node_key, pod_key
+from overlaynet.control.seams import Runtime
+from overlaynet.control.store import Store
+from overlaynet.datapath import topology
+from overlaynet.datapath.modes import get_mode, uses_ipam_blocks
+from overlaynet.datapath.plan import Netns, Plan, Step, words
+from overlaynet.datapath.topology import NodeInfo, PodInfo
+from overlaynet.errors import AgentError
+from overlaynet.node import bgp_mesh, proxier, routes
+
+__all__ = ["Repair", "reconcile"]
+
+_COUNTERS = re.compile(r"^\[\d+:\d+\] ")
+
+
+@dataclasses.dataclass(frozen=True)
+class Repair:
+    """One thing found wrong: where (``node/node-1``, ``pod/default/web-1``, ``agent``), what,
+    and whether this pass put it back (else ``what`` says what to do)."""
+
+    where: str
+    what: str
+    repaired: bool = True
+
+
+def _running_pods(store: Store, cluster: str) -> list[dict]:
+    return [p for p in store.list(cluster, "Pod") if p["status"].get("podIP") and p["spec"].get("nodeName")]
+
+
+def _pod_where(record: dict) -> str:
+    return f"pod/{record['metadata']['namespace']}/{record['metadata']['name']}"
+
+
+def _pod_netns(cluster: str, record: dict) -> str:
+    return names.pod_netns(cluster, record["metadata"]["namespace"], record["metadata"]["name"])
+
+
+def _node_infos(store: Store, spec: ClusterSpec) -> list[NodeInfo]:
+    if uses_ipam_blocks(spec):
+        return routes.node_infos(store, spec)
+    return [node_info(record) for record in store.list(spec.name, "Node")]
+
+
+def plan_desired(spec: ClusterSpec, nodes: list[NodeInfo], running: list[dict]) -> tuple[Plan, dict[Step, dict]]:
+    """The kernel objects the cluster should have (pure, each once), and for the steps of a
+    running pod's attachment, the pod (every running pod, unless the user's conflist makes
+    them). A pod's steps start with its sandbox namespace: if that is missing, so is the pod."""
+    mode = get_mode(spec.cni)
+    plan = topology.plan_cluster(spec, mode, nodes)
+    if uses_ipam_blocks(spec) and spec.bgp != "bird":
+        for node in nodes:
+            plan += routes.plan_routes(spec, node, nodes)
+    owners: dict[Step, dict] = {}
+    by_name = {node.name: node for node in nodes}
+    for record in [] if spec.cni_config else running:
+        meta, node = record["metadata"], by_name.get(record["spec"]["nodeName"])
+        if node is None:
+            continue
+        pod = PodInfo(namespace=meta["namespace"], name=meta["name"],
+                      ip=ipaddress.IPv4Address(record["status"]["podIP"]), node=node.name,
+                      netns=_pod_netns(spec.name, record), host_netns=names.node_netns(spec.name, node.name),
+                      container_id=meta.get("annotations", {}).get(CONTAINER_ANNOTATION, ""))
+        steps = (Netns(pod.netns), *mode.plan_pod(spec, node, pod))
+        owners.update(dict.fromkeys(steps, record))
+        plan += steps
+    return tuple(dict.fromkeys(plan)), owners
+
+
+def _where(spec: ClusterSpec, step: Step, owners: dict[Step, dict]) -> str:
+    """``pod/default/web-1``, ``node/node-1`` or the namespace, for a step of the cluster."""
+    if step in owners:
+        return _pod_where(owners[step])
+    ns = step.name if isinstance(step, Netns) else step.netns
+    for node in spec.nodes:
+        if ns == names.node_netns(spec.name, node.name):
+            return f"node/{node.name}"
+    return f'netns "{ns}"'
+
+
+def _reconcile_kernel(store: Store, runtime: Runtime, spec: ClusterSpec,
+                      running: list[dict]) -> tuple[list[Repair], set[str]]:
+    """The repairs, and the pod namespaces that are lost (not re-created: the sandbox is gone)."""
+    plan, owners = plan_desired(spec, _node_infos(store, spec), running)
+    missing = runtime.missing_steps(plan)
+    lost = {step.name: owners[step] for step in missing if isinstance(step, Netns) and step in owners}
+    repairs = [Repair(_pod_where(record),
+                      f'its network namespace "{sandbox}" is gone, and its sandbox with it: '
+                      f"`overlaynet delete pod {record['metadata']['name']}` (a Deployment makes "
+                      "a new one; a bare pod you apply again)", repaired=False)
+               for sandbox, record in sorted(lost.items())]
+    missing = [step for step in missing if not (step in owners and _pod_netns(spec.name, owners[step]) in lost)]
+    if missing:
+        runtime.apply(tuple(missing))
+    repairs += [Repair(_where(spec, step, owners), f"{words(step)}: put back") for step in missing]
+    return repairs, set(lost)
+
+
+def _ensure_agent(store: Store, runtime: Runtime, spec: ClusterSpec) -> tuple[list[Repair], set[str]]:
+    """The agent answering (started again if it does not), and the keys it serves."""
+    socket_path = agent_socket(store, spec.name)
+    try:
+        return [], {served["key"] for served in runtime.agent(spec.name, socket_path).list()}
+    except AgentError:
+        log_path = store.runtime_path(spec.name, "agent.log")
+        store.record(spec.name, PATH, log_path)
+        pid = runtime.start_agent(spec.name, socket_path, log_path)
+        return [Repair("agent", f"did not answer; started again (pid {pid}), log {log_path}")], set()
+
+
+def _serve_missing(store: Store, runtime: Runtime, spec: ClusterSpec, running: list[dict], keys: set[str],
+                   lost: set[str]) -> list[Repair]:
+    agent = runtime.agent(spec.name, agent_socket(store, spec.name))
+    repairs = []
+    for node in store.list(spec.name, "Node"):
+        name = node["metadata"]["name"]
+        if node_key(name) not in keys:
+            agent.serve(node_key(name), names.node_netns(spec.name, name), name, list(NODE_SERVER_PORTS))
+            repairs.append(Repair(f"node/{name}", "its test server served again"))
+    for record in running:
+        meta = record["metadata"]
+        if pod_key(meta["namespace"], meta["name"]) in keys or _pod_netns(spec.name, record) in lost:
+            continue
+        pods.serve_pod(agent, spec.name, meta["namespace"], meta["name"], record["spec"]["nodeName"],
+                       record["status"]["podIP"], pods.stored_template(record))
+        repairs.append(Repair(_pod_where(record), "its test server served again"))
+    return repairs
+
+
+def _reconcile_bird(store: Store, runtime: Runtime, spec: ClusterSpec) -> list[Repair]:
+    if not (uses_ipam_blocks(spec) and spec.bgp == "bird"):
+        return []
+    nodes = routes.node_infos(store, spec)
+    dead = [node.name for node in nodes
+            if runtime.bird.running_pid(bgp_mesh.bird_files(store.directory, spec.name, node.name)[2]) is None]
+    if dead:
+        bgp_mesh.sync(store, runtime.bird, spec, nodes)
+    return [Repair(f"node/{name}", "BIRD was not running; started again") for name in dead]
+
+
+def _nat_rules(runtime: Runtime, netns_name: str, backend: str) -> list[str]:
+    text = runtime.iptables.save(netns_name, backend, "nat")
+    return [_COUNTERS.sub("", line) for line in text.splitlines() if line and not line.startswith(("#", ":"))]
+
+
+def _reconcile_proxy(store: Store, runtime: Runtime, spec: ClusterSpec) -> list[Repair]:
+    backend = store.get_meta(spec.name, "kube-proxy-backend")  # None: never synced (a process died first)
+    nodes = [n["metadata"]["name"] for n in store.list(spec.name, "Node")]
+    before = {node: _nat_rules(runtime, names.node_netns(spec.name, node), backend) if backend else []
+              for node in nodes}
+    store.set_meta(spec.name, "kube-proxy-synced", "{}")  # the next sync is a full one, as after a restart
+    proxier.sync(store, runtime, spec)
+    backend = store.get_meta(spec.name, "kube-proxy-backend")
+    if backend is None:
+        return []  # the cluster never had a Service: kube-proxy has nothing to keep
+    repairs = []
+    for node in nodes:
+        after = _nat_rules(runtime, names.node_netns(spec.name, node), backend)
+        restored = [line[2:] for line in difflib.ndiff(sorted(before[node]), sorted(after)) if line.startswith("+ ")]
+        if restored:
+            shown = "; ".join(restored[:3]) + (f"; and {len(restored) - 3} more" if len(restored) > 3 else "")
+            repairs.append(Repair(f"node/{node}", f"kube-proxy wrote back {len(restored)} nat rule(s): {shown}"))
+    return repairs
+
+
+def reconcile(store: Store, runtime: Runtime, spec: ClusterSpec) -> list[Repair]:
+    """One pass over the cluster; what was found wrong, repaired or not."""
+    repairs, keys = _ensure_agent(store, runtime, spec)
+    restarted = pods.restart_stranded(store, runtime, spec)
+    for pod in restarted:
+        namespace, name = pod.split("/")
+        status = (store.get(spec.name, "Pod", name, namespace) or {}).get("status", {})
+        if status.get("phase") == "Running":
+            repairs.append(Repair(f"pod/{pod}", "left half-created by a process that died; created again"))
+        else:
+            repairs.append(Repair(f"pod/{pod}", "left half-created by a process that died; created again, but: "
+                                  + status.get("message", status.get("reason", "not running")), repaired=False))
+    if restarted:
+        keys = {served["key"] for served in runtime.agent(spec.name, agent_socket(store, spec.name)).list()}
+    running = _running_pods(store, spec.name)
+    kernel_repairs, lost = _reconcile_kernel(store, runtime, spec, running)
+    repairs += kernel_repairs
+    repairs += _serve_missing(store, runtime, spec, running, keys, lost)
+    repairs += _reconcile_bird(store, runtime, spec)
+    repairs += _reconcile_proxy(store, runtime, spec)
+    dns.sync_zone(store, runtime, spec)  # the cluster DNS's records: an agent started again has none
+    return repairs
