@@ -38,8 +38,8 @@ from overlaynet.errors import AgentError
 
 log = logging.getLogger("overlaynet.agent")
 
-TTL = 5  # the kubernetes plugin's default; every record and the SOA's minimum
-REVERSE_ZONE = "in-addr.arpa."
+TTL = 5  # the kubernetes plugin's default; every record and the SOA's minimum (as control/dns_records: the
+REVERSE_ZONE = "in-addr.arpa."  # agent never imports the controller, so the two constants are repeated here)
 UDP_DEFAULT_SIZE = 512  # RFC 1035, a query without EDNS
 UDP_MAX_SIZE = 1232  # what we answer over UDP at most, EDNS or not (the DNS flag day 2020 value)
 TCP_IDLE_TIMEOUT = 10.0

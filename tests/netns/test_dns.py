@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 
@@ -175,6 +176,17 @@ def test_records_follow_a_change_within_a_second(cluster, tmp_path):
         time.sleep(0.05)
     cluster.run("delete", "svc", "late", "--name", CLUSTER)
     assert "status: NXDOMAIN" in dig("client-2", "late.default.svc.cluster.local").stdout
+
+
+def test_a_killed_agent_answers_names_again_after_reconcile(cluster):
+    from overlaynet.agent.client import find_agent_pids
+
+    pids = find_agent_pids(CLUSTER, os.path.join(cluster.state_dir, f"{CLUSTER}.sock"))
+    assert len(pids) == 1
+    os.kill(pids[0], signal.SIGKILL)
+    assert "no servers could be reached" in dig("client-1", "web.default.svc.cluster.local").stdout
+    cluster.run("reconcile", "--name", CLUSTER)
+    assert short("client-1", "web.default.svc.cluster.local") == [cluster_ip(cluster, "web")]
 
 
 def test_in_routed_mode_a_name_resolves_and_down_leaves_no_etc_netns_entry():
