@@ -405,3 +405,10 @@ def test_verify_asks_from_one_pod_per_node_and_judges_names_and_nxdomain():
     assert [c.status == OK for c in checks] == [True, True, False, False]
     assert checks[2].error == "answered 10.96.0.6, expected 10.96.0.5"
     assert checks[3].describe().endswith("dns: connection refused")
+
+
+def test_the_agent_and_the_records_agree_on_the_ttl_and_the_reverse_zone():
+    from overlaynet.agent import dnsserver
+    from overlaynet.control import dns_records
+
+    assert (dnsserver.TTL, dnsserver.REVERSE_ZONE) == (dns_records.TTL, dns_records.REVERSE_ZONE)
