@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     manager = ClusterManager(Store(state))
     cluster = "benchverify"
     try:
-        manager.up(model.build_spec(name=cluster, nodes=args.nodes))
+        manager.up(model.build_spec(name=cluster, nodes=args.nodes, dns=False))  # exactly --pods pods
         manager.apply(cluster, parse_manifests("bench", text=deployment_yaml("scale", args.pods)))
         seconds, report, probes = run_verify(manager, cluster)
         pods = [p for p in manager.pods(cluster) if p["status"]["phase"] == "Running"]

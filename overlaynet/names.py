@@ -51,6 +51,11 @@ def is_label(name: str) -> bool:
     return len(name) <= DNS1123_LABEL_MAX and bool(_LABEL.fullmatch(name))
 
 
+def is_subdomain(name: str) -> bool:
+    """``name`` is a DNS-1123 subdomain: labels joined by dots, at most 253 characters."""
+    return 0 < len(name) <= DNS1123_SUBDOMAIN_MAX and all(is_label(part) for part in name.split("."))
+
+
 def check_label(kind: str, name: str, field: str = "name", max_length: int = DNS1123_LABEL_MAX) -> str:
     """Return ``name`` if it is a DNS-1123 label (RFC 1123, as Kubernetes checks namespaces)."""
     if not isinstance(name, str) or not name:

@@ -23,6 +23,7 @@ def host_snapshot() -> dict:
         "links": {line.split(":")[1].strip().split("@")[0] for line in links.splitlines()},
         "agents": agent_processes(),
         "sysctls": host_sysctls(),
+        "etc_netns": set(os.listdir("/etc/netns")) if os.path.isdir("/etc/netns") else set(),  # pods' resolv.conf
     }
 
 

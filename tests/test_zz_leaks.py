@@ -14,3 +14,4 @@ def test_nothing_leaked(host_before):
     assert after["links"] - host_before["links"] == set(), "interfaces left behind in the host namespace"
     assert agent_processes() - host_before["agents"] == set(), "agent processes left behind"
     assert after["sysctls"] == host_before["sysctls"], "host-wide sysctls not restored"
+    assert after["etc_netns"] - host_before["etc_netns"] == set(), "/etc/netns entries (pods' resolv.conf) left behind"

@@ -257,14 +257,21 @@ class AgentClient:
         return self.call("ping")
 
     def serve(self, key: str, netns: str, hostname: str, ports: list[tuple[int, str]],
-              health: dict | None = None) -> dict:
+              health: dict | None = None, dns_ports: list[tuple[int, str]] | None = None) -> dict:
         """Serve ``ports`` (``[(8080, "TCP"), ...]``) for ``key`` inside ``netns``; replaces its previous set.
 
-        ``health`` (``{"specs", "podIP", "nodeNetns", "podNetns"}``) starts the pod's probes."""
-        request = {"key": key, "netns": netns, "hostname": hostname, "ports": [list(p) for p in ports]}
+        ``health`` (``{"specs", "podIP", "nodeNetns", "podNetns"}``) starts the pod's probes;
+        ``dns_ports`` (some of ``ports``) answer the cluster DNS instead of the test server."""
+        request: dict[str, Any] = {"key": key, "netns": netns, "hostname": hostname, "ports": [list(p) for p in ports]}
         if health:
             request["health"] = health
+        if dns_ports:
+            request["dnsPorts"] = [list(p) for p in dns_ports]
         return self.call("serve", request)["key"]
+
+    def dns_zone(self, domain: str, records: list[list[str]], serial: int) -> int:
+        """Replace the records every DNS server of the agent answers from; how many record sets."""
+        return int(self.call("dns_zone", {"domain": domain, "records": records, "serial": serial})["records"])
 
     def unserve(self, key: str) -> bool:
         """Close every socket of ``key``; True if it was served. Call before deleting its netns."""

@@ -1,6 +1,6 @@
 """Probes: the agent's client side, for ``overlaynet verify`` and the test server's ``/dial``.
 
-This module owns sending one TCP, UDP or ICMP probe from inside a source netns and judging
+This module owns sending one TCP, UDP, ICMP or DNS probe from inside a source netns and judging
 the answer; and running thousands of them at bounded concurrency on the agent's one event
 loop, every probe ending (ok, or with an error) within its timeout. What it never does:
 change kernel state, or keep a socket (and with it a namespace) alive after a batch ends.
@@ -17,6 +17,8 @@ Costs, and what they are paid for:
   socket is told about an ICMP port-unreachable (so a closed port is "connection refused"
   at once instead of a timeout), gives ``local`` from getsockname, and needs no
   demultiplexing of replies. Lost datagrams are resent with backoff until the timeout.
+- DNS: an A query over a connected UDP socket, as UDP (dnspython builds and reads it):
+  ``rcode`` and the sorted addresses in ``answer``.
 - ICMP: one raw socket per source netns per batch (``ICMP_FILTER`` keeps out everything but
   echo replies and errors), replies demultiplexed by (id, seq); ``local`` comes from one
   connected UDP socket per source netns, re-connected per destination, which sends nothing.
@@ -39,7 +41,7 @@ from typing import Any
 from overlaynet.errors import InvalidInput, KernelError
 from overlaynet.kernel import netns
 
-PROTOCOLS = ("tcp", "udp", "icmp")
+PROTOCOLS = ("tcp", "udp", "icmp", "dns")  # dns: an A query for ``name`` over UDP (verify's DNS check)
 PROBE_CONCURRENCY = 256       # probes in flight at once, per probe() request
 MAX_PROBES = 200_000          # per request
 MAX_TIMEOUT = 60.0
@@ -86,6 +88,7 @@ class Probe:
     protocol: str
     family: int
     request: str = "clientip"  # what to ask the test server: "clientip" (-> seen) or "hostname" (-> answer)
+    name: str = ""  # dns: the name to ask for (-> rcode, and answer: the addresses, sorted, comma-joined)
 
 
 REQUESTS = ("clientip", "hostname")
@@ -105,7 +108,7 @@ def parse_probes(raw: object, timeout: object) -> tuple[list[Probe], float]:
             raise InvalidInput(f"probe {i}: must be an object, not {type(item).__name__}")
         protocol = item.get("protocol")
         if protocol not in PROTOCOLS:
-            raise InvalidInput(f"probe {i}: protocol {protocol!r} is not one of tcp, udp, icmp")
+            raise InvalidInput(f"probe {i}: protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
         source = item.get("netns")
         if not isinstance(source, str) or not source or "/" in source or source in (".", ".."):
             raise InvalidInput(f"probe {i}: netns {source!r} is not a namespace name")
@@ -123,8 +126,11 @@ def parse_probes(raw: object, timeout: object) -> tuple[list[Probe], float]:
         request = item.get("request", "clientip")
         if request not in REQUESTS:
             raise InvalidInput(f"probe {i}: request {request!r} is not one of {', '.join(REQUESTS)}")
+        name = item.get("name", "")
+        if protocol == "dns" and (not isinstance(name, str) or not 0 < len(name) <= 253 or not name.isascii()):
+            raise InvalidInput(f"probe {i}: name {name!r} must be a domain name (dns probes)")
         probes.append(Probe(item.get("id"), source, str(address), port if protocol != "icmp" else 0, protocol, family,
-                            request))
+                            request, name if protocol == "dns" else ""))
     return probes, float(timeout)
 
 
@@ -492,6 +498,8 @@ class _Batch:
                     await self._tcp(probe, result)
                 elif probe.protocol == "udp":
                     await self._udp(probe, result)
+                elif probe.protocol == "dns":
+                    await self._dns(probe, result)
                 else:
                     await self._icmp(probe, result)
         except TimeoutError:
@@ -519,6 +527,26 @@ class _Batch:
     async def _udp(self, probe: Probe, result: dict) -> None:
         body = await udp_exchange(probe.netns, probe.dst, probe.port, probe.request.encode(), self._set_local(result))
         self._answer(probe, result, body)
+
+    async def _dns(self, probe: Probe, result: dict) -> None:
+        import dns.exception  # dnspython: loaded by the first DNS probe only
+        import dns.message
+        import dns.rcode
+        import dns.rdatatype
+
+        query = dns.message.make_query(probe.name, dns.rdatatype.A)
+        wire = await udp_exchange(probe.netns, probe.dst, probe.port, query.to_wire(), self._set_local(result))
+        try:
+            response = dns.message.from_wire(wire)
+        except dns.exception.DNSException:
+            result["error"] = f"not a DNS answer: {wire[:40]!r}"
+            return
+        if response.id != query.id:
+            result["error"] = f"answer to another query (id {response.id}, not {query.id})"
+            return
+        result["rcode"] = dns.rcode.to_text(response.rcode())
+        result["answer"] = ",".join(sorted(rdata.to_text() for rrset in response.answer
+                                           if rrset.rdtype == dns.rdatatype.A for rdata in rrset))
 
     def _answer(self, probe: Probe, result: dict, body: bytes) -> None:
         """``clientip`` answers fill ``seen``; any other request's answer is ``answer``."""

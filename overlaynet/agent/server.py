@@ -6,6 +6,9 @@ order:
 
     {"op": "ping"}                                          -> {"ok": true, "cluster", "pid", "keys"}
     {"op": "serve", "key", "netns", "hostname", "ports": [[8080, "TCP"], [8080, "UDP"]]}
+                                                            ("dnsPorts": [[53, "UDP"], ...]: these answer DNS)
+    {"op": "dns_zone", "domain", "records": [[name, type, data], ...], "serial"}
+                                                            (what every DNS server answers from now on)
     {"op": "unserve", "key"}                                (closes every socket of the key)
     {"op": "set_serving", "key", "serving": bool}
     {"op": "list"}                                          -> {"ok": true, "keys": [...]}
@@ -45,7 +48,7 @@ from collections.abc import Callable
 from typing import Any
 
 from overlaynet import names
-from overlaynet.agent import reachability, testserver
+from overlaynet.agent import dnsserver, reachability, testserver
 from overlaynet.agent.prober import Prober
 from overlaynet.api.probes import ProbeSpec
 from overlaynet.errors import AgentError, OverlaynetError, one_line
@@ -68,11 +71,13 @@ class Agent:
         self.socket_path = socket_path
         self.report_health = report_health
         self.keys: dict[str, testserver.ServedKey] = {}
+        self.dns_zone: dnsserver.Zone | None = None  # the cluster DNS's records (op dns_zone)
         self.probers: dict = {}  # key -> agent.prober.Prober, for pods with probes
         self._lock = asyncio.Lock()  # serve / unserve / set_serving change sockets one at a time
         self._stopped = asyncio.Event()
         self._connections: set[asyncio.Task] = set()
         self._cni_pool: concurrent.futures.ThreadPoolExecutor | None = None  # made on first use
+        self._dns_pool: concurrent.futures.ThreadPoolExecutor | None = None  # builds pushed zones
         self._cni_locks: dict[str, tuple[asyncio.Lock, int]] = {}  # per container: its lock, how many hold or wait
 
     # -- requests -------------------------------------------------------------------------
@@ -89,9 +94,10 @@ class Agent:
             "list": self._list,
             "probe": self._probe,
             "cni": self._cni,
+            "dns_zone": self._dns_zone,
         }.get(op)  # type: ignore[arg-type]
         if handler is None:
-            raise AgentError(f"unknown op {op!r}; one of ping, serve, unserve, set_serving, list, probe, cni")
+            raise AgentError(f"unknown op {op!r}; one of ping, serve, unserve, set_serving, list, probe, cni, dns_zone")
         return await handler(request)
 
     async def _ping(self, request: dict) -> dict:
@@ -103,9 +109,10 @@ class Agent:
         hostname = _string(request, "hostname")
         ports = testserver.check_ports(key, request.get("ports"))
         health = _parse_health(key, request.get("health"))
+        dns = self._parse_dns_ports(key, request.get("dnsPorts"), ports)
         async with self._lock:
             served = self.keys.get(key)
-            if served is not None and (served.netns != netns_name
+            if served is not None and (served.netns != netns_name or _dns_ports(served.dns) != _dns_ports(dns)
                                        or served.identity != testserver.netns_identity(netns_name)):
                 # The key moved to another namespace, or its namespace was deleted and made
                 # again under the same name: start afresh there.
@@ -113,7 +120,7 @@ class Agent:
                 del self.keys[key]
                 served = None
             if served is None:
-                served = testserver.ServedKey(key, netns_name, hostname)
+                served = testserver.ServedKey(key, netns_name, hostname, dns)
                 try:
                     await served.set_ports(ports)
                 except BaseException:
@@ -127,6 +134,16 @@ class Agent:
                      " ".join(f"{p}/{proto}" for p, proto in ports) or "(no ports)")
             await self._start_probes(key, health)
             return {"key": served.describe()}
+
+    def _parse_dns_ports(self, key: str, raw: object, ports: tuple[tuple[int, str], ...]) -> dnsserver.DnsResponder | None:
+        """A ``serve`` request's ``dnsPorts``: which of its ports answer DNS (a CoreDNS pod)."""
+        if raw is None:
+            return None
+        dns_ports = testserver.check_ports(key, raw, "dnsPorts")
+        missing = [f"{port}/{protocol}" for port, protocol in dns_ports if (port, protocol) not in ports]
+        if missing:
+            raise AgentError(f'key "{key}": dnsPorts {", ".join(missing)} are not among its ports')
+        return dnsserver.DnsResponder(frozenset(dns_ports), lambda: self.dns_zone)
 
     async def _start_probes(self, key: str, health: Health | None) -> None:
         """Run the kubelet's probes for ``key`` (``_parse_health``'s checked request field)."""
@@ -177,6 +194,16 @@ class Agent:
     async def _probe(self, request: dict) -> dict:
         probes, timeout = reachability.parse_probes(request.get("probes"), request.get("timeout", 2.0))
         return {"results": await reachability.run_probes(probes, timeout)}
+
+    async def _dns_zone(self, request: dict) -> dict:
+        # Built in a worker thread (~90 us a record with dnspython): the loop keeps answering meanwhile.
+        # Its own thread: the default executor's may all be waiting for the controller (probe reports).
+        if self._dns_pool is None:
+            self._dns_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dns")
+        zone = await asyncio.get_running_loop().run_in_executor(self._dns_pool, dnsserver.parse_zone, request)
+        self.dns_zone = zone  # one assignment on the loop: a query sees the old set or the new one
+        log.info("dns zone %s: %d record sets, serial %d", zone.origins[0], len(zone), zone.serial)
+        return {"records": len(zone)}
 
     async def _cni(self, request: dict) -> dict:
         plugin = _string(request, "plugin")
@@ -288,6 +315,8 @@ class Agent:
             self.keys.clear()
             if self._cni_pool is not None:  # let CNI operations in flight finish: no half-wired pod
                 await loop.run_in_executor(None, self._cni_pool.shutdown, True)
+            if self._dns_pool is not None:
+                self._dns_pool.shutdown(wait=False, cancel_futures=True)
             try:
                 if os.stat(self.socket_path).st_ino == inode:
                     os.unlink(self.socket_path)
@@ -315,6 +344,10 @@ def _run_cni(plugin: str, env: dict, stdin: bytes, pid: int) -> tuple[str, int, 
     finally:
         os.close(fd)
     return outcome.stdout, outcome.exit_code, outcome.stderr
+
+
+def _dns_ports(dns: dnsserver.DnsResponder | None) -> frozenset | None:
+    return dns.ports if dns is not None else None
 
 
 def _peer_uid(sock: socket.socket) -> int:

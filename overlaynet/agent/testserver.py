@@ -5,7 +5,8 @@ This module owns:
   ``parse_request`` / ``route`` / ``render_response`` for HTTP over TCP, ``udp_reply`` for UDP,
   ``parse_dial`` / ``dial_response`` for ``/dial``;
 - ``ServedKey``: the listening sockets of one served key (a pod or a node) in one netns,
-  opened, replaced, paused and closed on the agent's event loop.
+  opened, replaced, paused and closed on the agent's event loop; for a CoreDNS pod, some of
+  its ports answer DNS instead (``agent.dnsserver.DnsResponder``).
 
 ``serve_in_foreground`` runs one ``ServedKey`` on its own event loop until SIGINT or SIGTERM:
 the test server for a namespace a learner made by hand (``overlaynet testserver serve``).
@@ -32,18 +33,24 @@ UDP, one datagram in, one out: ``hostname``, ``clientip``, ``echo <msg>``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
 import signal
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, unquote
 
 from overlaynet.agent import reachability  # the client side of /dial lives with the probes
 from overlaynet.errors import AgentError, KernelError
 from overlaynet.kernel import netns
+
+if TYPE_CHECKING:
+    from overlaynet.agent.dnsserver import DnsResponder
 
 log = logging.getLogger("overlaynet.agent")
 
@@ -235,19 +242,19 @@ def udp_reply(data: bytes, hostname: str, peer: tuple) -> bytes | None:
     return f"unknown command {verb!r}; try hostname, clientip, echo <msg>".encode()
 
 
-def check_ports(key: str, ports: object) -> tuple[tuple[int, str], ...]:
+def check_ports(key: str, ports: object, field: str = "ports") -> tuple[tuple[int, str], ...]:
     """Validate a ``serve`` port list ``[[8080, "TCP"], ...]``; sorted, duplicates dropped."""
     if not isinstance(ports, (list, tuple)):
-        raise AgentError(f'key "{key}": ports must be a list of [port, protocol] pairs')
+        raise AgentError(f'key "{key}": {field} must be a list of [port, protocol] pairs')
     out: set[tuple[int, str]] = set()
     for i, item in enumerate(ports):
         if not isinstance(item, (list, tuple)) or len(item) != 2:
-            raise AgentError(f'key "{key}": ports[{i}] must be a [port, protocol] pair, not {item!r}')
+            raise AgentError(f'key "{key}": {field}[{i}] must be a [port, protocol] pair, not {item!r}')
         port, protocol = item
         if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
-            raise AgentError(f'key "{key}": ports[{i}]: port {port!r} is out of range 1-65535')
+            raise AgentError(f'key "{key}": {field}[{i}]: port {port!r} is out of range 1-65535')
         if protocol not in PROTOCOLS:
-            raise AgentError(f'key "{key}": ports[{i}]: protocol {protocol!r} is not one of TCP, UDP')
+            raise AgentError(f'key "{key}": {field}[{i}]: protocol {protocol!r} is not one of TCP, UDP')
         out.add((port, protocol))
     return tuple(sorted(out))
 
@@ -323,8 +330,9 @@ class _HttpProtocol(asyncio.Protocol):
         self._answer(dial_response(responses, errors), head_only)
 
 
-class _UdpServer:
-    """One UDP port: answer each datagram *from the address it was sent to*.
+class UdpServer:
+    """One UDP port: answer each datagram *from the address it was sent to* (``reply(data, peer)``
+    gives the answer, or None for none; the DNS server uses it too).
 
     Not ``loop.create_datagram_endpoint``: its transport cannot read or set ``IP_PKTINFO``,
     and without it a reply leaves with whatever source address the route back picks. A node
@@ -332,10 +340,10 @@ class _UdpServer:
     would get its answer from ``cni0``'s, which its connected socket rightly drops.
     """
 
-    __slots__ = ("_served", "sock", "_loop", "_fd")
+    __slots__ = ("_fd", "_loop", "_reply", "sock")
 
-    def __init__(self, served: ServedKey, sock: socket.socket) -> None:
-        self._served = served
+    def __init__(self, sock: socket.socket, reply: Callable[[bytes, tuple], bytes | None]) -> None:
+        self._reply = reply
         self.sock = sock
         sock.setsockopt(socket.IPPROTO_IP, _IP_PKTINFO, 1)
         self._loop = asyncio.get_running_loop()
@@ -354,7 +362,7 @@ class _UdpServer:
                 return
             except OSError:
                 continue  # an error queued for an earlier reply; the next datagram may be fine
-            reply = udp_reply(data, self._served.hostname, peer)
+            reply = self._reply(data, peer)
             if reply is None:
                 continue
             pktinfo = [(level, kind, value) for level, kind, value in ancillary
@@ -369,7 +377,7 @@ class _UdpServer:
                 pass  # UDP: a reply that cannot go now is lost, as on the wire
 
 
-def _open_socket(netns_name: str, port: int, protocol: str) -> socket.socket:
+def open_socket(netns_name: str, port: int, protocol: str) -> socket.socket:
     """A socket bound to 0.0.0.0:port inside ``netns_name`` (listening, for TCP)."""
     kind = socket.SOCK_STREAM if protocol == "TCP" else socket.SOCK_DGRAM
     with netns.inside(netns_name):
@@ -404,8 +412,9 @@ class ServedKey:
     ``close`` releases every socket, accepted connection and running dial of the key.
     """
 
-    def __init__(self, key: str, netns_name: str, hostname: str) -> None:
+    def __init__(self, key: str, netns_name: str, hostname: str, dns: DnsResponder | None = None) -> None:
         self.key = key
+        self.dns = dns  # a CoreDNS pod: these ports answer DNS (agent.dnsserver.DnsResponder)
         self.netns = netns_name
         self.identity = netns_identity(netns_name)
         self.hostname = hostname
@@ -413,7 +422,7 @@ class ServedKey:
         self.serving = True
         self.connections: set[asyncio.BaseTransport] = set()
         self._tcp: dict[int, asyncio.AbstractServer] = {}
-        self._udp: dict[int, _UdpServer] = {}
+        self._udp: dict[int, UdpServer] = {}
         self._tasks: set[asyncio.Task] = set()
 
     def describe(self) -> dict:
@@ -423,6 +432,7 @@ class ServedKey:
             "hostname": self.hostname,
             "ports": [[port, protocol] for port, protocol in self.ports],
             "serving": self.serving,
+            **({"dns": sorted([port, protocol] for port, protocol in self.dns.ports)} if self.dns else {}),
             "open": sorted([[p, "TCP"] for p in self._tcp] + [[p, "UDP"] for p in self._udp]),
         }
 
@@ -469,14 +479,16 @@ class ServedKey:
         loop = asyncio.get_running_loop()
         try:
             for port, protocol in new:
-                sock = _open_socket(self.netns, port, protocol)
+                sock = open_socket(self.netns, port, protocol)
+                dns = self.dns if self.dns is not None and (port, protocol) in self.dns.ports else None
                 try:
                     if protocol == "TCP":
                         self._tcp[port] = await loop.create_server(
-                            lambda: _HttpProtocol(self), sock=sock, backlog=LISTEN_BACKLOG
-                        )
+                            functools.partial(dns.tcp_protocol, self.connections) if dns else (lambda: _HttpProtocol(self)),
+                            sock=sock, backlog=LISTEN_BACKLOG)
                     else:
-                        self._udp[port] = _UdpServer(self, sock)
+                        self._udp[port] = UdpServer(sock, dns.reply if dns else (
+                            lambda data, peer: udp_reply(data, self.hostname, peer)))
                 except BaseException:
                     sock.close()
                     raise

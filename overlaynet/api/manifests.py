@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import yaml
 
 from overlaynet import names
-from overlaynet.api import model, netpol, probes, services
+from overlaynet.api import model, netpol, pod_dns, probes, services
 from overlaynet.api.objects import Where, object_namespace
 from overlaynet.errors import InvalidInput
 
@@ -184,6 +184,10 @@ def _parse_template(spec, labels: dict[str, str], where: Where, field_path: str)
     if node_name is not None:
         where.check(lambda: names.check_label("node", node_name, f"{field_path}.nodeName"))
     node_selector = _string_map(spec.get("nodeSelector"), where, f"{field_path}.nodeSelector")
+    try:
+        pod_dns.parse_pod_dns(spec, field_path)  # dnsPolicy, dnsConfig, hostname, subdomain
+    except InvalidInput as exc:
+        raise where.error(str(exc)) from None
     return PodTemplate(
         labels=tuple(sorted(labels.items())),
         ports=tuple(ports),
@@ -278,6 +282,7 @@ def load_cluster(path: str, name: str | None = None) -> model.ClusterSpec:
     known = {"nodes", "cni", "clusterCIDR", "nodeCIDRMaskSize", "serviceCIDR", "nodeNetwork", "mtu",
              "blockSize", "bgp", "cniConfig"}
     known.add("loadBalancerPool")  # LoadBalancer Services' addresses (api/loadbalancer.py)
+    known.update(("dns", "clusterDomain"))  # the cluster DNS (control/dns.py)
     unknown = sorted(set(spec) - known)
     cluster_name = name if name is not None else (metadata.get("name") or model.DEFAULT_CLUSTER_NAME)
     if unknown:

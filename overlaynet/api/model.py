@@ -34,6 +34,9 @@ DEFAULT_NODE_NETWORK = "172.20.0.0/24"
 DEFAULT_UNDERLAY_MTU = 1500
 DEFAULT_BLOCK_SIZE = 26  # Calico's IPv4 IPPool default
 DEFAULT_BGP_AS = 64512  # Calico's default node-to-node mesh AS
+DEFAULT_CLUSTER_DOMAIN = "cluster.local"  # the kubelet's --cluster-domain, CoreDNS's kubernetes zone
+# kubeadm puts the cluster DNS at the service CIDR's tenth address (its GetDNSIP): 10.96.0.10.
+DNS_SERVICE_INDEX = 10
 BGP_MODES = ("none", "bird")
 # Node addresses start at the 11th host of the node network (172.20.0.11, .12, ...), as in
 # the usual Vagrant labs; the first ten are left for gateways and outside clients.
@@ -68,6 +71,13 @@ class ClusterSpec:
     bgp: str = "none"  # modes that support it: "bird" runs a BIRD 2 full mesh in every node
     cni_config: str | None = None  # a conflist of the user's instead of ours
     load_balancer_pool: str | None = None  # LoadBalancer addresses; None: api.loadbalancer.default_pool
+    dns: bool = True  # the cluster DNS add-on (control/dns.py): CoreDNS pods and the kube-dns Service
+    cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
+
+    @property
+    def dns_service_ip(self) -> ipaddress.IPv4Address:
+        """The kube-dns Service's ClusterIP: the service CIDR's tenth address, as kubeadm picks it."""
+        return self.service_cidr.network_address + DNS_SERVICE_INDEX
 
     @property
     def external_client(self) -> ipaddress.IPv4Address:
@@ -106,6 +116,8 @@ class ClusterSpec:
                 "bgp": self.bgp,
                 **({"cniConfig": self.cni_config} if self.cni_config else {}),
                 **({"loadBalancerPool": self.load_balancer_pool} if self.load_balancer_pool else {}),
+                "dns": self.dns,
+                "clusterDomain": self.cluster_domain,
             },
         }
 
@@ -147,6 +159,8 @@ def build_spec(
     bgp: object = "none",
     cni_config: str | None = None,
     load_balancer_pool: object = None,
+    dns: object = True,
+    cluster_domain: object = DEFAULT_CLUSTER_DOMAIN,
 ) -> ClusterSpec:
     """Build and fully validate a ``ClusterSpec`` from raw values (flags or a document)."""
     names.check_cluster_name(name)
@@ -164,8 +178,13 @@ def build_spec(
         bgp=_choice(name, "bgp", bgp, BGP_MODES),
         cni_config=cni_config,
         load_balancer_pool=None if load_balancer_pool in (None, "") else str(load_balancer_pool),
+        dns=_bool_field(name, "dns", dns),
+        cluster_domain=_cluster_domain(name, cluster_domain),
     )
     check_ranges(spec)
+    if spec.dns and spec.service_cidr.num_addresses <= DNS_SERVICE_INDEX + 1:
+        raise invalid("cluster", name, f"serviceCIDR {spec.service_cidr} has no tenth address for the cluster DNS "
+                                       "(kube-dns); use a larger range or dns: false")
     if spec.load_balancer_pool is not None:
         address_pool(spec)  # the pool is checked now; the error names the field
 
@@ -182,6 +201,21 @@ def address_pool(spec: ClusterSpec) -> AddressPool:
     taken.update({spec.node_network.network_address + FIRST_NODE_HOST + i: f'node "{n.name}"'
                   for i, n in enumerate(spec.nodes)})
     return parse_pool(spec.name, spec.load_balancer_pool or default_pool(spec.node_network), spec.node_network, taken)
+
+
+def _bool_field(cluster: str, field_name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise invalid("cluster", cluster, f"{field_name} {value!r} must be true or false")
+    return value
+
+
+def _cluster_domain(cluster: str, value: object) -> str:
+    """clusterDomain: a DNS-1123 subdomain (the kubelet's --cluster-domain), without a trailing dot."""
+    text = value if isinstance(value, str) else ""
+    if not names.is_subdomain(text):
+        raise invalid("cluster", cluster, f"clusterDomain {value!r} must be a DNS-1123 subdomain "
+                                          "(lower case labels of alphanumerics or '-' joined by dots, e.g. cluster.local)")
+    return text
 
 
 def _choice(cluster: str, field_name: str, value: object, allowed: tuple[str, ...]) -> str:
@@ -272,6 +306,8 @@ def document_arguments(name: str, spec: dict) -> dict:
         "bgp": spec.get("bgp", "none"),
         "cni_config": spec.get("cniConfig"),
         "load_balancer_pool": spec.get("loadBalancerPool"),
+        "dns": spec.get("dns", True),
+        "cluster_domain": spec.get("clusterDomain", DEFAULT_CLUSTER_DOMAIN),
     }
 
 

@@ -87,6 +87,7 @@ class Service:
     allocate_load_balancer_node_ports: bool = True  # spec.allocateLoadBalancerNodePorts
     health_check_node_port: int | None = None  # spec.healthCheckNodePort (LoadBalancer, Local policy)
     ingress_ip: str | None = None  # status.loadBalancer.ingress[0].ip: None while <pending>
+    labels: tuple[tuple[str, str], ...] = ()  # metadata.labels
     source: str = field(default="", compare=False)  # the file it came from, for errors
 
     @property
@@ -162,8 +163,10 @@ class Service:
             spec["publishNotReadyAddresses"] = True
         spec["ipFamilies"] = ["IPv4"]
         spec["ipFamilyPolicy"] = "SingleStack"
-        document = {"apiVersion": "v1", "kind": "Service",
-                    "metadata": {"name": self.name, "namespace": self.namespace}, "spec": spec}
+        metadata: dict = {"name": self.name, "namespace": self.namespace}
+        if self.labels:
+            metadata["labels"] = dict(self.labels)
+        document = {"apiVersion": "v1", "kind": "Service", "metadata": metadata, "spec": spec}
         if self.type == "LoadBalancer":
             ingress = [{"ip": self.ingress_ip, "ipMode": "VIP"}] if self.ingress_ip else []
             document["status"] = {"loadBalancer": {"ingress": ingress} if ingress else {}}
@@ -292,7 +295,7 @@ def parse_service_document(document: dict, source: str, namespace: str | None = 
     svc_type = spec.get("type", "ClusterIP")
     if svc_type == "ExternalName":
         raise where.error('spec.type "ExternalName" is not supported: it is a DNS alias, '
-                          "and overlaynet has no cluster DNS")
+                          "and overlaynet's cluster DNS serves no CNAME records")
     if svc_type not in SERVICE_TYPES:
         raise where.error(f'spec.type "{svc_type}" is not supported (supported: {", ".join(SERVICE_TYPES)})')
 
@@ -365,8 +368,16 @@ def parse_service_document(document: dict, source: str, namespace: str | None = 
         publish_not_ready_addresses=publish,
         external_ips=external_ips,
         **lb,
+        labels=_labels(metadata, where),
         source=source,
     )
+
+
+def _labels(metadata, where: Where) -> tuple[tuple[str, str], ...]:
+    labels = (metadata.get("labels") if isinstance(metadata, dict) else None) or {}
+    if not isinstance(labels, dict) or not all(isinstance(k, str) for k in labels):
+        raise where.error("metadata.labels must be a mapping of strings")
+    return tuple(sorted((k, str(v)) for k, v in labels.items()))
 
 
 def _parse_external_ips(value, where: Where) -> tuple[str, ...]:

@@ -104,8 +104,10 @@ def cli() -> None:
 @click.option("--bgp", "bgp", flag_value="bird", default=None, help="calico: learn block routes over a BIRD BGP mesh.")
 @click.option("--cni-conflist", "cni_config", type=click.Path(dir_okay=False, exists=True, resolve_path=True),
               help="Wire pods with this network configuration list instead of ours.")
+@click.option("--dns/--no-dns", default=None, help="The cluster DNS: CoreDNS pods and the kube-dns Service (default on).")
+@click.option("--cluster-domain", help=f"The DNS domain of Services and pods (default {model.DEFAULT_CLUSTER_DOMAIN}).")
 def up(config, cluster, nodes, cni, cluster_cidr, node_cidr_mask_size, service_cidr, node_network, mtu,
-       block_size, bgp, cni_config):
+       block_size, bgp, cni_config, dns, cluster_domain):
     """Create a cluster: underlay, nodes, CNI devices and the test-server agent.
 
     \b
@@ -116,7 +118,7 @@ def up(config, cluster, nodes, cni, cluster_cidr, node_cidr_mask_size, service_c
     """
     flags = {"nodes": nodes, "cni": cni, "cluster_cidr": cluster_cidr, "node_cidr_mask_size": node_cidr_mask_size,
              "service_cidr": service_cidr, "node_network": node_network, "mtu": mtu, "block_size": block_size,
-             "bgp": bgp, "cni_config": cni_config}
+             "bgp": bgp, "cni_config": cni_config, "dns": dns, "cluster_domain": cluster_domain}
     if config:
         spec = load_cluster(config, cluster)
         overrides = {k: v for k, v in flags.items() if v is not None}
@@ -141,6 +143,8 @@ def up(config, cluster, nodes, cni, cluster_cidr, node_cidr_mask_size, service_c
     manager.up(spec)
     click.echo(f"✓ underlay {spec.node_network}, cluster CIDR {spec.cluster_cidr} "
                f"(/{spec.node_cidr_mask_size} per node), service CIDR {spec.service_cidr}")
+    if spec.dns:
+        click.echo(f"✓ cluster DNS: kube-system/kube-dns at {spec.dns_service_ip}, domain {spec.cluster_domain}")
     for node in manager.nodes(spec.name):
         click.echo(f"✓ {node['metadata']['name']:<12} {internal_ip(node):<15} podCIDR {node['spec']['podCIDR']}")
     if spec.bgp == "bird":
@@ -644,11 +648,12 @@ def render_rules(files, node_name, table):
         click.echo("\n".join(_table_sections(policy.moves, ["filter"])))
 
 
-def offline_inputs(files) -> tuple[model.ClusterSpec, list]:
-    """A Cluster document (default: the default cluster) and the manifests of ``files``."""
+def offline_inputs(files, addons: bool = True) -> tuple[model.ClusterSpec, list]:
+    """A Cluster document (default: the default cluster, without its DNS add-on unless
+    ``addons``) and the manifests of ``files``."""
     from overlaynet.api.manifests import load_documents, parse_document
 
-    spec, manifests = model.build_spec(), []
+    spec, manifests = model.build_spec(dns=addons), []
     for path in files:
         for index, raw in enumerate(load_documents(path), 1):
             if raw.get("kind") == "Cluster":
@@ -760,26 +765,57 @@ def verify(ctx, output, timeout, cluster):
     targets = verifying.service_targets(proxier.stored_services(manager, name),
                                         proxier.stored_slices(manager, name), manager.pods(name))
     external = verifying.Endpoint("external", "client", names.external_netns(name), str(spec.external_client), "")
+    from overlaynet.control.dns import DNS_NAMESPACE, DNS_SERVICE
+
+    # kube-dns answers DNS, not the test server's requests: the DNS rule (e) checks it.
+    targets = [t for t in targets if not t.service.startswith(f"{DNS_NAMESPACE}/{DNS_SERVICE}:")]
     service_probes, service_index = verifying.plan_service_probes(targets, node_eps, pod_eps, external, len(probes))
-    results = manager.agent(name).probe(probes + service_probes, timeout=timeout)
+    dns_probes, dns_index = _dns_probes(manager, spec, pod_eps, len(probes) + len(service_probes))
+    results = manager.agent(name).probe(probes + service_probes + dns_probes, timeout=timeout)
     own = {pod.name: [a["cidr"].split("/")[0] for a in observe.observe_addresses(pod.netns)
                       if a["dev"] == names.POD_INTERFACE] for pod in pod_eps}
     report = verifying.build_report(index, results[:len(probes)], own)
-    report.checks += verifying.judge_services(service_index, results[len(probes):])
+    report.checks += verifying.judge_services(service_index, results[len(probes):len(probes) + len(service_probes)])
+    report.checks += verifying.judge_dns(dns_index, results[len(probes) + len(service_probes):])
     policed = netpol_cli.judge_verify_policies(manager, name, report, targets)
     elapsed = time.monotonic() - started
     if output == "json":
         click.echo(json.dumps({"cluster": name, "cni": spec.cni, "passed": report.passed, "seconds": round(elapsed, 3),
-                               "summary": report.summary(), "checks": [c.as_dict() for c in report.checks]}, indent=2))
+                               "summary": report.summary(), "dnsSkipped": None if spec.dns else verifying.DNS_SKIPPED,
+                               "checks": [c.as_dict() for c in report.checks]}, indent=2))
     else:
         _print_report(verifying, report, pod_eps, node_eps, elapsed, name, spec.cni, policed)
+        if not spec.dns:
+            click.echo(verifying.DNS_SKIPPED)
     ctx.exit(0 if report.passed else 1)
+
+
+def _dns_probes(manager, spec, pod_eps, first_id: int) -> tuple[list[dict], dict]:
+    """verify's DNS queries: every Service name, and one that does not exist (none without DNS)."""
+    from overlaynet.control import dns_records
+    from overlaynet.node import proxier
+    from overlaynet.tools import verify as verifying
+
+    if not spec.dns:
+        return [], {}
+    services = proxier.stored_services(manager, spec.name)
+    records = dns_records.plan_records(spec.cluster_domain, str(spec.dns_service_ip), services,
+                                       proxier.stored_slices(manager, spec.name), manager.pods(spec.name))
+    addresses: dict[str, list[str]] = {}
+    for record in records:
+        if record.type == "A":
+            addresses.setdefault(record.name.rstrip("."), []).append(record.data)
+    expected = {name: ",".join(sorted(addresses[name])) for name in
+                (f"{s.name}.{s.namespace}.svc.{spec.cluster_domain}" for s in services) if name in addresses}
+    missing = next(f"no-such-service-{i}.default.svc.{spec.cluster_domain}" for i in range(len(addresses) + 1)
+                   if f"no-such-service-{i}.default.svc.{spec.cluster_domain}" not in addresses)
+    return verifying.plan_dns_probes(expected, missing, pod_eps, str(spec.dns_service_ip), first_id)
 
 
 def _print_report(verifying, report, pod_eps, node_eps, elapsed, cluster, cni, policed=False) -> None:
     titles = {"pod-pod": "(a) pod -> pod, no NAT", "node-pod": "(b) node -> pod, no NAT",
               "pod-node": "(b) pod -> node, no NAT", "self": "(c) pod's own IP == IP others see == podIP",
-              **verifying.SERVICE_RULES}
+              **verifying.SERVICE_RULES, **verifying.DNS_RULES}
     services = len({c.target.name.split(":")[0] for c in report.checks if c.rule.startswith("svc-")})
     click.echo(f'Verifying cluster "{cluster}" ({cni}): {len(pod_eps)} pods on {len(node_eps)} nodes'
                + (f", {services} service ports" if services else "")

@@ -4,13 +4,16 @@ behind it read live from its namespace (devices, addresses, routes, VXLAN peers)
 from __future__ import annotations
 
 import json
+import os
 
 from overlaynet import names
 from overlaynet.cli.netpol import policy_lines
 from overlaynet.cli.output import age
+from overlaynet.control.dns import runs_cluster_dns
 from overlaynet.control.records import CONTAINER_ANNOTATION
 from overlaynet.datapath.modes import uses_ipam_blocks
 from overlaynet.node import kubelet
+from overlaynet.node.resolv import etc_netns_dir
 
 
 def _section(title: str, lines: list[str]) -> list[str]:
@@ -115,11 +118,13 @@ def describe_pod(manager, cluster: str, namespace: str, pod_name: str) -> str:
     ports = [f"{p['containerPort']}/{p.get('protocol', 'TCP')}" + (f" ({p['name']})" if p.get("name") else "")
              for c in spec.get("containers", []) for p in c.get("ports", []) or []]
     lines += _section("Declared ports", ports)
-    lines.append("Test server:        TCP+UDP 8080 and every declared port (see README: The test server)")
+    lines.append("Test server:        TCP+UDP 8080 and every declared port (see README: The test server)"
+                 + ("; port 53 answers the cluster DNS (CoreDNS)" if runs_cluster_dns(spec) else ""))
     lines += policy_lines(manager, cluster, record)
     if status.get("podIP"):
         netns = names.pod_netns(cluster, namespace, pod_name)
         lines.append(f"Network namespace:  {netns}   (try: ip netns exec {netns} ip addr)")
+        lines.append(f"DNS:                {_dns_line(spec, netns)}")
         lines += _section("Devices (ip -d link / ip addr)", _device_lines(netns))
         lines += _section("Routes (ip route)", observe.format_routes(observe.observe_routes(netns)).splitlines())
     container_id = meta.get("annotations", {}).get(CONTAINER_ANNOTATION)
@@ -204,3 +209,10 @@ def describe_service(manager, cluster: str, namespace: str, name: str) -> str:
     lines += _section("Why endpoints are missing", notes) if notes else []
     lines += _load_balancer_events(manager, cluster, service)
     return "\n".join(lines)
+
+
+def _dns_line(spec: dict, netns: str) -> str:
+    """The pod's dnsPolicy and the resolv.conf the kubelet wrote for it (overlaynet.node.resolv)."""
+    path = os.path.join(etc_netns_dir(netns), "resolv.conf")
+    where = path if os.path.exists(path) else "none of its own: the node's /etc/resolv.conf"
+    return f"dnsPolicy {spec.get('dnsPolicy', 'ClusterFirst')}, resolv.conf {where}"

@@ -230,7 +230,7 @@ def netpol_table(ctx, namespace, port, protocol, probe, timeout, files, output, 
     With --probe each pair is also tried for real (the destination must serve the port) and a
     cell whose measurement disagrees ends with "!"; the exit status is then 1. With -f the table
     is computed from files alone (no root, no cluster: the pods get the addresses a cluster
-    made from the same files would give them).
+    made from the same files would give them; without a Cluster document, no DNS add-on pods).
 
     \b
     Example:
@@ -247,7 +247,7 @@ def netpol_table(ctx, namespace, port, protocol, probe, timeout, files, output, 
             raise InvalidInput("netpol table: -f computes the table from files; --probe and --name need a cluster")
         from overlaynet.control.offline import run_offline
 
-        spec, manifests = offline_inputs(files)
+        spec, manifests = offline_inputs(files, addons=False)  # the table of the files' pods only
         with run_offline(spec, manifests) as offline:
             view = policies.policy_view(offline.store, spec.name)
         name = spec.name

@@ -154,11 +154,14 @@ def build_endpoint_slices(service: Service, pods: Iterable[dict]) -> EndpointsRe
         pod_ready = pod_is_ready(pod)
         serving = service.publish_not_ready_addresses or pod_ready
         ready = serving and (service.publish_not_ready_addresses or not terminating)
+        pod_spec = pod.get("spec") or {}
         endpoint = SliceEndpoint(
             addresses=(str(ip),),
             conditions=EndpointConditions(ready=ready, serving=serving, terminating=terminating),
-            node_name=(pod.get("spec") or {}).get("nodeName"),
+            node_name=pod_spec.get("nodeName"),
             target_ref=TargetRef("Pod", service.namespace, name),
+            # The pod's DNS name under a headless Service: spec.hostname when spec.subdomain names it.
+            hostname=pod_spec.get("hostname") if pod_spec.get("subdomain") == service.name else None,
         )
         groups.setdefault(tuple(ports), []).append(endpoint)
 

@@ -22,7 +22,7 @@ from overlaynet.api.manifests import DeploymentManifest, Manifest, PodManifest
 from overlaynet.api.model import ClusterSpec, NodeSpec, check_ranges, spec_from_document
 from overlaynet.api.netpol import Namespace, NetworkPolicy
 from overlaynet.api.services import EndpointSlice, Service
-from overlaynet.control import deployments, pods, policies, reconcile
+from overlaynet.control import deployments, dns, pods, policies, reconcile
 from overlaynet.control.node_ipam import allocate_node
 from overlaynet.control.ownership import AGENT, HOST, NETNS, PATH, agent_socket
 from overlaynet.control.reconcile import Repair
@@ -123,6 +123,8 @@ class ClusterManager:
                                 list(NODE_SERVER_PORTS))
                     self._set_node_ready(spec.name, node.name)
                 routes.sync_routes(self.store, self.runtime, spec)
+                if spec.dns:  # kubeadm's CoreDNS add-on: ordinary objects in kube-system
+                    self._apply(spec, dns.addon_manifests(spec))
                 self.store.set_phase(spec.name, "Running")
             except BaseException:
                 self._teardown(spec.name)
@@ -231,7 +233,7 @@ class ClusterManager:
             self._set_node_ready(cluster, node.name)
             self._update_document(cluster, grown)
             self._schedule_pending(spec)
-            proxier.sync(self.store, self.runtime, spec)
+            self._sync_services(spec)
             netpol_sync.sync(self.store, self.runtime, spec)
             return self.node(cluster, node.name)
 
@@ -250,7 +252,7 @@ class ClusterManager:
             self._update_document(cluster, replace(spec, nodes=tuple(n for n in spec.nodes if n.name != name)))
             self._reconcile_deployments(spec)
             routes.sync_routes(self.store, self.runtime, spec)
-            proxier.sync(self.store, self.runtime, spec)
+            self._sync_services(spec)
             netpol_sync.sync(self.store, self.runtime, spec)
 
     def _remove_node_objects(self, spec: ClusterSpec, mode: Mode, node: NodeInfo, peers: list[NodeInfo]) -> None:
@@ -283,36 +285,40 @@ class ClusterManager:
         with self.store.cluster_lock(cluster):
             spec = self.spec(cluster)
             pods.restart_stranded(self.store, self.runtime, spec)  # an earlier apply that died part-way
-            report: list[str] = []
-            creates: list[PodRequest] = []
-            deletes: list[dict] = []
-            applied: list[dict] = []
-            service_lines, service_documents = proxier.plan_services(
-                self.store, spec, [m for m in manifests if isinstance(m, Service)],
-                [m for m in manifests if isinstance(m, EndpointSlice)])
-            for manifest in manifests:
-                if isinstance(manifest, PodManifest):
-                    report.append(self._apply_pod_manifest(cluster, manifest, creates))
-                elif isinstance(manifest, DeploymentManifest):
-                    line, record = deployments.apply_manifest(self.store, cluster, manifest, creates, deletes)
-                    report.append(line)
-                    applied.append(record)
-            for request in creates:  # a name the kernel would refuse stops the apply before any change
-                names.pod_netns(cluster, request.namespace, request.name)
-            policy_objects = [m for m in manifests if isinstance(m, NetworkPolicy | Namespace)]
-            if any(isinstance(m, NetworkPolicy) for m in policy_objects):
-                netpol_sync.check_supported(spec)
-                netpol_sync.prepare_nodes(self.store, self.runtime, spec)  # refused before anything is stored
-            report += policies.apply_objects(self.store, cluster, policy_objects)
-            proxier.store_documents(self.store, spec, service_documents)
-            pods.delete_pods(self.store, self.runtime, spec, deletes)
-            pods.create_pods(self.store, self.runtime, spec, creates)
-            for record in applied:
-                self.store.put(cluster, record)
-            deployments.refresh_status(self.store, cluster)
-            proxier.sync(self.store, self.runtime, spec)
-            netpol_sync.sync(self.store, self.runtime, spec)
-            return report + service_lines
+            return self._apply(spec, manifests)
+
+    def _apply(self, spec: ClusterSpec, manifests: list[Manifest]) -> list[str]:
+        cluster = spec.name
+        report: list[str] = []
+        creates: list[PodRequest] = []
+        deletes: list[dict] = []
+        applied: list[dict] = []
+        service_lines, service_documents = proxier.plan_services(
+            self.store, spec, [m for m in manifests if isinstance(m, Service)],
+            [m for m in manifests if isinstance(m, EndpointSlice)])
+        for manifest in manifests:
+            if isinstance(manifest, PodManifest):
+                report.append(self._apply_pod_manifest(cluster, manifest, creates))
+            elif isinstance(manifest, DeploymentManifest):
+                line, record = deployments.apply_manifest(self.store, cluster, manifest, creates, deletes)
+                report.append(line)
+                applied.append(record)
+        for request in creates:  # a name the kernel would refuse stops the apply before any change
+            names.pod_netns(cluster, request.namespace, request.name)
+        policy_objects = [m for m in manifests if isinstance(m, NetworkPolicy | Namespace)]
+        if any(isinstance(m, NetworkPolicy) for m in policy_objects):
+            netpol_sync.check_supported(spec)
+            netpol_sync.prepare_nodes(self.store, self.runtime, spec)  # refused before anything is stored
+        report += policies.apply_objects(self.store, cluster, policy_objects)
+        proxier.store_documents(self.store, spec, service_documents)
+        pods.delete_pods(self.store, self.runtime, spec, deletes)
+        pods.create_pods(self.store, self.runtime, spec, creates)
+        for record in applied:
+            self.store.put(cluster, record)
+        deployments.refresh_status(self.store, cluster)
+        self._sync_services(spec)
+        netpol_sync.sync(self.store, self.runtime, spec)
+        return report + service_lines
 
     def _apply_pod_manifest(self, cluster: str, manifest: PodManifest, creates: list[PodRequest]) -> str:
         """A new pod is queued on ``creates``; a label change is stored at once. The kubectl line."""
@@ -341,7 +347,7 @@ class ClusterManager:
             pods.delete_pods(self.store, self.runtime, spec, [self.pod(cluster, namespace, name)])
             self._reconcile_deployments(spec)
             self._schedule_pending(spec)
-            proxier.sync(self.store, self.runtime, spec)
+            self._sync_services(spec)
             netpol_sync.sync(self.store, self.runtime, spec)
 
     def delete_deployment(self, cluster: str, namespace: str, name: str) -> None:
@@ -352,14 +358,14 @@ class ClusterManager:
             pods.delete_pods(self.store, self.runtime, spec, deployments.owned_pods(self.store, cluster, namespace, name))
             self.store.delete(cluster, "Deployment", name, namespace)
             self._schedule_pending(spec)
-            proxier.sync(self.store, self.runtime, spec)
+            self._sync_services(spec)
             netpol_sync.sync(self.store, self.runtime, spec)
 
     def delete_service(self, cluster: str, namespace: str, name: str) -> None:
         with self.store.cluster_lock(cluster):
             spec = self.spec(cluster)
             proxier.delete_service(self.store, spec, namespace, name)
-            proxier.sync(self.store, self.runtime, spec)
+            self._sync_services(spec)
 
     def reconcile(self, cluster: str) -> list[Repair]:
         """One repair pass over what was changed behind overlaynet's back (``reconcile``)."""
@@ -385,7 +391,7 @@ class ClusterManager:
             spec = self.spec(cluster)
             if kind == "pod":
                 line = policies.label_pod(self.store, cluster, namespace, name, setting, removing, overwrite)
-                proxier.sync(self.store, self.runtime, spec)
+                self._sync_services(spec)
             else:
                 line = policies.label_namespace(self.store, cluster, name, setting, removing, overwrite)
             netpol_sync.sync(self.store, self.runtime, spec)
@@ -408,7 +414,12 @@ class ClusterManager:
             self.store.put(cluster, record)
             spec = self.spec(cluster)
             deployments.refresh_status(self.store, cluster)
-            proxier.sync(self.store, self.runtime, spec)
+            self._sync_services(spec)
+
+    def _sync_services(self, spec: ClusterSpec) -> None:
+        """kube-proxy's sync (with the EndpointSlice controller), then the cluster DNS's records."""
+        proxier.sync(self.store, self.runtime, spec)
+        dns.sync_zone(self.store, self.runtime, spec)
 
     def _schedule_pending(self, spec: ClusterSpec) -> None:
         """Give Pending pods another chance (a node joined or capacity was freed)."""

@@ -43,11 +43,19 @@ class OfflineAgent:
 
     def __init__(self) -> None:
         self.served: dict[str, tuple[str, list[tuple[int, str]], dict | None]] = {}
+        self.dns_ports: dict[str, list[tuple[int, str]]] = {}  # key -> the ports that answer DNS
+        self.zone: tuple[str, list[list[str]]] | None = None  # the last dns_zone: (domain, records)
 
     def serve(self, key: str, netns: str, hostname: str, ports: list[tuple[int, str]],
-              health: dict | None = None) -> dict:
+              health: dict | None = None, dns_ports: list[tuple[int, str]] | None = None) -> dict:
         self.served[key] = (netns, list(ports), health)
+        if dns_ports:
+            self.dns_ports[key] = list(dns_ports)
         return {"key": key}
+
+    def dns_zone(self, domain: str, records: list[list[str]], serial: int) -> int:
+        self.zone = (domain, records)
+        return len(records)
 
     def unserve(self, key: str) -> bool:
         return self.served.pop(key, None) is not None
@@ -120,6 +128,7 @@ class OfflineRuntime:
         self.removed: list[Plan] = []
         self.namespaces: set[str] = set()  # made and not deleted
         self.conflists: dict[str, dict] = {}  # conflist path -> the list
+        self.files: dict[str, str] = {}  # write_file's: path -> text (pods' resolv.conf)
 
     def apply(self, plan: Plan) -> None:
         self.applied.append(plan)
@@ -173,10 +182,19 @@ class OfflineRuntime:
     def remove_path(self, path: str) -> None:
         """Files only (IPAM state under the store's directory); gone already is fine."""
         self.conflists = {p: c for p, c in self.conflists.items() if p != path and not p.startswith(path + os.sep)}
+        self.files = {p: t for p, t in self.files.items() if p != path and not p.startswith(path + os.sep)}
+        if path.startswith("/etc/"):
+            return  # the files it "wrote" there (resolv.conf) were only remembered
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path, ignore_errors=True)
         elif os.path.lexists(path):
             os.remove(path)
+
+    def write_file(self, path: str, text: str) -> None:
+        self.files[path] = text
+
+    def host_resolv_conf(self) -> str:
+        return "nameserver 192.0.2.53\n"  # a documentation address: offline, the host's file is not read
 
     def start_agent(self, cluster: str, socket_path: str, log_path: str) -> int:
         return 0

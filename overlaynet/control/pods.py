@@ -19,6 +19,7 @@ from overlaynet import names
 from overlaynet.api.manifests import PodManifest, PodTemplate, parse_document, pod_probes, served_ports
 from overlaynet.api.model import ClusterSpec
 from overlaynet.control import scheduler
+from overlaynet.control.dns import DNS_PORT, runs_cluster_dns
 from overlaynet.control.ownership import NETNS, agent_socket
 from overlaynet.control.records import (
     PodRequest,
@@ -34,7 +35,7 @@ from overlaynet.control.store import Store
 from overlaynet.datapath.modes import get_mode
 from overlaynet.datapath.plan import Netns
 from overlaynet.errors import AgentError, KernelError, NotFoundError
-from overlaynet.node import kubelet, routes
+from overlaynet.node import kubelet, resolv, routes
 
 __all__ = ["create_pods", "delete_pods", "pending_requests", "pod_capacity", "restart_stranded", "serve_pod",
            "stored_template"]
@@ -113,6 +114,7 @@ def create_pods(store: Store, runtime: Runtime, spec: ClusterSpec, requests: lis
     results = {s: outcome for s, outcome in outcomes.items() if isinstance(outcome, dict)}
     started = [(s, r) for s, r in sandboxes if s in results]
     try:
+        resolv.write_pod_files(store, runtime, spec, [(s.namespace, s.name, r.template.spec) for s, r in started])
         agent = runtime.agent(cluster, agent_socket(store, cluster))
         for sandbox, request in started:
             serve_pod(agent, cluster, sandbox.namespace, sandbox.name, sandbox.node,
@@ -150,6 +152,8 @@ def delete_pods(store: Store, runtime: Runtime, spec: ClusterSpec, records: list
             [names.pod_netns(cluster, r["metadata"]["namespace"], r["metadata"]["name"]) for r in bound])
         if lingering:
             raise KernelError(f'cluster "{cluster}": pod namespaces still present after delete: {", ".join(lingering)}')
+        resolv.remove_pod_files(store, runtime, cluster,
+                                [(r["metadata"]["namespace"], r["metadata"]["name"]) for r in bound])
     with store.transaction():
         for record in records:
             meta = record["metadata"]
@@ -183,12 +187,15 @@ def _owner(record: dict) -> str | None:
 
 def serve_pod(agent: Agent, cluster: str, namespace: str, name: str, node: str, pod_ip: str,
               template: PodTemplate) -> None:
-    """What the pod runs: the test server on its ports, and its probes."""
+    """What the pod runs: the test server on its ports (a CoreDNS pod: the cluster DNS on its
+    port 53 as well), and its probes."""
     pod_netns = names.pod_netns(cluster, namespace, name)
     probes = pod_probes(template.spec)
     health = {"specs": [p.as_dict() for p in probes], "podIP": pod_ip,
               "nodeNetns": names.node_netns(cluster, node), "podNetns": pod_netns} if probes else None
-    agent.serve(pod_key(namespace, name), pod_netns, name, list(served_ports(template)), health)
+    dns_ports = [(p.port, p.protocol) for p in template.ports if p.port == DNS_PORT] \
+        if runs_cluster_dns(template.spec) else None
+    agent.serve(pod_key(namespace, name), pod_netns, name, list(served_ports(template)), health, dns_ports=dns_ports)
 
 
 def stored_template(record: dict) -> PodTemplate:

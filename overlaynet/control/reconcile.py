@@ -16,7 +16,8 @@ dependence:
 5. kube-proxy: a full sync of every node (as after a restart), reporting the rules it wrote
    back (``iptables-save`` before and after, counters left out);
 6. the NetworkPolicy agent (``node/netpol_sync``): its sync, reporting the ``cali-*`` rules
-   of the ``filter`` table it wrote back, the same way.
+   of the ``filter`` table it wrote back, the same way;
+7. the cluster DNS: its records pushed to the agent again (``dns.sync_zone``).
 
 What it cannot put back it reports, with what to do: a pod whose network namespace is gone
 (its sandbox is lost; the kubelet would make a new one: delete the pod). A cluster with the
@@ -34,7 +35,7 @@ import re
 
 from overlaynet import names
 from overlaynet.api.model import ClusterSpec
-from overlaynet.control import pods
+from overlaynet.control import dns, pods
 from overlaynet.control.ownership import PATH, agent_socket
 from overlaynet.control.records import CONTAINER_ANNOTATION, NODE_SERVER_PORTS, node_info, node_key, pod_key
 from overlaynet.control.seams import Runtime
@@ -247,4 +248,5 @@ def reconcile(store: Store, runtime: Runtime, spec: ClusterSpec) -> list[Repair]
     repairs += _reconcile_bird(store, runtime, spec)
     repairs += _reconcile_proxy(store, runtime, spec)
     repairs += _reconcile_policies(store, runtime, spec)
+    dns.sync_zone(store, runtime, spec)  # the cluster DNS's records: an agent started again has none
     return repairs

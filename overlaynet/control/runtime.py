@@ -114,6 +114,19 @@ class HostRuntime:
         elif os.path.lexists(path):
             os.remove(path)
 
+    def write_file(self, path: str, text: str) -> None:
+        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+        with open(path + ".tmp", "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(path + ".tmp", path)
+
+    def host_resolv_conf(self) -> str:
+        try:
+            with open("/etc/resolv.conf", encoding="utf-8") as handle:
+                return handle.read()
+        except OSError:  # none at all: glibc then asks 127.0.0.1
+            return ""
+
     def start_agent(self, cluster: str, socket_path: str, log_path: str) -> int:
         return start_agent(cluster, socket_path, log_path)
 

@@ -29,9 +29,12 @@ class Agent(Protocol):
     """The cluster's agent as the kubelet uses it: what each pod or node serves."""
 
     def serve(self, key: str, netns: str, hostname: str, ports: list[tuple[int, str]],
-              health: dict | None = None) -> dict: ...
+              health: dict | None = None, dns_ports: list[tuple[int, str]] | None = None) -> dict: ...
 
     def unserve(self, key: str) -> bool: ...
+
+    def dns_zone(self, domain: str, records: list[list[str]], serial: int) -> int:
+        """The cluster DNS's records, for every DNS server of the agent."""
 
 
 class Iptables(Protocol):
@@ -100,6 +103,12 @@ class Runtime(Protocol):
 
     def remove_path(self, path: str) -> None:
         """Remove a file or a directory tree; gone already is fine."""
+
+    def write_file(self, path: str, text: str) -> None:
+        """Write ``text`` to ``path`` (its directory made), replacing it atomically."""
+
+    def host_resolv_conf(self) -> str:
+        """The host's ``/etc/resolv.conf`` (every node's: the nodes share the host's files)."""
 
     def start_agent(self, cluster: str, socket_path: str, log_path: str) -> int: ...
 

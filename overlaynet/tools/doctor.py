@@ -52,6 +52,7 @@ PROGRAMS = (
     Program("bird, birdc", ("bird", "birdc"), "bird2", "the routed mode's BGP mesh (up --bgp)", False),
     Program("conntrack", ("conntrack",), "conntrack", "the Services lab's connection-tracking entries", False),
     Program("dot", ("dot",), "graphviz", "overlaynet graph -o svg|png", False),
+    Program("dig", ("dig",), "bind9-dnsutils", "queries to the cluster DNS (lab 13)", False),
 )
 CNI_PLUGIN_DIR = "/usr/lib/cni"
 CNI_PLUGINS = ("bridge", "host-local", "loopback", "portmap")  # what the CNI-by-hand lab chains

@@ -379,3 +379,50 @@ def _judge_node_port(external: Endpoint, target: ServicePortTarget, node_ep: End
     masqueraded = seen != external.ip
     return Check("svc-nodeport", external, node, target.protocol, OK if masqueraded else FAIL,
                  "a node address (masqueraded)", seen, None if masqueraded else "the client IP was not masqueraded")
+
+
+# -- the cluster DNS ----------------------------------------------------------------------------
+
+DNS_RULES = {
+    "dns-names": "(e) every Service name resolves, from a pod on every node",
+    "dns-nxdomain": "(e) a name that does not exist: NXDOMAIN",
+}
+DNS_SKIPPED = "(e) cluster DNS: skipped, the Cluster document says dns: false"
+
+
+def plan_dns_probes(expected: dict[str, str], missing: str, pod_eps: list[Endpoint], dns_ip: str,
+                    first_id: int) -> tuple[list[dict], dict]:
+    """From one pod on every node (not a DNS pod where possible), an A query to the kube-dns
+    ClusterIP for every Service name (``expected``: name -> the addresses, sorted and comma-joined)
+    and for ``missing``, a name in the zone that does not exist."""
+    clients: dict[str, Endpoint] = {}
+    for pod in pod_eps:
+        if pod.node not in clients or (clients[pod.node].name.startswith("kube-system/")
+                                       and not pod.name.startswith("kube-system/")):
+            clients[pod.node] = pod
+    server = Endpoint("service", "kube-dns", "", dns_ip, "")
+    probes, index = [], {}
+    for client in clients.values():
+        for name, addresses in [*sorted(expected.items()), (missing, "")]:
+            probe_id = first_id + len(probes)
+            probes.append({"id": probe_id, "netns": client.netns, "dst": dns_ip, "port": 53, "protocol": "dns",
+                           "name": name})
+            rule = "dns-nxdomain" if name == missing else "dns-names"
+            index[probe_id] = (rule, client, Endpoint("name", name, "", dns_ip, ""), addresses, server)
+    return probes, index
+
+
+def judge_dns(index: dict, results: list[dict]) -> list[Check]:
+    checks = []
+    for result in results:
+        rule, client, target, addresses, _server = index[result["id"]]
+        expected = "NXDOMAIN" if rule == "dns-nxdomain" else addresses
+        if not result.get("ok"):
+            checks.append(Check(rule, client, target, "dns", FAIL, expected, None, result.get("error")))
+            continue
+        observed = result.get("rcode") if rule == "dns-nxdomain" or result.get("rcode") != "NOERROR" \
+            else result.get("answer", "")
+        good = observed == expected
+        checks.append(Check(rule, client, target, "dns", OK if good else FAIL, expected, observed,
+                            None if good else f"answered {observed or 'nothing'}, expected {expected}"))
+    return checks

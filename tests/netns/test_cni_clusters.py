@@ -32,7 +32,7 @@ def routes(cluster: str, node: str) -> str:
 
 def test_routed_mode_blocks_second_block_and_borrowing(cli, tmp_path):
     # A pool of four /28 blocks: node-2 claims one, node-1 the other three, then borrows.
-    cli.run("up", "--name", "rt", "--cni", "calico", "--nodes", "2", "--cluster-cidr", "10.244.0.0/26",
+    cli.run("up", "--name", "rt", "--cni", "calico", "--nodes", "2", "--no-dns", "--cluster-cidr", "10.244.0.0/26",
             "--node-cidr-mask-size", "28", "--block-size", "28")
     cli.run("apply", "-f", write_manifest(str(tmp_path), "one.yaml", [pod("lone", nodeName="node-2")]), "--name", "rt")
     cli.run("apply", "-f", write_manifest(str(tmp_path), "many.yaml",
@@ -99,7 +99,7 @@ def test_reference_bridge_and_host_local_conflist(cli, tmp_path):
                      "hairpinMode": True,
                      "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.244.0.0/24"}]],
                               "routes": [{"dst": "0.0.0.0/0"}], "dataDir": str(tmp_path / "host-local")}}]}))
-    cli.run("up", "--name", "ref", "--nodes", "1", "--cni-conflist", str(conflist))
+    cli.run("up", "--name", "ref", "--nodes", "1", "--no-dns", "--cni-conflist", str(conflist))
     cli.run("apply", "-f", write_manifest(str(tmp_path), "d.yaml", [deployment("web", 4)]), "--name", "ref")
     pods = cli.pods("ref")
     assert sorted(p["status"]["podIP"] for p in pods.values()) == [f"10.244.0.{i}" for i in (2, 3, 4, 5)]

@@ -62,7 +62,8 @@ def _converged(cli: Cli, phase: str, manifest: str) -> None:
     # A delete that got some objects before it died finds them gone (NotFound, as kubectl) and
     # deletes the rest.
     assert again.returncode == 0 or (phase == "delete" and "not found" in again.stderr), again.stderr
-    pods = cli.pods(CLUSTER)
+    # The manifest's pods (kube-system holds the cluster DNS's, which up made).
+    pods = {name: p for name, p in cli.pods(CLUSTER).items() if p["metadata"]["namespace"] == "default"}
     services = [s["metadata"]["name"] for s in cli.json("get", "svc", "--name", CLUSTER)["items"]]
     if phase == "apply":
         statuses = {name: record["status"] for name, record in pods.items()}
@@ -82,6 +83,7 @@ def _leftovers(state_dir: str, before: dict) -> list[str]:
     problems += [f"agent {pid}" for pid in _agents_of(CLUSTER)]
     problems += [f"file {name}" for name in sorted(os.listdir(state_dir)) if not name.startswith("state.db")]
     problems += [f"sysctl {key}" for key, value in after["sysctls"].items() if before["sysctls"][key] != value]
+    problems += [f"/etc/netns/{name}" for name in sorted(after["etc_netns"] - before["etc_netns"])]
     return problems
 
 

@@ -60,7 +60,7 @@ def test_bad_cluster_name(cli):
 
 
 def test_up_of_an_existing_cluster(cli):
-    cli.run("up", "--name", "bad", "--nodes", "1")
+    cli.run("up", "--name", "bad", "--nodes", "1", "--no-dns")
     assert_clean_error(cli.run("up", "--name", "bad", check=False), 'cluster "bad" already exists')
     assert len(namespaces_of("bad")) == 3  # underlay, external client, node-1
 
@@ -72,7 +72,7 @@ def test_apply_with_no_cluster(cli, tmp_path):
 
 
 def test_bad_manifests_change_nothing(cli, tmp_path):
-    cli.run("up", "--name", "bad", "--nodes", "1")
+    cli.run("up", "--name", "bad", "--nodes", "1", "--no-dns")
     malformed = tmp_path / "broken.yaml"
     malformed.write_text("kind: Pod\nmetadata:\n  name: [x\n")
     assert_clean_error(cli.run("apply", "-f", str(malformed), check=False), f"{malformed}:", "malformed YAML")

@@ -67,7 +67,7 @@ def test_two_clusters_side_by_side(cli, tmp_path):
         cli.run("apply", "-f", manifest, "--name", name)
     assert "several clusters exist (lc, lc2)" in cli.run("get", "nodes", check=False).stderr
     cli.run("down", "--name", "lc")
-    assert namespaces_of("lc") == [] and len(namespaces_of("lc2")) == 2 + 2 + 2  # underlay, external, 2 nodes, 2 pods
+    assert namespaces_of("lc") == [] and len(namespaces_of("lc2")) == 2 + 2 + 2 + 2  # underlay, external, 2 nodes, 2 pods, 2 CoreDNS
     assert cli.run("verify", "--name", "lc2", check=False).returncode == 0
 
 

@@ -33,7 +33,7 @@ def cli(tmp_path):
 
 
 def test_a_test_only_host_gw_mode_wires_a_working_cluster(cli, tmp_path):
-    up = cli.run("up", "--name", CLUSTER, "--cni", "tests.modes.hostgw", "--nodes", "2").stdout
+    up = cli.run("up", "--name", CLUSTER, "--cni", "tests.modes.hostgw", "--nodes", "2", "--no-dns").stdout
     assert f"cni tests.modes.hostgw ({hostgw.MODE.description})" in up
     node1 = in_netns(f"{CLUSTER}.node.node-1", "ip", "route").stdout
     node2 = in_netns(f"{CLUSTER}.node.node-2", "ip", "route").stdout

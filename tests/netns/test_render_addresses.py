@@ -44,4 +44,4 @@ def test_render_addresses_are_the_live_clusters(cni):
         cli.down_quietly(name)
         shutil.rmtree(state, ignore_errors=True)
     assert rendered == live
-    assert sum(len(ips) for ips in live[1].values()) == 14
+    assert sum(len(ips) for ips in live[1].values()) == 9 + 1 + 4 + 2  # and the two CoreDNS pods

@@ -51,7 +51,7 @@ def make(tmp_path):
 
     def make(**options) -> ClusterManager:
         manager = ClusterManager(Store(str(tmp_path / f"state{len(managers)}")), FakeRuntime())
-        manager.up(build_spec(name=CLUSTER, **({"nodes": 2} | options)))
+        manager.up(build_spec(name=CLUSTER, **({"nodes": 2, "dns": False} | options)))
         managers.append(manager)
         return manager
 

@@ -39,7 +39,7 @@ class RecordingRuntime:
 @pytest.fixture
 def manager(tmp_path):
     manager = ClusterManager(Store(str(tmp_path)), RecordingRuntime())
-    manager.up(spec_from_document({"kind": "Cluster", "metadata": {"name": "lab"}, "spec": {"nodes": 1}}))
+    manager.up(spec_from_document({"kind": "Cluster", "metadata": {"name": "lab"}, "spec": {"nodes": 1, "dns": False}}))
     manager.runtime.calls.clear()
     return manager
 
