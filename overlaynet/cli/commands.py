@@ -252,21 +252,30 @@ def delete(kind, object_names, files, namespace, cluster):
                              "NetworkPolicy": "networkpolicy", "Namespace": "namespace"}.get(type(manifest).__name__)
             if manifest_kind:
                 targets.append((manifest_kind, manifest.name, manifest.namespace))
+    missing: list[NotFoundError] = []
     for target_kind, target, target_namespace in targets:
-        if target_kind == "pod":
-            manager.delete_pod(name, target_namespace, target)
-        elif target_kind == "deployment":
-            manager.delete_deployment(name, target_namespace, target)
-        elif target_kind == "service":
-            manager.delete_service(name, target_namespace, target)
-        elif target_kind == "networkpolicy":
-            manager.delete_policy(name, target_namespace, target)
-        elif target_kind == "namespace":
-            manager.delete_namespace(name, target)
-        else:
-            manager.remove_node(name, target)
+        try:
+            if target_kind == "pod":
+                manager.delete_pod(name, target_namespace, target)
+            elif target_kind == "deployment":
+                manager.delete_deployment(name, target_namespace, target)
+            elif target_kind == "service":
+                manager.delete_service(name, target_namespace, target)
+            elif target_kind == "networkpolicy":
+                manager.delete_policy(name, target_namespace, target)
+            elif target_kind == "namespace":
+                manager.delete_namespace(name, target)
+            else:
+                manager.remove_node(name, target)
+        except NotFoundError as exc:  # as kubectl: the others are still deleted, the exit says so
+            missing.append(exc)
+            continue
         full = {"deployment": "deployment.apps", "networkpolicy": "networkpolicy.networking.k8s.io"}
         click.echo(f"{full.get(target_kind, target_kind)}/{target} deleted")
+    if missing:
+        for exc in missing[:-1]:
+            click.echo(f"error: {exc}", err=True)
+        raise missing[-1]
 
 
 # -- get / describe ------------------------------------------------------------------------------

@@ -73,7 +73,7 @@ def cluster(request):
     cli = Cli(state)
     name = f"np{request.param[0]}"
     try:
-        cli.run("up", "--name", name, "--nodes", "2", "--cni", request.param)
+        cli.run("up", "--name", name, "--nodes", "2", "--cni", request.param, "--no-dns")
         path = write_manifest(state, "pods.yaml", [_pod(*p) for p in PODS])
         cli.run("apply", "-f", path, "--name", name)
         cluster = Cluster(cli, name, state)

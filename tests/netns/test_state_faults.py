@@ -41,7 +41,7 @@ def _store_is_whole(directory: str) -> bool:
 
 def test_a_read_only_state_directory_refuses_writes_clearly_and_still_reads(tmpfs, tmp_path):
     cli = tmpfs
-    cli.run("up", "--name", CLUSTER, "--nodes", "1")
+    cli.run("up", "--name", CLUSTER, "--nodes", "1", "--no-dns")
     manifest = write_manifest(str(tmp_path), "p.yaml", [pod("solo")])
     # A read-only bind mount over it (the agent keeps its log open, so the tmpfs itself stays rw).
     mount("--bind", cli.state_dir, cli.state_dir)
@@ -65,7 +65,7 @@ def test_a_read_only_state_directory_refuses_writes_clearly_and_still_reads(tmpf
 
 def test_a_full_disk_gets_a_clear_error_and_the_store_survives(tmpfs, tmp_path):
     cli = tmpfs
-    cli.run("up", "--name", CLUSTER, "--nodes", "1")
+    cli.run("up", "--name", CLUSTER, "--nodes", "1", "--no-dns")
     manifest = write_manifest(str(tmp_path), "p.yaml", [pod("solo")])
     filler = os.path.join(cli.state_dir, "filler")
     subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=4k"], capture_output=True, check=False)
