@@ -135,7 +135,10 @@ class ClusterManager:
         with self.store.cluster_lock(cluster):
             if self.store.get_cluster(cluster) is None and not any(
                     self.store.owned(cluster, kind) for kind in (NETNS, AGENT, PATH)):
-                self.store.remove_lock(cluster)  # an `up` killed before it recorded anything made it
+                # An `up` killed before it recorded anything left only its lock file and,
+                # perhaps, its kernel probe's throwaway namespace (swept by delete_namespaces).
+                self.store.remove_lock(cluster)
+                self.runtime.delete_namespaces([])
                 raise NotFoundError(f'cluster "{cluster}" does not exist')
             removed = self._teardown(cluster)
             self.store.remove_lock(cluster)

@@ -96,6 +96,9 @@ class HostRuntime:
     def delete_namespaces(self, netns_names: list[str]) -> list[str]:
         for name in netns_names:
             netns.delete(name)
+        # And the throwaway namespace of a kernel probe whose `up` was killed mid-probe: it
+        # belongs to no cluster's records, so this is where it goes.
+        netns.sweep_throwaways("probe")
         return netns.wait_gone(netns_names)
 
     def cni_add(self, state_dir: str, cluster: str,
