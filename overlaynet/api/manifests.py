@@ -241,7 +241,10 @@ def _parse_deployment(document: dict, where: Where, namespace: str | None) -> De
     template = spec.get("template")
     if not isinstance(template, dict):
         raise where.error("spec.template is required")
-    template_labels = _string_map((template.get("metadata") or {}).get("labels"), where, "spec.template.metadata.labels")
+    template_metadata = template.get("metadata") or {}
+    if not isinstance(template_metadata, dict):
+        raise where.error("spec.template.metadata must be a mapping")
+    template_labels = _string_map(template_metadata.get("labels"), where, "spec.template.metadata.labels")
     if any(template_labels.get(k) != v for k, v in match_labels.items()):
         raise where.error("spec.selector.matchLabels does not match spec.template.metadata.labels")
     return DeploymentManifest(

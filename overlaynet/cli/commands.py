@@ -281,6 +281,29 @@ def delete(kind, object_names, files, namespace, cluster):
 # -- get / describe ------------------------------------------------------------------------------
 
 
+def listed_objects(kind: str, objects: list[dict], object_name: str | None, scope: str | None, output: str | None,
+                   all_namespaces: bool, cluster_scoped: bool) -> list[dict] | None:
+    """What every ``get`` does before its table: the named object (or NotFound), ``-o
+    json|yaml|name``, kubectl's "No resources found". The objects to tabulate, or None when
+    there is nothing more to print."""
+    if object_name:
+        objects = [o for o in objects if o["metadata"]["name"] == object_name]
+        if not objects:
+            where = f' in namespace "{scope}"' if not cluster_scoped and scope else ""
+            raise NotFoundError(f'{kind.split(".")[0]} "{object_name}" not found{where}')
+    if output in ("json", "yaml"):
+        click.echo(document(objects, output, single=bool(object_name)))
+        return None
+    if output == "name":
+        click.echo("\n".join(f"{kind}/{o['metadata']['name']}" for o in objects))
+        return None
+    if not objects:
+        where = "" if cluster_scoped else (" in any namespace" if all_namespaces else f" in {scope} namespace")
+        click.echo(f"No resources found{where}.", err=True)
+        return None
+    return objects
+
+
 def _external_ip(service: dict) -> str:
     """kubectl's EXTERNAL-IP: load-balancer ingress then externalIPs; ``<pending>`` for a
     LoadBalancer without an address, ``<none>`` for other types without externalIPs."""
@@ -347,20 +370,8 @@ def get(resource, object_name, output, namespace, all_namespaces, cluster):
         kind, objects = "endpointslice.discovery.k8s.io", manager.store.list(name, "EndpointSlice", scope)
     else:
         kind, objects = "deployment.apps", manager.deployments(name, scope)
-    if object_name:
-        objects = [o for o in objects if o["metadata"]["name"] == object_name]
-        if not objects:
-            where = f' in namespace "{scope}"' if kind != "node" and scope else ""
-            raise NotFoundError(f'{kind.split(".")[0]} "{object_name}" not found{where}')
-    if output in ("json", "yaml"):
-        click.echo(document(objects, output, single=bool(object_name)))
-        return
-    if output == "name":
-        click.echo("\n".join(f"{kind}/{o['metadata']['name']}" for o in objects))
-        return
-    if not objects:
-        where = "" if kind == "node" else (" in any namespace" if all_namespaces else f" in {scope} namespace")
-        click.echo(f"No resources found{where}.", err=True)
+    objects = listed_objects(kind, objects, object_name, scope, output, all_namespaces, cluster_scoped=kind == "node")
+    if objects is None:
         return
     wide = output == "wide"
     cni = manager.spec(name).cni

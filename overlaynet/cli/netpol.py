@@ -15,7 +15,7 @@ from overlaynet import names
 from overlaynet.api.manifests import DEFAULT_TEST_PORT
 from overlaynet.api.netpol import EGRESS, INGRESS, NetworkPolicy, parse_label_changes
 from overlaynet.api.objects import DEFAULT_NAMESPACE
-from overlaynet.cli.output import age, document, table
+from overlaynet.cli.output import age, table
 from overlaynet.errors import InvalidInput, NotFoundError
 
 POLICY_RESOURCES = ("networkpolicies", "networkpolicy", "netpol")
@@ -26,6 +26,7 @@ LEGEND = f"{ALLOWED} allowed, {DENIED} denied by policy (expected), - the pod it
 
 def get_objects(manager, cluster: str, resource: str, object_name, output, scope, all_namespaces) -> None:
     """``get networkpolicy|namespace``, kubectl's columns."""
+    from overlaynet.cli.commands import listed_objects
     from overlaynet.control import policies
 
     if resource in POLICY_RESOURCES:
@@ -37,20 +38,9 @@ def get_objects(manager, cluster: str, resource: str, object_name, output, scope
         written = {d["metadata"]["name"]: d for d in manager.store.list(cluster, policies.NAMESPACE)}
         objects = [written.get(n) or {"apiVersion": "v1", "kind": "Namespace",
                                       "metadata": {"name": n, "labels": labels[n]}} for n in sorted(labels)]
-    if object_name:
-        objects = [o for o in objects if o["metadata"]["name"] == object_name]
-        if not objects:
-            where = f' in namespace "{scope}"' if kind != "namespace" and scope else ""
-            raise NotFoundError(f'{kind.split(".")[0]} "{object_name}" not found{where}')
-    if output in ("json", "yaml"):
-        click.echo(document(objects, output, single=bool(object_name)))
-        return
-    if output == "name":
-        click.echo("\n".join(f"{kind}/{o['metadata']['name']}" for o in objects))
-        return
-    if not objects:
-        where = "" if kind == "namespace" else (" in any namespace" if all_namespaces else f" in {scope} namespace")
-        click.echo(f"No resources found{where}.", err=True)
+    objects = listed_objects(kind, objects, object_name, scope, output, all_namespaces,
+                             cluster_scoped=kind == "namespace")
+    if objects is None:
         return
     if kind == "namespace":
         header = ["NAME", "STATUS", "AGE"] + (["LABELS"] if output == "wide" else [])
