@@ -176,13 +176,19 @@ def _reconcile_bird(store: Store, runtime: Runtime, spec: ClusterSpec) -> list[R
     return [Repair(f"node/{name}", "BIRD was not running; started again") for name in dead]
 
 
-def _nat_rules(runtime: Runtime, netns_name: str, backend: str, table: str = "nat") -> list[str]:
+def _saved_rules(runtime: Runtime, netns_name: str, backend: str, table: str) -> list[str]:
+    """The rules of ``table``, as ``iptables-save`` prints them without counters."""
     text = runtime.iptables.save(netns_name, backend, table)
     return [_COUNTERS.sub("", line) for line in text.splitlines() if line and not line.startswith(("#", ":"))]
 
 
-def _restored(before: list[str], after: list[str]) -> list[str]:
-    return [line[2:] for line in difflib.ndiff(sorted(before), sorted(after)) if line.startswith("+ ")]
+def _written_back(node: str, before: list[str], after: list[str], who: str, table: str) -> list[Repair]:
+    """The repair of a node whose rules a sync wrote back (the first three shown), if any."""
+    restored = [line[2:] for line in difflib.ndiff(sorted(before), sorted(after)) if line.startswith("+ ")]
+    if not restored:
+        return []
+    shown = "; ".join(restored[:3]) + (f"; and {len(restored) - 3} more" if len(restored) > 3 else "")
+    return [Repair(f"node/{node}", f"{who} wrote back {len(restored)} {table} rule(s): {shown}")]
 
 
 def _reconcile_policies(store: Store, runtime: Runtime, spec: ClusterSpec) -> list[Repair]:
@@ -192,55 +198,53 @@ def _reconcile_policies(store: Store, runtime: Runtime, spec: ClusterSpec) -> li
     nodes = [n["metadata"]["name"] for n in store.list(spec.name, "Node")]
 
     def policy_rules(node: str) -> list[str]:
-        return [line for line in _nat_rules(runtime, names.node_netns(spec.name, node), backend, "filter")
+        return [line for line in _saved_rules(runtime, names.node_netns(spec.name, node), backend, "filter")
                 if "cali-" in line]
 
     before = {node: policy_rules(node) for node in nodes}
     netpol_sync.sync(store, runtime, spec)
-    repairs = []
-    for node in nodes:
-        restored = _restored(before[node], policy_rules(node))
-        if restored:
-            shown = "; ".join(restored[:3]) + (f"; and {len(restored) - 3} more" if len(restored) > 3 else "")
-            repairs.append(Repair(f"node/{node}", f"the policy agent wrote back {len(restored)} filter rule(s): "
-                                                  f"{shown}"))
-    return repairs
+    return [repair for node in nodes
+            for repair in _written_back(node, before[node], policy_rules(node), "the policy agent", "filter")]
 
 
 def _reconcile_proxy(store: Store, runtime: Runtime, spec: ClusterSpec) -> list[Repair]:
     backend = store.get_meta(spec.name, "kube-proxy-backend")  # None: never synced (a process died first)
     nodes = [n["metadata"]["name"] for n in store.list(spec.name, "Node")]
-    before = {node: _nat_rules(runtime, names.node_netns(spec.name, node), backend) if backend else []
+    before = {node: _saved_rules(runtime, names.node_netns(spec.name, node), backend, "nat") if backend else []
               for node in nodes}
     store.set_meta(spec.name, "kube-proxy-synced", "{}")  # the next sync is a full one, as after a restart
     proxier.sync(store, runtime, spec)
     backend = store.get_meta(spec.name, "kube-proxy-backend")
     if backend is None:
         return []  # the cluster never had a Service: kube-proxy has nothing to keep
+    return [repair for node in nodes
+            for repair in _written_back(node, before[node],
+                                        _saved_rules(runtime, names.node_netns(spec.name, node), backend, "nat"),
+                                        "kube-proxy", "nat")]
+
+
+def _restart_stranded(store: Store, runtime: Runtime, spec: ClusterSpec) -> list[Repair]:
+    """Pods a process that died left half-created, created again (``pods.restart_stranded``)."""
     repairs = []
-    for node in nodes:
-        after = _nat_rules(runtime, names.node_netns(spec.name, node), backend)
-        restored = _restored(before[node], after)
-        if restored:
-            shown = "; ".join(restored[:3]) + (f"; and {len(restored) - 3} more" if len(restored) > 3 else "")
-            repairs.append(Repair(f"node/{node}", f"kube-proxy wrote back {len(restored)} nat rule(s): {shown}"))
+    for pod in pods.restart_stranded(store, runtime, spec):
+        namespace, name = pod.split("/")
+        status = (store.get(spec.name, "Pod", name, namespace) or {}).get("status", {})
+        what = "left half-created by a process that died; created again"
+        if status.get("phase") == "Running":
+            repairs.append(Repair(f"pod/{pod}", what))
+        else:
+            reason = status.get("message", status.get("reason", "not running"))
+            repairs.append(Repair(f"pod/{pod}", f"{what}, but: {reason}", repaired=False))
     return repairs
 
 
 def reconcile(store: Store, runtime: Runtime, spec: ClusterSpec) -> list[Repair]:
     """One pass over the cluster; what was found wrong, repaired or not."""
     repairs, keys = _ensure_agent(store, runtime, spec)
-    restarted = pods.restart_stranded(store, runtime, spec)
-    for pod in restarted:
-        namespace, name = pod.split("/")
-        status = (store.get(spec.name, "Pod", name, namespace) or {}).get("status", {})
-        if status.get("phase") == "Running":
-            repairs.append(Repair(f"pod/{pod}", "left half-created by a process that died; created again"))
-        else:
-            repairs.append(Repair(f"pod/{pod}", "left half-created by a process that died; created again, but: "
-                                  + status.get("message", status.get("reason", "not running")), repaired=False))
-    if restarted:
+    restarted = _restart_stranded(store, runtime, spec)
+    if restarted:  # created again, they are served again
         keys = {served["key"] for served in runtime.agent(spec.name, agent_socket(store, spec.name)).list()}
+    repairs += restarted
     running = _running_pods(store, spec.name)
     kernel_repairs, lost = _reconcile_kernel(store, runtime, spec, running)
     repairs += kernel_repairs
