@@ -4,7 +4,8 @@ periods, from the pod's node (like the kubelet, which probes a pod from the node
 This module owns the probe loops of one served key. It reports transitions through a
 callback and never decides what they mean: the controller marks the pod (not) Ready and
 resyncs Services, and a failed liveness probe restarts the test server (closing and
-reopening its sockets, as a container restart would).
+reopening its sockets, as a container restart would). A report that fails (the store busy
+or unwritable) is sent again every period until it lands, so a transition is never lost.
 """
 
 from __future__ import annotations
@@ -47,14 +48,15 @@ async def run_once(spec: ProbeSpec, node_netns: str, pod_netns: str, pod_ip: str
 
 
 class Prober:
-    """The probe loops of one pod; ``on_change(kind, ok)`` is awaited on each transition."""
+    """The probe loops of one pod. On each transition ``restart()`` is awaited first when a
+    liveness probe failed; ``report(kind, ok)`` is awaited until it succeeds."""
 
     def __init__(self, key: str, specs: list[ProbeSpec], node_netns: str, pod_netns: str, pod_ip: str,
-                 on_change: Callable[[str, bool], Awaitable[None]]):
+                 report: Callable[[str, bool], Awaitable[None]], restart: Callable[[], Awaitable[None]]):
         self.key = key
         self.specs = specs
         self.node_netns, self.pod_netns, self.pod_ip = node_netns, pod_netns, pod_ip
-        self.on_change = on_change
+        self.report, self.restart = report, restart
         self.tasks: list[asyncio.Task] = []
 
     def start(self) -> None:
@@ -69,16 +71,21 @@ class Prober:
 
     async def _loop(self, spec: ProbeSpec) -> None:
         tracker = Tracker(spec)
+        unreported: bool | None = None
         await asyncio.sleep(spec.initial_delay)
         while True:
             ok = await run_once(spec, self.node_netns, self.pod_netns, self.pod_ip)
             changed = tracker.record(ok)
             if changed is not None:
                 log.info("%s probe of %s: %s", spec.kind, self.key, "success" if changed else "failure")
-                try:
-                    await self.on_change(spec.kind, changed)
-                except Exception:  # a report that fails is retried on the next transition
-                    log.exception("reporting the %s of %s failed", spec.kind, self.key)
+                unreported = changed
                 if spec.kind == "liveness" and not changed:
+                    await self.restart()
                     tracker = Tracker(spec)  # the container restarted: count afresh
+            if unreported is not None:
+                try:
+                    await self.report(spec.kind, unreported)
+                    unreported = None
+                except Exception:
+                    log.exception("reporting the %s of %s failed; again in %ss", spec.kind, self.key, spec.period)
             await asyncio.sleep(spec.period)

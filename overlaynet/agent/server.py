@@ -154,14 +154,16 @@ class Agent:
             return
         specs = health["specs"]
 
-        async def on_change(kind: str, ok: bool) -> None:
-            if kind == "liveness" and not ok and key in self.keys:  # restart the "container"
+        async def restart() -> None:  # the "container": its sockets close and open again
+            if key in self.keys:
                 await self.keys[key].set_serving(False)
                 await self.keys[key].set_serving(True)
+
+        async def report(kind: str, ok: bool) -> None:
             _, namespace, name = key.split("/", 2)
             await asyncio.get_running_loop().run_in_executor(None, self.report_health, namespace, name, kind, ok)
 
-        prober = Prober(key, specs, health["nodeNetns"], health["podNetns"], health["podIP"], on_change)
+        prober = Prober(key, specs, health["nodeNetns"], health["podNetns"], health["podIP"], report, restart)
         self.probers[key] = prober
         prober.start()
 

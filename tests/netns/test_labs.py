@@ -52,6 +52,11 @@ def lab_check(env: dict, cwd: pathlib.Path) -> tuple[int, dict, float]:
     return result.returncode, json.loads(result.stdout), time.monotonic() - started
 
 
+def red_items(report: dict) -> str:
+    """What a failed check says, item by item (the whole report is cut short by pytest)."""
+    return "; ".join(f'{item["what"]} (hint: {item["hint"]})' for item in report["items"] if not item["ok"])
+
+
 @pytest.mark.parametrize("lab", LABS, ids=[lab.folder.name for lab in LABS])
 def test_lab_as_a_learner(lab, learner_env):
     blocks = labs.readme_steps((lab.folder / "README.md").read_text())
@@ -68,10 +73,10 @@ def test_lab_as_a_learner(lab, learner_env):
             run_block(block.script, learner_env, lab.folder)
             if index == decisive[0]:
                 code, report, seconds = lab_check(learner_env, lab.folder)
-                assert code == 0 and report["passed"], report
+                assert code == 0 and report["passed"], red_items(report)
                 print(f"\nlab {lab.nn}: check green in {seconds:.2f}s")
         code, report, _ = lab_check(learner_env, lab.folder)
-        assert code == 0, f"{lab.folder.name}: the last steps turned the check red again: {report}"
+        assert code == 0, f"{lab.folder.name}: the last steps turned the check red again: {red_items(report)}"
     finally:  # a failed step must not leave the lab's cluster or its hand-made namespaces behind
         reset = subprocess.run([sys.executable, "-m", "overlaynet", "lab", "reset"], env=learner_env,
                                cwd=lab.folder, capture_output=True, text=True, timeout=120)
