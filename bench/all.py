@@ -37,6 +37,7 @@ RUNS = {
                      ["--nodes", "20", "--pods-per-node", "20", "--repeat", "1"]),
     "cni": ("cni_latency.py", ["--pods", "100"], ["--pods", "40"]),
     "verify": ("verify_scale.py", ["--pods", "100"], ["--pods", "40"]),
+    "datapath": ("datapath.py", [], ["--quick"]),
 }
 
 
@@ -74,6 +75,13 @@ def rows(results: dict) -> list[list[str]]:
         out.append([f"verify, {verify['pods']} pods ({verify['probes']} probes)", f"{verify['verify_s']:.1f} s",
                     f"{verify['ping_processes_for_all_pairs_s']:.1f} s (a ping per pair)",
                     f"{verify['ratio_to_ping_processes']:.2f}x", "< 5 s"])
+    for mode, r in results.get("datapath", {}).get("modes", {}).items():
+        for path, where in (("same_node", "same node"), ("cross_node", "across nodes")):
+            case, floor = r[path], r["floor"]
+            out.append([f"iperf3 TCP pod→pod, {where} ({mode})", f"{case['gbit_s']:.1f} Gbit/s",
+                        f"{floor['gbit_s']:.1f} Gbit/s (veth pair)", f"{case['throughput_ratio']:.2f}x", ""])
+            out.append([f"ping RTT pod→pod, {where} ({mode})", f"{case['rtt_avg_us']:.0f} µs",
+                        f"{floor['rtt_avg_us']:.0f} µs (veth pair)", f"{case['latency_ratio']:.1f}x", ""])
     for name, result in results.items():
         if "error" in result:
             out.append([name, "failed: " + " ".join(result["error"]), "", "", ""])
