@@ -45,6 +45,10 @@ class NotFoundError(OverlaynetError):
     """The named cluster, node or pod does not exist."""
 
 
+class BusyError(ConflictError):
+    """Another operation holds the cluster's lock (raised only to callers that asked not to wait)."""
+
+
 class CapacityError(OverlaynetError):
     """An address range or a node cannot hold what was asked for."""
 

@@ -3,8 +3,8 @@
 ``client.start_agent`` runs exactly this command line (detached, output to a log file), and
 ``client.find_agent_pids`` finds the process again by it; keep the two in step. This is the
 edge where the agent meets the control plane: probe results are reported to the cluster's
-``ClusterManager.pod_health`` over the store beside the socket, and nowhere else in
-``overlaynet.agent`` is the controller known.
+``ClusterManager.pod_health``, and the watcher's heal passes run ``ClusterManager.heal``, over
+the store beside the socket; nowhere else in ``overlaynet.agent`` is the controller known.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import os
 import sys
 
 from overlaynet.agent.server import HealthReport, serve_forever
+from overlaynet.agent.watcher import Heal
 
 
 def report_to_controller(cluster: str, state_dir: str) -> HealthReport:
@@ -35,6 +36,25 @@ def report_to_controller(cluster: str, state_dir: str) -> HealthReport:
     return report
 
 
+def heal_with_controller(cluster: str, state_dir: str) -> Heal:
+    """The watcher's pass: ``ClusterManager.heal`` over the store in ``state_dir``."""
+
+    def heal(kernel_changed: bool) -> list[str] | None:
+        from overlaynet.control.manager import ClusterManager
+        from overlaynet.control.store import Store
+
+        manager = ClusterManager(Store(state_dir))
+        try:
+            repairs = manager.heal(cluster, kernel_changed)
+        finally:
+            manager.store.close()
+        if repairs is None:
+            return None
+        return [f"{r.where}: {r.what}" + ("" if r.repaired else " (not repaired)") for r in repairs]
+
+    return heal
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m overlaynet.agent", description=__doc__.splitlines()[0])
     parser.add_argument("--cluster", required=True, help="the cluster this agent serves")
@@ -45,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s agent[%(process)d] %(levelname)s %(message)s",
     )
-    return serve_forever(args.cluster, args.socket, report_to_controller(args.cluster, os.path.dirname(args.socket)))
+    state_dir = os.path.dirname(args.socket)
+    return serve_forever(args.cluster, args.socket, report_to_controller(args.cluster, state_dir),
+                         heal_with_controller(args.cluster, state_dir))
 
 
 if __name__ == "__main__":

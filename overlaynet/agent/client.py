@@ -273,6 +273,10 @@ class AgentClient:
         """Replace the records every DNS server of the agent answers from; how many record sets."""
         return int(self.call("dns_zone", {"domain": domain, "records": records, "serial": serial})["records"])
 
+    def watch(self, namespaces: list[str]) -> list[str]:
+        """Watch exactly these namespaces for drift (self-heal; [] stops); those that are missing."""
+        return self.call("watch", {"namespaces": namespaces})["missing"]
+
     def unserve(self, key: str) -> bool:
         """Close every socket of ``key``; True if it was served. Call before deleting its netns."""
         return bool(self.call("unserve", {"key": key})["existed"])

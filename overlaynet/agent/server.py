@@ -14,6 +14,8 @@ order:
     {"op": "list"}                                          -> {"ok": true, "keys": [...]}
     {"op": "probe", "probes": [...], "timeout": 2.0}        -> {"ok": true, "results": [...]}
     {"op": "cni", "plugin", "env": {...}, "stdin", "pid"}   -> {"ok": true, "stdout", "exit_code", "stderr"}
+    {"op": "watch", "namespaces": [...]}                    -> {"ok": true, "missing": [...]}
+                                                            (self-heal: ``agent.watcher``; [] stops it)
 
 ``cni`` is the thin CNI plugins' hand-off (``overlaynet.cni.skel``): the agent runs the named
 plugin's code (``overlaynet.cni.plugins.run``) on the request's environment and stdin, in a
@@ -27,7 +29,8 @@ traceback and answered as an internal error.
 
 What it never does: create or delete namespaces, addresses or routes, or decide what a pod
 serves (the kubelet does, through ``serve``), or run the controller: what a pod's probes
-find goes to the ``HealthReport`` callback it was started with. It keeps no state on disk:
+find goes to the ``HealthReport`` callback it was started with, and a heal pass to the ``Heal``
+callback (``agent.watcher``). It keeps no state on disk:
 after a restart the kubelet serves its pods again.
 """
 
@@ -50,6 +53,7 @@ from typing import Any
 from overlaynet import names
 from overlaynet.agent import dnsserver, reachability, testserver
 from overlaynet.agent.prober import Prober
+from overlaynet.agent.watcher import Heal, Watcher
 from overlaynet.api.probes import ProbeSpec
 from overlaynet.errors import AgentError, OverlaynetError, one_line
 
@@ -66,10 +70,11 @@ Health = dict[str, Any]
 
 
 class Agent:
-    def __init__(self, cluster: str, socket_path: str, report_health: HealthReport) -> None:
+    def __init__(self, cluster: str, socket_path: str, report_health: HealthReport, heal: Heal | None = None) -> None:
         self.cluster = cluster
         self.socket_path = socket_path
         self.report_health = report_health
+        self.watcher = Watcher(heal) if heal is not None else None  # None: no controller to heal with
         self.keys: dict[str, testserver.ServedKey] = {}
         self.dns_zone: dnsserver.Zone | None = None  # the cluster DNS's records (op dns_zone)
         self.probers: dict = {}  # key -> agent.prober.Prober, for pods with probes
@@ -95,9 +100,11 @@ class Agent:
             "probe": self._probe,
             "cni": self._cni,
             "dns_zone": self._dns_zone,
+            "watch": self._watch,
         }.get(op)  # type: ignore[arg-type]
         if handler is None:
-            raise AgentError(f"unknown op {op!r}; one of ping, serve, unserve, set_serving, list, probe, cni, dns_zone")
+            raise AgentError(f"unknown op {op!r}; one of ping, serve, unserve, set_serving, list, probe, cni, "
+                             "dns_zone, watch")
         return await handler(request)
 
     async def _ping(self, request: dict) -> dict:
@@ -207,6 +214,14 @@ class Agent:
         log.info("dns zone %s: %d record sets, serial %d", zone.origins[0], len(zone), zone.serial)
         return {"records": len(zone)}
 
+    async def _watch(self, request: dict) -> dict:
+        namespaces = request.get("namespaces")
+        if not isinstance(namespaces, list) or not all(isinstance(n, str) for n in namespaces):
+            raise AgentError("watch: namespaces must be a list of namespace names")
+        if self.watcher is None:
+            raise AgentError("watch: this agent was started without a controller to heal with")
+        return {"missing": self.watcher.watch([names.check_netns_name(n) for n in namespaces])}
+
     async def _cni(self, request: dict) -> dict:
         plugin = _string(request, "plugin")
         env = request.get("env")
@@ -309,6 +324,8 @@ class Agent:
             await self._stopped.wait()
         finally:
             log.info("stopping: closing %d served keys", len(self.keys))
+            if self.watcher is not None:
+                self.watcher.stop()
             server.close()
             for task in list(self._connections):
                 task.cancel()
@@ -420,5 +437,5 @@ def _raise_fd_limit() -> None:
             pass
 
 
-def serve_forever(cluster: str, socket_path: str, report_health: HealthReport) -> int:
-    return asyncio.run(Agent(cluster, socket_path, report_health).run())
+def serve_forever(cluster: str, socket_path: str, report_health: HealthReport, heal: Heal) -> int:
+    return asyncio.run(Agent(cluster, socket_path, report_health, heal).run())

@@ -286,6 +286,7 @@ def load_cluster(path: str, name: str | None = None) -> model.ClusterSpec:
              "blockSize", "bgp", "cniConfig"}
     known.add("loadBalancerPool")  # LoadBalancer Services' addresses (api/loadbalancer.py)
     known.update(("dns", "clusterDomain"))  # the cluster DNS (control/dns.py)
+    known.add("selfHeal")  # the reconciliation loop (control/heal.py)
     unknown = sorted(set(spec) - known)
     cluster_name = name if name is not None else (metadata.get("name") or model.DEFAULT_CLUSTER_NAME)
     if unknown:

@@ -73,6 +73,10 @@ class ClusterSpec:
     load_balancer_pool: str | None = None  # LoadBalancer addresses; None: api.loadbalancer.default_pool
     dns: bool = True  # the cluster DNS add-on (control/dns.py): CoreDNS pods and the kube-dns Service
     cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
+    # The reconciliation loop (control/heal.py): what is deleted behind overlaynet's back comes
+    # back within a second, as flanneld, Felix and the kubelet put it back. Off by default, so
+    # that a learner's break-it step stays broken until they repair it.
+    self_heal: bool = False
 
     @property
     def dns_service_ip(self) -> ipaddress.IPv4Address:
@@ -118,6 +122,7 @@ class ClusterSpec:
                 **({"loadBalancerPool": self.load_balancer_pool} if self.load_balancer_pool else {}),
                 "dns": self.dns,
                 "clusterDomain": self.cluster_domain,
+                "selfHeal": self.self_heal,
             },
         }
 
@@ -161,6 +166,7 @@ def build_spec(
     load_balancer_pool: object = None,
     dns: object = True,
     cluster_domain: object = DEFAULT_CLUSTER_DOMAIN,
+    self_heal: object = False,
 ) -> ClusterSpec:
     """Build and fully validate a ``ClusterSpec`` from raw values (flags or a document)."""
     names.check_cluster_name(name)
@@ -180,6 +186,7 @@ def build_spec(
         load_balancer_pool=None if load_balancer_pool in (None, "") else str(load_balancer_pool),
         dns=_bool_field(name, "dns", dns),
         cluster_domain=_cluster_domain(name, cluster_domain),
+        self_heal=_bool_field(name, "selfHeal", self_heal),
     )
     check_ranges(spec)
     if spec.dns and spec.service_cidr.num_addresses <= DNS_SERVICE_INDEX + 1:
@@ -308,6 +315,7 @@ def document_arguments(name: str, spec: dict) -> dict:
         "load_balancer_pool": spec.get("loadBalancerPool"),
         "dns": spec.get("dns", True),
         "cluster_domain": spec.get("clusterDomain", DEFAULT_CLUSTER_DOMAIN),
+        "self_heal": spec.get("selfHeal", False),
     }
 
 

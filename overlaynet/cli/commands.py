@@ -106,8 +106,10 @@ def cli() -> None:
               help="Wire pods with this network configuration list instead of ours.")
 @click.option("--dns/--no-dns", default=None, help="The cluster DNS: CoreDNS pods and the kube-dns Service (default on).")
 @click.option("--cluster-domain", help=f"The DNS domain of Services and pods (default {model.DEFAULT_CLUSTER_DOMAIN}).")
+@click.option("--self-heal/--no-self-heal", "self_heal", default=None,
+              help="Put back within a second what is deleted behind overlaynet's back (default off).")
 def up(config, cluster, nodes, cni, cluster_cidr, node_cidr_mask_size, service_cidr, node_network, mtu,
-       block_size, bgp, cni_config, dns, cluster_domain):
+       block_size, bgp, cni_config, dns, cluster_domain, self_heal):
     """Create a cluster: underlay, nodes, CNI devices and the test-server agent.
 
     \b
@@ -118,7 +120,8 @@ def up(config, cluster, nodes, cni, cluster_cidr, node_cidr_mask_size, service_c
     """
     flags = {"nodes": nodes, "cni": cni, "cluster_cidr": cluster_cidr, "node_cidr_mask_size": node_cidr_mask_size,
              "service_cidr": service_cidr, "node_network": node_network, "mtu": mtu, "block_size": block_size,
-             "bgp": bgp, "cni_config": cni_config, "dns": dns, "cluster_domain": cluster_domain}
+             "bgp": bgp, "cni_config": cni_config, "dns": dns, "cluster_domain": cluster_domain,
+             "self_heal": self_heal}
     if config:
         spec = load_cluster(config, cluster)
         overrides = {k: v for k, v in flags.items() if v is not None}
@@ -145,6 +148,9 @@ def up(config, cluster, nodes, cni, cluster_cidr, node_cidr_mask_size, service_c
                f"(/{spec.node_cidr_mask_size} per node), service CIDR {spec.service_cidr}")
     if spec.dns:
         click.echo(f"✓ cluster DNS: kube-system/kube-dns at {spec.dns_service_ip}, domain {spec.cluster_domain}")
+    if spec.self_heal:
+        click.echo("✓ self-heal: routes, neighbours, FDB entries, devices and BIRD deleted behind overlaynet's back "
+                   "come back within a second (see the agent's log)")
     for node in manager.nodes(spec.name):
         click.echo(f"✓ {node['metadata']['name']:<12} {internal_ip(node):<15} podCIDR {node['spec']['podCIDR']}")
     if spec.bgp == "bird":

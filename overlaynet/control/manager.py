@@ -41,7 +41,7 @@ from overlaynet.datapath import topology
 from overlaynet.datapath.modes import Mode, get_mode, uses_ipam_blocks
 from overlaynet.datapath.plan import Plan, namespaces
 from overlaynet.datapath.topology import NodeInfo
-from overlaynet.errors import AgentError, ConflictError, InvalidInput, KernelError, NotFoundError
+from overlaynet.errors import AgentError, BusyError, ConflictError, InvalidInput, KernelError, NotFoundError
 from overlaynet.ipam.blocks import BlockIPAM
 from overlaynet.node import bgp_mesh, kubelet, netpol_sync, proxier, routes
 
@@ -125,6 +125,7 @@ class ClusterManager:
                 routes.sync_routes(self.store, self.runtime, spec)
                 if spec.dns:  # kubeadm's CoreDNS add-on: ordinary objects in kube-system
                     self._apply(spec, dns.addon_manifests(spec))
+                self._watch(spec)
                 self.store.set_phase(spec.name, "Running")
             except BaseException:
                 self._teardown(spec.name)
@@ -235,6 +236,7 @@ class ClusterManager:
                 raise
             self._set_node_ready(cluster, node.name)
             self._update_document(cluster, grown)
+            self._watch(grown)
             self._schedule_pending(spec)
             self._sync_services(spec)
             netpol_sync.sync(self.store, self.runtime, spec)
@@ -253,6 +255,7 @@ class ClusterManager:
             peers = [node_info(n) for n in self.nodes(cluster) if n["metadata"]["name"] != name]
             self._remove_node_objects(spec, mode, node, peers)
             self._update_document(cluster, replace(spec, nodes=tuple(n for n in spec.nodes if n.name != name)))
+            self._watch(self.spec(cluster))
             self._reconcile_deployments(spec)
             routes.sync_routes(self.store, self.runtime, spec)
             self._sync_services(spec)
@@ -373,7 +376,35 @@ class ClusterManager:
     def reconcile(self, cluster: str) -> list[Repair]:
         """One repair pass over what was changed behind overlaynet's back (``reconcile``)."""
         with self.store.cluster_lock(cluster):
-            return reconcile.reconcile(self.store, self.runtime, self.spec(cluster))
+            spec = self.spec(cluster)
+            repairs = reconcile.reconcile(self.store, self.runtime, spec)
+            self._watch(spec)  # an agent started again watches nothing yet
+            return repairs
+
+    def heal(self, cluster: str, kernel_changed: bool) -> list[Repair] | None:
+        """A pass of the self-heal loop (the agent's watcher, ``selfHeal: true``): reconcile when
+        ``reconcile.drifted`` finds work. None when an operation holds the cluster's lock: the
+        watcher asks again a second later (what the operation changed is not drift)."""
+        try:
+            with self.store.cluster_lock(cluster, wait=False):
+                found = self.store.get_cluster(cluster)
+                if found is None or found["phase"] != "Running":
+                    return []
+                spec = self.spec(cluster)
+                if not spec.self_heal or not reconcile.drifted(self.store, self.runtime, spec, kernel_changed):
+                    return []
+                repairs = reconcile.reconcile(self.store, self.runtime, spec)
+                self._watch(spec)
+                return repairs
+        except BusyError:
+            return None
+
+    def _watch(self, spec: ClusterSpec) -> None:
+        """Tell the agent which namespaces to watch for the self-heal loop: the underlay and
+        the nodes (a pod's veth and routes are its node's; a pod netns deleted takes its veth)."""
+        if spec.self_heal:
+            self.agent(spec.name).watch([names.underlay_netns(spec.name)] +
+                                        [names.node_netns(spec.name, n["metadata"]["name"]) for n in self.nodes(spec.name)])
 
     def delete_policy(self, cluster: str, namespace: str, name: str) -> None:
         with self.store.cluster_lock(cluster):

@@ -45,6 +45,7 @@ class OfflineAgent:
         self.served: dict[str, tuple[str, list[tuple[int, str]], dict | None]] = {}
         self.dns_ports: dict[str, list[tuple[int, str]]] = {}  # key -> the ports that answer DNS
         self.zone: tuple[str, list[list[str]]] | None = None  # the last dns_zone: (domain, records)
+        self.watched: list[str] = []  # the last watch: the self-heal loop's namespaces
 
     def serve(self, key: str, netns: str, hostname: str, ports: list[tuple[int, str]],
               health: dict | None = None, dns_ports: list[tuple[int, str]] | None = None) -> dict:
@@ -59,6 +60,10 @@ class OfflineAgent:
 
     def unserve(self, key: str) -> bool:
         return self.served.pop(key, None) is not None
+
+    def watch(self, namespaces: list[str]) -> list[str]:
+        self.watched = list(namespaces)
+        return []
 
 
 class OfflineIptables:

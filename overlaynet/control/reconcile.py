@@ -23,6 +23,10 @@ What it cannot put back it reports, with what to do: a pod whose network namespa
 (its sandbox is lost; the kubelet would make a new one: delete the pod). A cluster with the
 user's own conflist (``cniConfig``) has its pods' attachments left to those plugins.
 
+``drifted`` is the cheap look a self-heal pass (``ClusterManager.heal``) takes first: a BIRD
+that is not running, or, after a netlink event, a step of the plan the kernel no longer shows;
+only then does the pass reconcile.
+
 What it never does: touch what the cluster does not own, or print (the CLI does).
 """
 
@@ -60,6 +64,9 @@ class Repair:
     where: str
     what: str
     repaired: bool = True
+
+
+KERNEL_ROUNDS = 3  # kernel passes in one reconcile: what a repair replaced is checked again
 
 
 def _running_pods(store: Store, cluster: str) -> list[dict]:
@@ -117,8 +124,9 @@ def _where(spec: ClusterSpec, step: Step, owners: dict[Step, dict]) -> str:
 
 
 def _reconcile_kernel(store: Store, runtime: Runtime, spec: ClusterSpec,
-                      running: list[dict]) -> tuple[list[Repair], set[str]]:
-    """The repairs, and the pod namespaces that are lost (not re-created: the sandbox is gone)."""
+                      running: list[dict]) -> tuple[list[Repair], set[str], set[str]]:
+    """The repairs, the pod namespaces that are lost (not re-created: the sandbox is gone), and
+    the namespaces made again (a node's: what the agent serves there must be served afresh)."""
     plan, owners = plan_desired(spec, _node_infos(store, spec), running)
     missing = runtime.missing_steps(plan)
     lost = {step.name: owners[step] for step in missing if isinstance(step, Netns) and step in owners}
@@ -128,10 +136,17 @@ def _reconcile_kernel(store: Store, runtime: Runtime, spec: ClusterSpec,
                       "a new one; a bare pod you apply again)", repaired=False)
                for sandbox, record in sorted(lost.items())]
     missing = [step for step in missing if not (step in owners and _pod_netns(spec.name, owners[step]) in lost)]
-    if missing:
+    remade = {step.name for step in missing if isinstance(step, Netns)}
+    for _ in range(KERNEL_ROUNDS):
+        if not missing:
+            break
         runtime.apply(tuple(missing))
-    repairs += [Repair(_where(spec, step, owners), f"{words(step)}: put back") for step in missing]
-    return repairs, set(lost)
+        repairs += [Repair(_where(spec, step, owners), f"{words(step)}: put back") for step in missing]
+        # A device made again (a pod's eth0 whose peer was in a deleted node namespace) comes
+        # without what was configured on the old one: look again.
+        missing = [step for step in runtime.missing_steps(plan)
+                   if not (step in owners and _pod_netns(spec.name, owners[step]) in lost)]
+    return repairs, set(lost), remade
 
 
 def _ensure_agent(store: Store, runtime: Runtime, spec: ClusterSpec) -> tuple[list[Repair], set[str]]:
@@ -147,12 +162,12 @@ def _ensure_agent(store: Store, runtime: Runtime, spec: ClusterSpec) -> tuple[li
 
 
 def _serve_missing(store: Store, runtime: Runtime, spec: ClusterSpec, running: list[dict], keys: set[str],
-                   lost: set[str]) -> list[Repair]:
+                   lost: set[str], remade: set[str]) -> list[Repair]:
     agent = runtime.agent(spec.name, agent_socket(store, spec.name))
     repairs = []
     for node in store.list(spec.name, "Node"):
         name = node["metadata"]["name"]
-        if node_key(name) not in keys:
+        if node_key(name) not in keys or names.node_netns(spec.name, name) in remade:
             agent.serve(node_key(name), names.node_netns(spec.name, name), name, list(NODE_SERVER_PORTS))
             repairs.append(Repair(f"node/{name}", "its test server served again"))
     for record in running:
@@ -166,13 +181,9 @@ def _serve_missing(store: Store, runtime: Runtime, spec: ClusterSpec, running: l
 
 
 def _reconcile_bird(store: Store, runtime: Runtime, spec: ClusterSpec) -> list[Repair]:
-    if not (uses_ipam_blocks(spec) and spec.bgp == "bird"):
-        return []
-    nodes = routes.node_infos(store, spec)
-    dead = [node.name for node in nodes
-            if runtime.bird.running_pid(bgp_mesh.bird_files(store.directory, spec.name, node.name)[2]) is None]
+    dead = _dead_birds(store, runtime, spec)
     if dead:
-        bgp_mesh.sync(store, runtime.bird, spec, nodes)
+        bgp_mesh.sync(store, runtime.bird, spec, routes.node_infos(store, spec))
     return [Repair(f"node/{name}", "BIRD was not running; started again") for name in dead]
 
 
@@ -238,6 +249,24 @@ def _restart_stranded(store: Store, runtime: Runtime, spec: ClusterSpec) -> list
     return repairs
 
 
+def _dead_birds(store: Store, runtime: Runtime, spec: ClusterSpec) -> list[str]:
+    """The nodes whose BIRD is not running (none without ``bgp: bird``)."""
+    if not (uses_ipam_blocks(spec) and spec.bgp == "bird"):
+        return []
+    return [node.name for node in routes.node_infos(store, spec)
+            if runtime.bird.running_pid(bgp_mesh.bird_files(store.directory, spec.name, node.name)[2]) is None]
+
+
+def drifted(store: Store, runtime: Runtime, spec: ClusterSpec, kernel: bool) -> bool:
+    """Whether a pass has work: a BIRD down, or (``kernel``) a planned kernel object missing."""
+    if _dead_birds(store, runtime, spec):
+        return True
+    if not kernel:
+        return False
+    plan, _ = plan_desired(spec, _node_infos(store, spec), _running_pods(store, spec.name))
+    return bool(runtime.missing_steps(plan))
+
+
 def reconcile(store: Store, runtime: Runtime, spec: ClusterSpec) -> list[Repair]:
     """One pass over the cluster; what was found wrong, repaired or not."""
     repairs, keys = _ensure_agent(store, runtime, spec)
@@ -246,9 +275,9 @@ def reconcile(store: Store, runtime: Runtime, spec: ClusterSpec) -> list[Repair]
         keys = {served["key"] for served in runtime.agent(spec.name, agent_socket(store, spec.name)).list()}
     repairs += restarted
     running = _running_pods(store, spec.name)
-    kernel_repairs, lost = _reconcile_kernel(store, runtime, spec, running)
+    kernel_repairs, lost, remade = _reconcile_kernel(store, runtime, spec, running)
     repairs += kernel_repairs
-    repairs += _serve_missing(store, runtime, spec, running, keys, lost)
+    repairs += _serve_missing(store, runtime, spec, running, keys, lost, remade)
     repairs += _reconcile_bird(store, runtime, spec)
     repairs += _reconcile_proxy(store, runtime, spec)
     repairs += _reconcile_policies(store, runtime, spec)

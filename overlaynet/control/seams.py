@@ -36,6 +36,9 @@ class Agent(Protocol):
     def dns_zone(self, domain: str, records: list[list[str]], serial: int) -> int:
         """The cluster DNS's records, for every DNS server of the agent."""
 
+    def watch(self, namespaces: list[str]) -> list[str]:
+        """Watch these namespaces for drift (the self-heal loop); return those missing."""
+
 
 class Iptables(Protocol):
     """kube-proxy's access to one node's tables."""

@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterator
 from typing import overload
 
-from overlaynet.errors import StoreError
+from overlaynet.errors import BusyError, StoreError
 
 DEFAULT_STATE_DIR = "/var/lib/overlaynet"
 
@@ -160,8 +160,9 @@ class Store:
             self._depth = 0
 
     @contextlib.contextmanager
-    def cluster_lock(self, cluster: str) -> Iterator[None]:
-        """Hold the cluster's operation lock (blocks while another process holds it).
+    def cluster_lock(self, cluster: str, wait: bool = True) -> Iterator[None]:
+        """Hold the cluster's operation lock (blocks while another process holds it; with
+        ``wait=False``, raises ``BusyError`` instead, also when the cluster has no lock file).
 
         The lock file may be removed by its holder (``remove_lock``, once the cluster is gone):
         a process that was waiting on it then holds a lock on a file no longer there, so after
@@ -170,11 +171,16 @@ class Store:
         path = self.runtime_path(cluster, "lock")
         while True:
             try:
-                handle = open(path, "a")  # noqa: SIM115 (closed by the with below)
+                handle = open(path, "a" if wait else "r")  # noqa: SIM115 (closed by the with below)
             except OSError as exc:
+                if not wait and isinstance(exc, FileNotFoundError):
+                    raise BusyError(f'cluster "{cluster}": no lock file (being removed)') from None
                 raise unwritable(self.directory, _os_why(exc)) from None
             with handle:
-                fcntl.flock(handle, fcntl.LOCK_EX)
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise BusyError(f'cluster "{cluster}": another operation holds its lock') from None
                 try:
                     current: int | None = os.stat(path).st_ino
                 except FileNotFoundError:

@@ -320,8 +320,17 @@ def ensure_veth(s: NetlinkSession, step: VethPair) -> None:
         if not created:
             link = _get_link(s, step.netns, step.name)
             if link is None:
-                raise _Refused(f'{step.peer_name} already exists in netns "{step.peer_netns}"')
-            if not _veth_is_ours(s, step, link):
+                stale = _get_link(s, step.peer_netns, step.peer_name)
+                if stale is None or _kind(stale) != "veth" or stale.get("link_netnsid") is None:
+                    raise _Refused(f'{step.peer_name} already exists in netns "{step.peer_netns}"')
+                # A veth whose other end is in another namespace, without the name we want
+                # there: its node's namespace was deleted while something still held it
+                # (overlaynet's self-heal makes the node again). Replace it with our pair.
+                s.ipr(step.peer_netns).link("del", ifname=step.peer_name)
+                s.forget(step.peer_netns, step.peer_name)
+                if not _create_link(s, step.netns, step.name, peer=peer, **attrs):
+                    raise _Refused(f'{step.peer_name} already exists in netns "{step.peer_netns}"')
+            elif not _veth_is_ours(s, step, link):
                 # A stale or foreign device holds the name: replace it with the pair we want.
                 s.ipr(step.netns).link("del", ifname=step.name)
                 s.forget(step.netns, step.name)

@@ -105,3 +105,12 @@ def test_bgp_needs_the_routed_mode():
     with pytest.raises(InvalidInput, match='bgp "bird" needs cni "calico"'):
         model.build_spec(bgp="bird")
     assert model.build_spec(cni="calico", bgp="bird").bgp == "bird"
+
+
+def test_self_heal_is_off_by_default_round_trips_and_must_be_a_boolean():
+    assert model.build_spec(name="c").self_heal is False
+    spec = model.build_spec(name="c", self_heal=True)
+    assert spec.to_document()["spec"]["selfHeal"] is True
+    assert model.spec_from_document(spec.to_document()).self_heal is True
+    with pytest.raises(InvalidInput, match=r"cluster \"c\": selfHeal 'on' must be true or false"):
+        model.build_spec(name="c", self_heal="on")

@@ -1,0 +1,174 @@
+"""The agent's drift watch: rtnetlink events in the namespaces it is told to watch, and a tick.
+
+This module owns one netlink socket per watched namespace (made inside it, bound to the link,
+address, IPv4 route and neighbour groups; FDB entries arrive with the neighbours) and the
+timing of heal passes. A deletion worth a look — a link (not one moved to another namespace,
+which is how a CNI plugin hands a veth end to a pod), an address, a route of the main table,
+a neighbour or FDB entry — asks for a pass with the kernel checked, 100 ms later so that a
+burst of events (a namespace deleted takes its links with it) is one pass. Every second a pass
+without the kernel check runs too: processes (BIRD) die without a netlink event. A watched
+namespace whose name is gone (or names another namespace now) is let go on that tick — the
+socket alone would keep the deleted namespace, and its links, alive — and the kernel checked;
+so it is when ``/run/netns`` changed (a pod's namespace deleted: the agent's sockets in it
+keep it, and its veth, alive, so no link event tells).
+
+What it never does: decide what is drifted or repair it. The pass is the ``Heal`` callback
+the agent was started with (``__main__`` wires the controller in); it runs in a worker thread
+and answers None when the cluster is busy (an operation holds its lock), and then the pass is
+asked for again on the next tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Callable
+
+from overlaynet.agent.testserver import netns_identity
+from overlaynet.errors import KernelError
+from overlaynet.kernel import netns
+
+log = logging.getLogger("overlaynet.agent")
+
+# One pass: True to check the kernel state too; returns what it repaired or reported (lines for
+# the log), or None when the cluster was busy and nothing was looked at.
+Heal = Callable[[bool], list[str] | None]
+
+SETTLE = 0.1  # seconds from the first event of a burst to its pass
+TICK = 1.0  # seconds between passes without an event
+MAIN_TABLE = 254
+
+
+def worth_a_look(message) -> bool:
+    """A deletion that may be drift: not a new object, not a link moved to another namespace,
+    not a route of another table (the local table follows the addresses)."""
+    event = message.get("event")
+    if event == "RTM_DELLINK":
+        return message.get_attr("IFLA_NEW_NETNSID") is None
+    if event == "RTM_DELROUTE":
+        return message["table"] == MAIN_TABLE
+    return event in ("RTM_DELADDR", "RTM_DELNEIGH")
+
+
+def _groups() -> int:
+    """The multicast groups of the events watched: links, neighbours and FDB, routes, addresses."""
+    from pyroute2.netlink import rtnl
+
+    return rtnl.RTMGRP_LINK | rtnl.RTMGRP_NEIGH | rtnl.RTMGRP_IPV4_ROUTE | rtnl.RTMGRP_IPV4_IFADDR
+
+
+def _names_changed_at() -> int:
+    """When a namespace name was last added or removed (``/run/netns``'s mtime)."""
+    try:
+        return os.stat(netns.NETNS_RUN_DIR).st_mtime_ns
+    except FileNotFoundError:
+        return 0
+
+
+class Watcher:
+    """Sockets on the watched namespaces, and the loop that runs heal passes."""
+
+    def __init__(self, heal: Heal):
+        self.heal = heal
+        self.sockets: dict[str, tuple[socket.socket, tuple[int, int] | None]] = {}  # name -> socket, identity
+        self.marshal = None  # pyroute2's rtnetlink parser, loaded on the first watch (the agent stays light)
+        self._kernel_changed = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._names_seen = _names_changed_at()
+
+    def watch(self, names: list[str]) -> list[str]:
+        """Watch exactly ``names`` from now on; return those that do not exist (not watched)."""
+        loop = asyncio.get_running_loop()
+        before = dict(self.sockets)
+        for name in set(self.sockets) - set(names):
+            self._let_go(name)
+        missing = []
+        if names and self.marshal is None:
+            from pyroute2.netlink.rtnl import marshal
+
+            self.marshal = marshal.MarshalRtnl()
+        for name in names:
+            if name in self.sockets and self.sockets[name][1] == netns_identity(name):
+                continue
+            if name in self.sockets:
+                self._let_go(name)
+            identity = netns_identity(name)
+            try:
+                with netns.inside(name):
+                    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK,
+                                         socket.NETLINK_ROUTE)
+            except (OSError, KernelError):  # the namespace is gone
+                missing.append(name)
+                continue
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            sock.bind((0, _groups()))
+            self.sockets[name] = (sock, identity)
+            loop.add_reader(sock.fileno(), self._readable, name)
+        if self.sockets and self._task is None:
+            self._task = loop.create_task(self._passes())
+        elif not self.sockets and self._task is not None:
+            self._task.cancel()
+            self._task = None
+        if self.sockets != before:
+            log.info("self-heal: watching %d namespaces%s", len(self.sockets),
+                     f" ({', '.join(missing)} missing)" if missing else "")
+        return missing
+
+    def _let_go(self, name: str) -> None:
+        sock, _ = self.sockets.pop(name)
+        asyncio.get_running_loop().remove_reader(sock.fileno())
+        sock.close()
+
+    def _readable(self, name: str) -> None:
+        sock, _ = self.sockets[name]
+        while True:
+            try:
+                data = sock.recv(1 << 16)
+            except BlockingIOError:
+                return
+            except OSError:  # ENOBUFS: events were lost; look anyway
+                self._kernel_changed.set()
+                continue
+            if any(worth_a_look(message) for message in self.marshal.parse(data)):
+                self._kernel_changed.set()
+
+    def _forget_deleted(self) -> None:
+        """Let go of namespaces deleted (or replaced) under their name since the last tick."""
+        seen = _names_changed_at()
+        if seen != self._names_seen:
+            self._names_seen = seen
+            self._kernel_changed.set()
+        for name, (_, identity) in list(self.sockets.items()):
+            if netns_identity(name) != identity:
+                log.info("self-heal: namespace %s was deleted", name)
+                self._let_go(name)
+                self._kernel_changed.set()
+
+    async def _passes(self) -> None:
+        loop = asyncio.get_running_loop()
+        pending_kernel = False
+        while True:
+            try:
+                async with asyncio.timeout(TICK):
+                    await self._kernel_changed.wait()
+                await asyncio.sleep(SETTLE)
+            except TimeoutError:
+                self._forget_deleted()
+            if self._kernel_changed.is_set():
+                self._kernel_changed.clear()
+                pending_kernel = True
+            try:
+                lines = await loop.run_in_executor(None, self.heal, pending_kernel)
+            except Exception:
+                log.exception("self-heal: the pass failed; again in %ss", TICK)
+                continue
+            if lines is None:  # the cluster was busy: the kernel check waits for the next pass
+                continue
+            pending_kernel = False
+            for line in lines:
+                log.info("self-heal: %s", line)
+
+    def stop(self) -> None:
+        self.watch([])
