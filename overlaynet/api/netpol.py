@@ -279,6 +279,46 @@ def parse_selector(value, where: Where, field_path: str) -> LabelSelector:
     return LabelSelector(tuple(sorted(match_labels.items())), tuple(requirements))
 
 
+# One requirement of a selector string, as ``kubectl get -l`` takes it: ``k in (a,b)``,
+# ``k notin (a)``, ``k=v`` / ``k==v`` / ``k!=v``, ``k`` (exists) and ``!k`` (does not exist).
+_SELECTOR_TERM = re.compile(
+    r"\s*(?:(?P<set_key>[^\s=!(),]+)\s+(?P<set_op>in|notin)\s*\((?P<set_values>[^()]*)\)"
+    r"|(?P<key>[^\s=!(),]+)\s*(?P<op>==|=|!=)\s*(?P<value>[^\s=!(),]*)"
+    r"|(?P<bang>!)?\s*(?P<bare>[^\s=!(),]+))\s*(?:,|$)")
+
+
+def parse_selector_string(text: str) -> LabelSelector:
+    """A label selector in its string form (``kubectl get -l``), keys and values checked;
+    ``k!=v`` and ``k notin (...)`` also match objects without ``k``, as in Kubernetes."""
+    problem = f'selector "{text}"'
+    match_labels: dict[str, str] = {}
+    requirements = []
+    position = 0
+    while position < len(text):
+        term = _SELECTOR_TERM.match(text, position)
+        if term is None or term.end() == position:
+            raise InvalidInput(f'{problem}: cannot read it from "{text[position:]}" '
+                               "(use key=value, key!=value, key in (a,b), key notin (a), key or !key, "
+                               "joined by commas)")
+        position = term.end()
+        key = term["set_key"] or term["key"] or term["bare"]
+        values = ([v.strip() for v in term["set_values"].split(",")] if term["set_key"]
+                  else [term["value"]] if term["key"] else [])
+        why = check_label_key(key, "key") or next(
+            (check_label_value(v, "value") for v in values if check_label_value(v, "value")), None)
+        if why:
+            raise InvalidInput(f"{problem}: {why}")
+        if term["set_key"]:
+            requirements.append(Requirement(key, "In" if term["set_op"] == "in" else "NotIn", tuple(values)))
+        elif term["op"] in ("=", "=="):
+            match_labels[key] = values[0]
+        elif term["op"] == "!=":
+            requirements.append(Requirement(key, "NotIn", tuple(values)))
+        else:
+            requirements.append(Requirement(key, "DoesNotExist" if term["bang"] else "Exists"))
+    return LabelSelector(tuple(sorted(match_labels.items())), tuple(requirements))
+
+
 def _network(value, where: Where, field_path: str) -> ipaddress.IPv4Network:
     if not isinstance(value, str):
         raise where.error(f"{field_path} must be a CIDR string such as 10.0.0.0/16")

@@ -24,9 +24,10 @@ ALLOWED, DENIED = "✓", "x"
 LEGEND = f"{ALLOWED} allowed, {DENIED} denied by policy (expected), - the pod itself"
 
 
-def get_objects(manager, cluster: str, resource: str, object_name, output, scope, all_namespaces) -> None:
+def get_objects(manager, cluster: str, resource: str, object_name, output, scope, all_namespaces, selector=None,
+                show_labels=False) -> None:
     """``get networkpolicy|namespace``, kubectl's columns."""
-    from overlaynet.cli.commands import listed_objects
+    from overlaynet.cli.commands import listed_objects, with_namespace_and_labels
     from overlaynet.control import policies
 
     if resource in POLICY_RESOURCES:
@@ -39,7 +40,7 @@ def get_objects(manager, cluster: str, resource: str, object_name, output, scope
         objects = [written.get(n) or {"apiVersion": "v1", "kind": "Namespace",
                                       "metadata": {"name": n, "labels": labels[n]}} for n in sorted(labels)]
     objects = listed_objects(kind, objects, object_name, scope, output, all_namespaces,
-                             cluster_scoped=kind == "namespace")
+                             cluster_scoped=kind == "namespace", selector=selector)
     if objects is None:
         return
     if kind == "namespace":
@@ -55,10 +56,8 @@ def get_objects(manager, cluster: str, resource: str, object_name, output, scope
         rows = [[p.name, p.pod_selector.describe().replace("<none> (all)", "<none>"),
                  age(o["metadata"].get("creationTimestamp"))] + ([",".join(p.policy_types)] if output == "wide" else [])
                 for p, o in zip(parsed, objects)]
-        if all_namespaces:
-            header = ["NAMESPACE"] + header
-            rows = [[o["metadata"]["namespace"]] + row for o, row in zip(objects, rows)]
-    click.echo(table(header, rows))
+    click.echo(table(*with_namespace_and_labels(header, rows, objects, all_namespaces and kind != "namespace",
+                                                show_labels)))
 
 
 def _peer_lines(peer, policy: NetworkPolicy) -> list[str]:

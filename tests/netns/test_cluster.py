@@ -50,6 +50,21 @@ def test_nodes_get_pod_cidrs_like_the_controller_manager(cluster):
     assert "node-2   Ready" in wide.replace("  ", " ").replace("  ", " ") or "Ready" in wide
 
 
+def test_get_selects_by_label_and_shows_labels_as_kubectl(cluster):
+    web = cluster.run("get", "pods", "-l", "app=web", "--show-labels", "--name", CLUSTER).stdout.splitlines()
+    assert web[0].split()[-1] == "LABELS" and len(web) == 7
+    assert all(line.split()[0].startswith("web-") and line.split()[-1].startswith("app=web,pod-template-hash=")
+               for line in web[1:])
+    others = cluster.json("get", "pods", "-l", "app notin (web)", "--name", CLUSTER)["items"]
+    assert sorted(p["metadata"]["name"] for p in others) == ["client-a", "client-b"]
+    node = cluster.run("get", "nodes", "-l", "kubernetes.io/hostname=node-2", "-o", "name", "--name", CLUSTER)
+    assert node.stdout.split() == ["node/node-2"]
+    none = cluster.run("get", "pods", "-l", "app=nothing", "--name", CLUSTER)
+    assert none.stdout == "" and "No resources found in default namespace." in none.stderr
+    bad = cluster.run("get", "pods", "-l", "=web", "--name", CLUSTER, check=False)
+    assert bad.returncode != 0 and bad.stderr.startswith('error: selector "=web"') and "Traceback" not in bad.stderr
+
+
 def test_pods_are_placed_and_addressed(cluster):
     pods = cluster.pods(CLUSTER)
     assert len(pods) == 8 and all(p["status"]["phase"] == "Running" for p in pods.values())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 
@@ -9,6 +11,7 @@ from overlaynet.api.netpol import (
     parse_label_changes,
     parse_namespace_document,
     parse_networkpolicy_document,
+    parse_selector_string,
 )
 from overlaynet.errors import InvalidInput
 
@@ -107,3 +110,28 @@ def test_label_changes_like_kubectl_label():
         parse_label_changes(["app=bad value!"], "pod", "p")
     with pytest.raises(InvalidInput, match="is set by the API server"):
         parse_label_changes(["kubernetes.io/metadata.name=x"], "namespace", "n")
+
+
+@pytest.mark.parametrize(("text", "matching", "not_matching"), [
+    ("app=web", {"app": "web"}, {"app": "db"}),
+    ("app==web,tier!=db", {"app": "web"}, {"app": "web", "tier": "db"}),
+    ("env in (a, b),!gone", {"env": "b"}, {"env": "b", "gone": ""}),
+    ("env notin (a)", {}, {"env": "a"}),
+    ("app", {"app": ""}, {}),
+])
+def test_a_selector_string_selects_as_kubectl_get_l(text, matching, not_matching):
+    chosen = parse_selector_string(text)
+    assert chosen.matches(matching) and not chosen.matches(not_matching)
+
+
+@pytest.mark.parametrize(("text", "why"), [
+    ("a=b=c", 'cannot read it from "a=b=c"'),
+    ("app=web,,", 'cannot read it from ","'),
+    ("tier in (a", "cannot read it"),
+    ("-bad=x", "the name must be 63 characters or less"),
+    ("app=" + "x" * 64, "must be 63 characters or less"),
+])
+def test_a_bad_selector_string_is_named(text, why):
+    with pytest.raises(InvalidInput, match=f'^selector "{re.escape(text[:10])}') as caught:
+        parse_selector_string(text)
+    assert why in str(caught.value)
