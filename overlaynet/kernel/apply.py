@@ -61,6 +61,7 @@ _NTF_PROXY = 0x08  # NTF_PROXY (linux/neighbour.h): a proxy ARP entry
 RTNH_F_ONLINK = 0x4
 RT_SCOPE_NOWHERE = 255
 RT_TABLE_MAIN = 254
+_IFF_UP = 0x1
 RTPROT_BOOT = 3  # what `ip route add` uses; `ip route` does not print it
 BRPORT_HAIRPIN = "IFLA_BRPORT_MODE"  # the kernel's name for the hairpin flag of a bridge port
 
@@ -274,12 +275,30 @@ def ensure_sysctl(s: NetlinkSession, step: Sysctl) -> None:
             os.close(fd)
 
 
+def _bridge_is_converged(step: Bridge, link: Any) -> bool:
+    """Whether an existing bridge already is what ``step`` asks: up, with its MTU and MAC."""
+    return (
+        _kind(link) == "bridge"
+        and bool(link["flags"] & _IFF_UP)
+        and link.get("mtu") == step.mtu
+        and (not step.mac or _mac(link.get("address")) == _mac(step.mac))
+    )
+
+
 def ensure_bridge(s: NetlinkSession, step: Bridge) -> None:
+    # Read first, unlike the other ensure_*: a bridge is a prerequisite every pod's ADD
+    # ensures again (cni0), so it nearly always exists already; one read then replaces a
+    # create refused with "exists" and three writes (it also caches the bridge's ifindex for
+    # the veth's master and the address that follow).
+    link = _get_link(s, step.netns, step.name)
+    if link is not None and _bridge_is_converged(step, link):
+        return
     attrs: dict[str, Any] = {"kind": "bridge", "state": "up"}
     if step.mac:
         attrs["address"] = _mac(step.mac)
-    if not _create_link(s, step.netns, step.name, **attrs):
-        link = _get_link(s, step.netns, step.name)
+    created = link is None and _create_link(s, step.netns, step.name, **attrs)
+    if not created:
+        link = link if link is not None else _get_link(s, step.netns, step.name)
         if link is not None and _kind(link) != "bridge":
             raise _Refused(f"{step.name} exists and is a {_kind(link) or 'device'}, not a bridge")
         if step.mac:
