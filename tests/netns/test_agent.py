@@ -263,6 +263,69 @@ def test_many_probes_at_once_are_all_answered_and_kept_apart(served, pair):
         assert r["seen"] == (source_ip if r["id"][2] != "icmp" else ({A_IP, B_IP} - {source_ip}).pop())
 
 
+@pytest.fixture
+def worker_agent(prefix, sockdir, pair, monkeypatch):
+    """An agent that shares every large probe batch between two worker processes, whatever
+    the CPUs: (AgentClient, pid, log path), serving pod-a and pod-b."""
+    from overlaynet.agent import reachability
+
+    monkeypatch.setenv(reachability.WORKERS_ENV, "2")
+    cluster, path, log = f"{prefix}w", os.path.join(sockdir, "agent.sock"), os.path.join(sockdir, "agent.log")
+    pid = start_agent(cluster, path, log)
+    client = AgentClient(path, cluster=cluster)
+    try:
+        client.serve("pod-a", pair[0], "pod-a", BOTH)
+        client.serve("pod-b", pair[1], "pod-b", BOTH)
+        yield client, pid, log
+    finally:
+        client.close()
+        stop_agent(cluster, path)
+
+
+def test_a_large_batch_is_probed_by_workers_and_judged_as_in_the_agent(worker_agent, pair, prefix):
+    from overlaynet.agent import reachability
+
+    client, pid, log = worker_agent
+    a, b = pair
+    kinds = [(src, dst, PORT, proto) for src, dst in ((a, B_IP), (b, A_IP), (a, B_ALT)) for proto in ("tcp", "udp", "icmp")]
+    kinds += [(a, B_IP, 9, "tcp"), (a, NO_ROUTE, PORT, "tcp"), (a, NO_ROUTE, PORT, "udp"), (a, NO_ROUTE, PORT, "icmp"),
+              (f"{prefix}missing", B_IP, PORT, "tcp"), (f"{prefix}missing", B_IP, PORT, "icmp")]
+    copies = -(-reachability.PARALLEL_MIN // len(kinds))
+    probes = [{"id": [k, c], "netns": src, "dst": dst, "port": port, "protocol": proto}
+              for c in range(copies) for k, (src, dst, port, proto) in enumerate(kinds)]
+    # a closed UDP port once only: the kernel rate-limits the port unreachables that say so
+    probes.append({"id": "udp-refused", "netns": a, "dst": B_IP, "port": 9, "protocol": "udp"})
+    results = client.probe(probes, timeout=2.0)
+    with open(log) as f:
+        logged = f.read()
+    assert f"probe: {len(probes)} probes in " in logged and "(2 workers)" in logged
+    assert [r["id"] for r in results] == [p["id"] for p in probes]
+
+    def verdict(result: dict) -> tuple:
+        return result["ok"], result["error"], result["local"], result["seen"]
+
+    # the same probes one at a time, on the agent's own loop
+    alone = [verdict(probe_one(client, src, dst, proto, port)) for src, dst, port, proto in kinds]
+    assert [verdict(r) for r in results[:-1]] == [alone[k] for k, _ in (r["id"] for r in results[:-1])]
+    assert alone[0] == (True, None, A_IP, A_IP) and alone[2] == (True, None, A_IP, B_IP)
+    assert alone[len(kinds) - 6][1] == "connection refused"
+    assert results[-1]["error"] == "connection refused"
+    # the workers are gone with the batch
+    children = [p for p in os.listdir("/proc") if p.isdigit() and os.path.exists(f"/proc/{p}/stat")]
+    workers = []
+    for child in children:
+        try:
+            with open(f"/proc/{child}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{child}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if ppid == pid and b"overlaynet.agent.reachability" in cmdline:
+            workers.append(child)
+    assert workers == []
+
+
 def test_probe_requests_are_validated(served, pair):
     a, _ = pair
     with pytest.raises(AgentError, match=r"probe 1: protocol 'sctp' is not one of tcp, udp, icmp"):
