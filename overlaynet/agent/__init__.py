@@ -11,10 +11,11 @@ it to probe (``AgentClient.probe``).
   plus the per-key sockets opened inside each pod's netns.
 - ``reachability``: TCP, UDP and ICMP probes from inside a source netns, thousands at a time.
 - ``client``: start, find and stop the process; ``AgentClient`` speaks the protocol.
+- ``watcher`` and ``guardian``: the self-heal loop's watch over the kernel, and over the agent.
 
 The agent process keeps its imports light (no pyroute2, no scapy): a 1000-pod cluster is
 one interpreter holding 2000 sockets. This package's ``__init__`` imports nothing, so
 ``python -m overlaynet.agent`` pays only for what the process uses.
 """
 
-__all__ = ["client", "prober", "reachability", "server", "testserver"]
+__all__ = ["client", "guardian", "prober", "reachability", "server", "testserver", "watcher"]

@@ -1,9 +1,11 @@
 """``python -m overlaynet.agent --cluster NAME --socket PATH``: run the agent in the foreground.
 
 ``client.start_agent`` runs exactly this command line (detached, output to a log file), and
-``client.find_agent_pids`` finds the process again by it; keep the two in step. This is the
+``client.find_agent_pids`` finds the process again by it; keep the two in step. With
+``--guard PID`` in front, the process is the agent's guardian instead (``agent.guardian``;
+``client.guardian_argv``, ``client.find_guardian_pids``). This is the
 edge where the agent meets the control plane: probe results are reported to the cluster's
-``ClusterManager.pod_health``, and the watcher's heal passes run ``ClusterManager.heal``, over
+``ClusterManager.pod_health``, and the watcher's and the guardian's heal passes run ``ClusterManager.heal``, over
 the store beside the socket; nowhere else in ``overlaynet.agent`` is the controller known.
 """
 
@@ -14,6 +16,8 @@ import logging
 import os
 import sys
 
+from overlaynet.agent import guardian
+from overlaynet.agent.client import find_agent_pids
 from overlaynet.agent.server import HealthReport, serve_forever
 from overlaynet.agent.watcher import Heal
 
@@ -36,8 +40,9 @@ def report_to_controller(cluster: str, state_dir: str) -> HealthReport:
     return report
 
 
-def heal_with_controller(cluster: str, state_dir: str) -> Heal:
-    """The watcher's pass: ``ClusterManager.heal`` over the store in ``state_dir``."""
+def heal_with_controller(cluster: str, state_dir: str, agent_lost: bool = False) -> Heal:
+    """The watcher's pass (or, ``agent_lost``, the guardian's): ``ClusterManager.heal`` over the
+    store in ``state_dir``."""
 
     def heal(kernel_changed: bool) -> list[str] | None:
         from overlaynet.control.manager import ClusterManager
@@ -45,7 +50,7 @@ def heal_with_controller(cluster: str, state_dir: str) -> Heal:
 
         manager = ClusterManager(Store(state_dir))
         try:
-            repairs = manager.heal(cluster, kernel_changed)
+            repairs = manager.heal(cluster, kernel_changed, agent_lost)
         finally:
             manager.store.close()
         if repairs is None:
@@ -59,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m overlaynet.agent", description=__doc__.splitlines()[0])
     parser.add_argument("--cluster", required=True, help="the cluster this agent serves")
     parser.add_argument("--socket", required=True, help="path of the control socket (unix, JSON lines)")
+    parser.add_argument("--guard", type=int, metavar="PID", help="be the guardian of the agent PID instead")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO,
@@ -66,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s agent[%(process)d] %(levelname)s %(message)s",
     )
     state_dir = os.path.dirname(args.socket)
+    if args.guard is not None:
+        heal = heal_with_controller(args.cluster, state_dir, agent_lost=True)
+        return guardian.guard(args.guard, lambda pid: pid in find_agent_pids(args.cluster, args.socket),
+                              lambda: heal(True))
     return serve_forever(args.cluster, args.socket, report_to_controller(args.cluster, state_dir),
                          heal_with_controller(args.cluster, state_dir))
 

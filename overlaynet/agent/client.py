@@ -42,6 +42,12 @@ def _argv_tail(cluster: str, socket_path: str) -> list[str]:
     return agent_argv(cluster, socket_path)[1:]
 
 
+def guardian_argv(cluster: str, socket_path: str, agent_pid: int) -> list[str]:
+    """The command line of the guardian of agent ``agent_pid`` (``agent.guardian``)."""
+    argv = agent_argv(cluster, socket_path)
+    return [*argv[:3], "--guard", str(agent_pid), *argv[3:]]
+
+
 def _agent_processes() -> list[tuple[int, list[str]]]:
     """``(pid, argv)`` of every process running ``-m overlaynet.agent`` (any cluster)."""
     me = os.getpid()
@@ -67,6 +73,14 @@ def find_agent_pids(cluster: str, socket_path: str) -> list[int]:
     """Pids of live processes whose argv ends with ``-m overlaynet.agent --cluster C --socket S``."""
     tail = _argv_tail(cluster, socket_path)
     return sorted(pid for pid, argv in _agent_processes() if len(argv) > len(tail) and argv[-len(tail):] == tail)
+
+
+def find_guardian_pids(cluster: str, socket_path: str) -> list[int]:
+    """Pids of live guardians of the agent of ``cluster`` on ``socket_path``, whatever agent pid
+    they guard."""
+    tail = _argv_tail(cluster, socket_path)  # -m overlaynet.agent --cluster C --socket S
+    return sorted(pid for pid, argv in _agent_processes()
+                  if len(argv) == len(tail) + 3 and argv[1:3] == tail[:2] and argv[3] == "--guard" and argv[5:] == tail[2:])
 
 
 def _clusters_on(socket_path: str) -> list[tuple[int, str]]:
@@ -169,9 +183,13 @@ def _terminate(pids: list[int]) -> list[int]:
 
 
 def stop_agent(cluster: str, socket_path: str) -> None:
-    """Stop every agent of ``cluster`` on ``socket_path`` and remove the socket; idempotent."""
+    """Stop every agent of ``cluster`` on ``socket_path``, and its guardians, and remove the
+    socket; idempotent. The guardians go first, or one would heal the agent's death; and again
+    after the agents, in case an agent started one again meanwhile."""
     socket_path = os.path.abspath(socket_path)
-    left = _terminate(find_agent_pids(cluster, socket_path))
+    left = _terminate(find_guardian_pids(cluster, socket_path))
+    left += _terminate(find_agent_pids(cluster, socket_path))
+    left += _terminate(find_guardian_pids(cluster, socket_path))
     if left:
         raise AgentError(f'cluster "{cluster}": agent process(es) {left} survived SIGKILL')
     try:

@@ -52,6 +52,7 @@ from typing import Any
 
 from overlaynet import names
 from overlaynet.agent import dnsserver, reachability, testserver
+from overlaynet.agent.client import guardian_argv
 from overlaynet.agent.prober import Prober
 from overlaynet.agent.watcher import Heal, Watcher
 from overlaynet.api.probes import ProbeSpec
@@ -74,7 +75,8 @@ class Agent:
         self.cluster = cluster
         self.socket_path = socket_path
         self.report_health = report_health
-        self.watcher = Watcher(heal) if heal is not None else None  # None: no controller to heal with
+        # None: no controller to heal with
+        self.watcher = Watcher(heal, guardian_argv(cluster, socket_path, os.getpid())) if heal is not None else None
         self.keys: dict[str, testserver.ServedKey] = {}
         self.dns_zone: dnsserver.Zone | None = None  # the cluster DNS's records (op dns_zone)
         self.probers: dict = {}  # key -> agent.prober.Prober, for pods with probes

@@ -10,7 +10,10 @@ without the kernel check runs too: processes (BIRD) die without a netlink event.
 namespace whose name is gone (or names another namespace now) is let go on that tick — the
 socket alone would keep the deleted namespace, and its links, alive — and the kernel checked;
 so it is when ``/run/netns`` changed (a pod's namespace deleted: the agent's sockets in it
-keep it, and its veth, alive, so no link event tells).
+keep it, and its veth, alive, so no link event tells). While it watches, it keeps the agent's
+guardian (``agent.guardian``) running: started with the first watch, started again on the
+tick after it died, ended when the watch is (``watch([])``), but not when the agent stops:
+the agent's death is the guardian's to heal.
 
 What it never does: decide what is drifted or repair it. The pass is the ``Heal`` callback
 the agent was started with (``__main__`` wires the controller in); it runs in a worker thread
@@ -24,6 +27,7 @@ import asyncio
 import logging
 import os
 import socket
+import subprocess
 from collections.abc import Callable
 
 from overlaynet.agent.testserver import netns_identity
@@ -70,8 +74,10 @@ def _names_changed_at() -> int:
 class Watcher:
     """Sockets on the watched namespaces, and the loop that runs heal passes."""
 
-    def __init__(self, heal: Heal):
+    def __init__(self, heal: Heal, guardian_argv: list[str] | None = None):
         self.heal = heal
+        self.guardian_argv = guardian_argv  # None: no guardian (the agent's death is not healed)
+        self.guardian: subprocess.Popen | None = None
         self.sockets: dict[str, tuple[socket.socket, tuple[int, int] | None]] = {}  # name -> socket, identity
         self.marshal = None  # pyroute2's rtnetlink parser, loaded on the first watch (the agent stays light)
         self._kernel_changed = asyncio.Event()
@@ -111,10 +117,36 @@ class Watcher:
         elif not self.sockets and self._task is not None:
             self._task.cancel()
             self._task = None
+        if self.sockets:
+            self._keep_guardian()
+        elif not names:
+            self._end_guardian()
         if self.sockets != before:
             log.info("self-heal: watching %d namespaces%s", len(self.sockets),
                      f" ({', '.join(missing)} missing)" if missing else "")
         return missing
+
+    def _keep_guardian(self) -> None:
+        """Start the guardian if there is none (any more)."""
+        if self.guardian_argv is None or (self.guardian is not None and self.guardian.poll() is None):
+            return
+        if self.guardian is not None:
+            log.warning("self-heal: the guardian (pid %d) exited with %s; starting another",
+                        self.guardian.pid, self.guardian.returncode)
+        try:  # its output goes where the agent's does; its own session: a kill of the agent's spares it
+            self.guardian = subprocess.Popen(self.guardian_argv, stdin=subprocess.DEVNULL, cwd="/",
+                                             start_new_session=True, close_fds=True)
+        except OSError as exc:
+            log.error("self-heal: cannot start the guardian: %s", exc)
+            self.guardian = None
+            return
+        log.info("self-heal: guardian pid %d watches the agent", self.guardian.pid)
+
+    def _end_guardian(self) -> None:
+        if self.guardian is not None and self.guardian.poll() is None:
+            self.guardian.kill()
+            self.guardian.wait()
+        self.guardian = None
 
     def _let_go(self, name: str) -> None:
         sock, _ = self.sockets.pop(name)
@@ -156,6 +188,7 @@ class Watcher:
                 await asyncio.sleep(SETTLE)
             except TimeoutError:
                 self._forget_deleted()
+                self._keep_guardian()
             if self._kernel_changed.is_set():
                 self._kernel_changed.clear()
                 pending_kernel = True
@@ -171,4 +204,9 @@ class Watcher:
                 log.info("self-heal: %s", line)
 
     def stop(self) -> None:
-        self.watch([])
+        """The agent stops: let go of every namespace, but leave the guardian be."""
+        for name in list(self.sockets):
+            self._let_go(name)
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None

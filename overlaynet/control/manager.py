@@ -381,17 +381,21 @@ class ClusterManager:
             self._watch(spec)  # an agent started again watches nothing yet
             return repairs
 
-    def heal(self, cluster: str, kernel_changed: bool) -> list[Repair] | None:
-        """A pass of the self-heal loop (the agent's watcher, ``selfHeal: true``): reconcile when
-        ``reconcile.drifted`` finds work. None when an operation holds the cluster's lock: the
-        watcher asks again a second later (what the operation changed is not drift)."""
+    def heal(self, cluster: str, kernel_changed: bool, agent_lost: bool = False) -> list[Repair] | None:
+        """A pass of the self-heal loop (``selfHeal: true``; the agent's watcher, or with
+        ``agent_lost`` its guardian): reconcile when the agent died or ``reconcile.drifted``
+        finds work. None when an operation holds the cluster's lock: the watcher asks again a
+        second later (what the operation changed is not drift). [] for a cluster gone."""
+        if self.store.get_cluster(cluster) is None:  # down removed it, and with it the lock file
+            return []
         try:
             with self.store.cluster_lock(cluster, wait=False):
                 found = self.store.get_cluster(cluster)
                 if found is None or found["phase"] != "Running":
                     return []
                 spec = self.spec(cluster)
-                if not spec.self_heal or not reconcile.drifted(self.store, self.runtime, spec, kernel_changed):
+                if not spec.self_heal or not (agent_lost or reconcile.drifted(self.store, self.runtime, spec,
+                                                                              kernel_changed)):
                     return []
                 repairs = reconcile.reconcile(self.store, self.runtime, spec)
                 self._watch(spec)

@@ -1,5 +1,6 @@
 """The self-heal loop (``selfHeal: true``) on real clusters: what is deleted behind overlaynet's
-back — a peer route, a neighbour, an FDB entry, cni0, a whole node namespace, a BIRD — comes
+back — a peer route, a neighbour, an FDB entry, cni0, a whole node namespace, a BIRD, the
+agent itself — comes
 back within seconds with no command run, the agent's log names each repair, and real traffic
 flows again; a deleted pod namespace is reported, not papered over; and a cluster without
 self-heal keeps what was broken broken (the break-it labs rely on it)."""
@@ -13,7 +14,8 @@ import time
 
 import pytest
 
-from tests.netns.clusters import Cli, short_state_dir
+from overlaynet.agent.client import find_agent_pids, find_guardian_pids
+from tests.netns.clusters import Cli, in_netns, short_state_dir
 from tests.netns.test_trace_fault import bring_up, pings, take_down
 
 FLANNEL = "healfl"
@@ -108,6 +110,43 @@ def test_a_deleted_node_namespace_is_made_again_and_the_network_model_holds(flan
     assert result.returncode == 0, result.stdout[-2000:]
 
 
+def agents(cli: Cli, cluster: str) -> tuple[list[int], list[int]]:
+    """(agent pids, guardian pids) of ``cluster``."""
+    socket_path = os.path.join(cli.state_dir, f"{cluster}.sock")
+    return find_agent_pids(cluster, socket_path), find_guardian_pids(cluster, socket_path)
+
+
+def hostname(cluster: str, source: str, ip: str) -> str:
+    """What the pod at ``ip`` answers ``GET /hostname`` from pod ``source`` (its test server)."""
+    return in_netns(f"{cluster}.pod.default.{source}", "curl", "-s", "-m", "1", f"http://{ip}:8080/hostname").stdout
+
+
+def test_a_killed_agent_is_started_again_by_its_guardian_and_serves_every_pod_again(flannel):
+    cli, ips = flannel
+    (agent,), (guardian,) = agents(cli, FLANNEL)
+    os.kill(agent, signal.SIGKILL)
+
+    def served_again() -> bool:
+        found, _ = agents(cli, FLANNEL)
+        return found not in ([], [agent]) and hostname(FLANNEL, "a", ips["b"]) == "b"
+
+    assert within(PATIENCE, served_again) is not None, agent_log(cli, FLANNEL)[-3000:]
+    assert logged(cli, FLANNEL, f"guardian: the agent (pid {agent}) is gone; healing",
+                  "self-heal: agent: did not answer; started again", "self-heal: pod/default/b: its test server served again")
+    # the new agent has a guardian of its own; the old guardian's work is done
+    assert within(PATIENCE, lambda: len(agents(cli, FLANNEL)[1]) == 1 and guardian not in agents(cli, FLANNEL)[1])
+    assert hostname(FLANNEL, "b", ips["a"]) == "a"
+
+
+def test_a_killed_guardian_is_started_again_by_the_agent(flannel):
+    cli, _ = flannel
+    (agent,), (guardian,) = agents(cli, FLANNEL)
+    os.kill(guardian, signal.SIGKILL)
+    assert within(PATIENCE, lambda: agents(cli, FLANNEL)[1] not in ([], [guardian])) is not None
+    assert agents(cli, FLANNEL)[0] == [agent]
+    assert logged(cli, FLANNEL, f"self-heal: the guardian (pid {guardian}) exited with -9; starting another")
+
+
 def test_a_deleted_pod_namespace_is_reported_in_the_log(flannel):
     cli, _ = flannel
     subprocess.run(["ip", "netns", "del", f"{FLANNEL}.pod.default.a"], check=True)
@@ -153,3 +192,15 @@ def test_without_self_heal_what_was_broken_stays_broken(request):
     assert peer_cidr not in ip(node1, "route")
     assert not pings(STILL, "a", ips["b"])
     assert "self-heal" not in agent_log(cli, STILL)
+    assert agents(cli, STILL)[1] == []  # no guardian either: a killed agent stays dead
+
+
+def test_down_ends_the_guardian_and_no_agent_comes_back(request):
+    cli = Cli(short_state_dir())
+    name = f"{FLANNEL}dn"
+    request.addfinalizer(lambda: take_down(cli, name))
+    cli.run("up", "--name", name, "--nodes", "1", "--self-heal", "--no-dns")
+    assert within(PATIENCE, lambda: len(agents(cli, name)[1]) == 1) is not None
+    cli.run("down", "--name", name)
+    time.sleep(1.5)  # more than a tick: a guardian left would have started an agent again by now
+    assert agents(cli, name) == ([], [])
