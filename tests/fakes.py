@@ -55,6 +55,10 @@ class FakeIptables:
                 self.inserted.append((netns, jump))
         return added
 
+    def ensure_chains(self, netns: str, chains: Iterable[tuple[str, str]], backend: str) -> None:
+        for table, chain in chains:
+            self._tables(netns).table(table).setdefault(chain, [])
+
     def restore(self, netns: str, payload: str, backend: str) -> None:
         parse_tables(payload, self._tables(netns))
         self.payloads.setdefault(netns, []).append(payload)

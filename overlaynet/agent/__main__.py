@@ -44,13 +44,13 @@ def heal_with_controller(cluster: str, state_dir: str, agent_lost: bool = False)
     """The watcher's pass (or, ``agent_lost``, the guardian's): ``ClusterManager.heal`` over the
     store in ``state_dir``."""
 
-    def heal(kernel_changed: bool) -> list[str] | None:
+    def heal(kernel_changed: bool, rules_changed: bool) -> list[str] | None:
         from overlaynet.control.manager import ClusterManager
         from overlaynet.control.store import Store
 
         manager = ClusterManager(Store(state_dir))
         try:
-            repairs = manager.heal(cluster, kernel_changed, agent_lost)
+            repairs = manager.heal(cluster, kernel_changed, rules_changed, agent_lost)
         finally:
             manager.store.close()
         if repairs is None:
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.guard is not None:
         heal = heal_with_controller(args.cluster, state_dir, agent_lost=True)
         return guardian.guard(args.guard, lambda pid: pid in find_agent_pids(args.cluster, args.socket),
-                              lambda: heal(True))
+                              lambda: heal(True, True))
     return serve_forever(args.cluster, args.socket, report_to_controller(args.cluster, state_dir),
                          heal_with_controller(args.cluster, state_dir))
 

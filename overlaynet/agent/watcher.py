@@ -1,11 +1,16 @@
-"""The agent's drift watch: rtnetlink events in the namespaces it is told to watch, and a tick.
+"""The agent's drift watch: rtnetlink and nf_tables events in the namespaces it is told to
+watch, and a tick.
 
-This module owns one netlink socket per watched namespace (made inside it, bound to the link,
-address, IPv4 route and neighbour groups; FDB entries arrive with the neighbours) and the
-timing of heal passes. A deletion worth a look — a link (not one moved to another namespace,
-which is how a CNI plugin hands a veth end to a pod), an address, a route of the main table,
-a neighbour or FDB entry — asks for a pass with the kernel checked, 100 ms later so that a
-burst of events (a namespace deleted takes its links with it) is one pass. Every second a pass
+This module owns two netlink sockets per watched namespace, made inside it: one bound to the
+link, address, IPv4 route and neighbour groups (FDB entries arrive with the neighbours), one
+to nf_tables' group (``NFNLGRP_NFTABLES``: what iptables-nft writes), and the timing of heal
+passes. A deletion worth a look — a link (not one moved to another namespace, which is how a
+CNI plugin hands a veth end to a pod), an address, a route of the main table, a neighbour or
+FDB entry — asks for a pass with the kernel checked; a table, chain or rule deleted, or a rule
+added, for a pass with the iptables rules checked (kube-proxy's and the policy agent's own
+restores, too, ask for one: the check finds them as rendered). Either comes 100 ms later, so
+that a burst of events (a namespace deleted takes its links with it) is one pass. The legacy
+iptables backend sends no events: its rules are left to ``reconcile``. Every second a pass
 without the kernel check runs too: processes (BIRD) die without a netlink event. A watched
 namespace whose name is gone (or names another namespace now) is let go on that tick — the
 socket alone would keep the deleted namespace, and its links, alive — and the kernel checked;
@@ -27,6 +32,7 @@ import asyncio
 import logging
 import os
 import socket
+import struct
 import subprocess
 from collections.abc import Callable
 
@@ -36,13 +42,20 @@ from overlaynet.kernel import netns
 
 log = logging.getLogger("overlaynet.agent")
 
-# One pass: True to check the kernel state too; returns what it repaired or reported (lines for
-# the log), or None when the cluster was busy and nothing was looked at.
-Heal = Callable[[bool], list[str] | None]
+# One pass: (check the kernel state too, check the iptables rules too); returns what it
+# repaired or reported (lines for the log), or None when the cluster was busy and nothing was
+# looked at.
+Heal = Callable[[bool, bool], list[str] | None]
 
 SETTLE = 0.1  # seconds from the first event of a burst to its pass
 TICK = 1.0  # seconds between passes without an event
 MAIN_TABLE = 254
+NETLINK_NETFILTER = 12
+NFNLGRP_NFTABLES = 7
+NFNL_SUBSYS_NFTABLES = 10
+# linux/netfilter/nf_tables.h: NFT_MSG_DELTABLE, NFT_MSG_DELCHAIN, NFT_MSG_NEWRULE, NFT_MSG_DELRULE
+_RULE_CHANGES = frozenset((NFNL_SUBSYS_NFTABLES << 8) | message for message in (2, 5, 6, 8))
+_NLMSGHDR = struct.Struct("=IHHII")  # length, type, flags, sequence, port
 
 
 def worth_a_look(message) -> bool:
@@ -54,6 +67,19 @@ def worth_a_look(message) -> bool:
     if event == "RTM_DELROUTE":
         return message["table"] == MAIN_TABLE
     return event in ("RTM_DELADDR", "RTM_DELNEIGH")
+
+
+def rules_touched(data: bytes) -> bool:
+    """Whether a datagram of nf_tables events deletes a table, chain or rule, or adds a rule."""
+    offset = 0
+    while offset + _NLMSGHDR.size <= len(data):
+        length, kind, *_ = _NLMSGHDR.unpack_from(data, offset)
+        if kind in _RULE_CHANGES:
+            return True
+        if length < _NLMSGHDR.size:
+            return False
+        offset += (length + 3) & ~3
+    return False
 
 
 def _groups() -> int:
@@ -79,8 +105,10 @@ class Watcher:
         self.guardian_argv = guardian_argv  # None: no guardian (the agent's death is not healed)
         self.guardian: subprocess.Popen | None = None
         self.sockets: dict[str, tuple[socket.socket, tuple[int, int] | None]] = {}  # name -> socket, identity
+        self.rule_sockets: dict[str, socket.socket] = {}  # name -> its nf_tables events
         self.marshal = None  # pyroute2's rtnetlink parser, loaded on the first watch (the agent stays light)
         self._kernel_changed = asyncio.Event()
+        self._rules_changed = False  # with _kernel_changed set: the pass checks the rules
         self._task: asyncio.Task | None = None
         self._names_seen = _names_changed_at()
 
@@ -105,13 +133,18 @@ class Watcher:
                 with netns.inside(name):
                     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK,
                                          socket.NETLINK_ROUTE)
+                    rules = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK,
+                                          NETLINK_NETFILTER)
             except (OSError, KernelError):  # the namespace is gone
                 missing.append(name)
                 continue
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-            sock.bind((0, _groups()))
+            for events, groups in ((sock, _groups()), (rules, 1 << (NFNLGRP_NFTABLES - 1))):
+                events.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+                events.bind((0, groups))
             self.sockets[name] = (sock, identity)
+            self.rule_sockets[name] = rules
             loop.add_reader(sock.fileno(), self._readable, name)
+            loop.add_reader(rules.fileno(), self._rules_readable, name)
         if self.sockets and self._task is None:
             self._task = loop.create_task(self._passes())
         elif not self.sockets and self._task is not None:
@@ -150,8 +183,24 @@ class Watcher:
 
     def _let_go(self, name: str) -> None:
         sock, _ = self.sockets.pop(name)
-        asyncio.get_running_loop().remove_reader(sock.fileno())
-        sock.close()
+        for events in (sock, self.rule_sockets.pop(name)):
+            asyncio.get_running_loop().remove_reader(events.fileno())
+            events.close()
+
+    def _rules_readable(self, name: str) -> None:
+        sock = self.rule_sockets[name]
+        while True:
+            try:
+                data = sock.recv(1 << 16)
+            except BlockingIOError:
+                return
+            except OSError:  # ENOBUFS: events were lost; look anyway
+                touched = True
+            else:
+                touched = rules_touched(data)
+            if touched:
+                self._rules_changed = True
+                self._kernel_changed.set()
 
     def _readable(self, name: str) -> None:
         sock, _ = self.sockets[name]
@@ -180,7 +229,7 @@ class Watcher:
 
     async def _passes(self) -> None:
         loop = asyncio.get_running_loop()
-        pending_kernel = False
+        pending_kernel = pending_rules = False
         while True:
             try:
                 async with asyncio.timeout(TICK):
@@ -192,14 +241,16 @@ class Watcher:
             if self._kernel_changed.is_set():
                 self._kernel_changed.clear()
                 pending_kernel = True
+                pending_rules = pending_rules or self._rules_changed
+                self._rules_changed = False
             try:
-                lines = await loop.run_in_executor(None, self.heal, pending_kernel)
+                lines = await loop.run_in_executor(None, self.heal, pending_kernel, pending_rules)
             except Exception:
                 log.exception("self-heal: the pass failed; again in %ss", TICK)
                 continue
-            if lines is None:  # the cluster was busy: the kernel check waits for the next pass
+            if lines is None:  # the cluster was busy: the checks wait for the next pass
                 continue
-            pending_kernel = False
+            pending_kernel = pending_rules = False
             for line in lines:
                 log.info("self-heal: %s", line)
 

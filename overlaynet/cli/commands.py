@@ -584,10 +584,9 @@ def _serve_by_hand(pod_name, netns_name, ports, hostname) -> None:
 
 
 def _render_node(spec, node: dict, services, slices):
-    from overlaynet.proxy.render import NodeConfig, render
+    from overlaynet.node import proxier
 
-    config = NodeConfig(name=node["metadata"]["name"], ips=(internal_ip(node),), cluster_cidr=str(spec.cluster_cidr))
-    return render(config, services, slices, full=True)
+    return proxier.render_node(spec, node, services, slices)
 
 
 def _table_sections(payload: str, tables: list[str]) -> list[str]:
@@ -648,15 +647,10 @@ def _rules_diff(live: str, rendered: str, tables: list[str]) -> list[str]:
     normalisations (address forms, match order, defaults) so only real differences show."""
     import difflib
 
-    from overlaynet.proxy.rules import canonical_tables
+    from overlaynet.proxy.rules import owned_rule_lines
 
-    def lines(text: str) -> list[str]:
-        canonical = canonical_tables(text)
-        return [f"{table} {chain}: {rule}" for table in tables
-                for chain, rules in sorted(canonical.get(table, {}).items()) if chain.startswith(("KUBE-", "cali-"))
-                for rule in rules]
-
-    return list(difflib.unified_diff(lines(live), lines(rendered), "live", "rendered", lineterm=""))
+    return list(difflib.unified_diff(owned_rule_lines(live, tables), owned_rule_lines(rendered, tables), "live",
+                                     "rendered", lineterm=""))
 
 
 @cli.command("render")

@@ -381,7 +381,8 @@ class ClusterManager:
             self._watch(spec)  # an agent started again watches nothing yet
             return repairs
 
-    def heal(self, cluster: str, kernel_changed: bool, agent_lost: bool = False) -> list[Repair] | None:
+    def heal(self, cluster: str, kernel_changed: bool, rules_changed: bool = False,
+             agent_lost: bool = False) -> list[Repair] | None:
         """A pass of the self-heal loop (``selfHeal: true``; the agent's watcher, or with
         ``agent_lost`` its guardian): reconcile when the agent died or ``reconcile.drifted``
         finds work. None when an operation holds the cluster's lock: the watcher asks again a
@@ -395,7 +396,7 @@ class ClusterManager:
                     return []
                 spec = self.spec(cluster)
                 if not spec.self_heal or not (agent_lost or reconcile.drifted(self.store, self.runtime, spec,
-                                                                              kernel_changed)):
+                                                                              kernel_changed, rules_changed)):
                     return []
                 repairs = reconcile.reconcile(self.store, self.runtime, spec)
                 self._watch(spec)

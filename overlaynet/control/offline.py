@@ -82,6 +82,9 @@ class OfflineIptables:
     def ensure_jumps(self, netns: str, jumps: Iterable[Jump], backend: str) -> list[Jump]:
         return list(jumps)
 
+    def ensure_chains(self, netns: str, chains: Iterable[tuple[str, str]], backend: str) -> None:
+        pass
+
     def restore(self, netns: str, payload: str, backend: str) -> None:
         self.restores.append((netns, payload))
 

@@ -24,8 +24,10 @@ What it cannot put back it reports, with what to do: a pod whose network namespa
 user's own conflist (``cniConfig``) has its pods' attachments left to those plugins.
 
 ``drifted`` is the cheap look a self-heal pass (``ClusterManager.heal``) takes first: a BIRD
-that is not running, or, after a netlink event, a step of the plan the kernel no longer shows;
-only then does the pass reconcile.
+that is not running; after a netlink event, a step of the plan the kernel no longer shows;
+after an nf_tables event, a node whose kube-proxy or policy chains are not what a sync would
+load now, or that lost one of kube-proxy's canary chains (``rules_drifted``). Only then does
+the pass reconcile.
 
 What it never does: touch what the cluster does not own, or print (the CLI does).
 """
@@ -48,8 +50,10 @@ from overlaynet.datapath import topology
 from overlaynet.datapath.modes import get_mode, uses_ipam_blocks
 from overlaynet.datapath.plan import Netns, Plan, Step, words
 from overlaynet.datapath.topology import NodeInfo, PodInfo
-from overlaynet.errors import AgentError
+from overlaynet.errors import AgentError, KernelError
 from overlaynet.node import bgp_mesh, netpol_sync, proxier, routes
+from overlaynet.proxy.render import CANARY_TABLES, KUBE_PROXY_CANARY
+from overlaynet.proxy.rules import RuleError, owned_rule_lines, saved_chain_lines
 
 __all__ = ["Repair", "reconcile"]
 
@@ -257,14 +261,45 @@ def _dead_birds(store: Store, runtime: Runtime, spec: ClusterSpec) -> list[str]:
             if runtime.bird.running_pid(bgp_mesh.bird_files(store.directory, spec.name, node.name)[2]) is None]
 
 
-def drifted(store: Store, runtime: Runtime, spec: ClusterSpec, kernel: bool) -> bool:
-    """Whether a pass has work: a BIRD down, or (``kernel``) a planned kernel object missing."""
+def drifted(store: Store, runtime: Runtime, spec: ClusterSpec, kernel: bool, rules: bool = False) -> bool:
+    """Whether a pass has work: a BIRD down, (``kernel``) a planned kernel object missing, or
+    (``rules``) a node's iptables rules drifted."""
     if _dead_birds(store, runtime, spec):
         return True
-    if not kernel:
-        return False
-    plan, _ = plan_desired(spec, _node_infos(store, spec), _running_pods(store, spec.name))
-    return bool(runtime.missing_steps(plan))
+    if kernel:
+        plan, _ = plan_desired(spec, _node_infos(store, spec), _running_pods(store, spec.name))
+        if runtime.missing_steps(plan):
+            return True
+    return rules and bool(rules_drifted(store, runtime, spec))
+
+
+def rules_drifted(store: Store, runtime: Runtime, spec: ClusterSpec) -> list[str]:
+    """The nodes whose ``KUBE-*`` and ``cali-*`` rules differ from what kube-proxy's and the
+    policy agent's syncs would load now (compared as ``rules --diff`` does), or that lost a
+    ``KUBE-PROXY-CANARY`` chain: one ``iptables-save`` a node."""
+    proxy_backend = store.get_meta(spec.name, "kube-proxy-backend")  # None: kube-proxy never ran
+    policies = store.get_meta(spec.name, netpol_sync.SYNCED) is not None
+    if proxy_backend is None and not policies:
+        return []
+    backend = proxy_backend or store.get_meta(spec.name, "netpol-backend") or runtime.iptables.backend()
+    found = []
+    for node in store.list(spec.name, "Node"):
+        name = node["metadata"]["name"]
+        expected = ((proxier.rendered_now(store, spec, node).payload if proxy_backend else "") +
+                    (netpol_sync.render_node(store, spec, name).payload if policies else ""))
+        try:
+            live = runtime.iptables.save(names.node_netns(spec.name, name), backend, None)
+        except KernelError:  # the node's namespace is gone: its rules with it
+            found.append(name)
+            continue
+        try:
+            same = owned_rule_lines(live, ("nat", "filter")) == owned_rule_lines(expected, ("nat", "filter"))
+        except RuleError:  # a rule this parser cannot read was added: a full sync decides
+            same = False
+        chains = saved_chain_lines(live)
+        if not same or (proxy_backend and any(KUBE_PROXY_CANARY not in chains.get(t, {}) for t in CANARY_TABLES)):
+            found.append(name)
+    return found
 
 
 def reconcile(store: Store, runtime: Runtime, spec: ClusterSpec) -> list[Repair]:

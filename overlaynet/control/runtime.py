@@ -36,7 +36,10 @@ class HostIptables:
     def ensure_jumps(self, netns: str, jumps: Iterable[Jump], backend: str) -> list[Jump]:
         return iptables.ensure_jumps(netns, jumps, backend)
 
-    def save(self, netns: str, backend: str, table: str) -> str:
+    def ensure_chains(self, netns: str, chains: Iterable[tuple[str, str]], backend: str) -> None:
+        iptables.ensure_chains(netns, chains, backend)
+
+    def save(self, netns: str, backend: str, table: str | None) -> str:
         return iptables.save(netns, backend, table)
 
     def restore(self, netns: str, payload: str, backend: str) -> None:

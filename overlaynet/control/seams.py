@@ -49,8 +49,11 @@ class Iptables(Protocol):
 
     def ensure_jumps(self, netns: str, jumps: Iterable[Jump], backend: str) -> list[Jump]: ...
 
-    def save(self, netns: str, backend: str, table: str) -> str:
-        """``iptables-save -t <table>`` of the namespace."""
+    def ensure_chains(self, netns: str, chains: Iterable[tuple[str, str]], backend: str) -> None:
+        """``-N`` each ``(table, chain)`` that is missing."""
+
+    def save(self, netns: str, backend: str, table: str | None) -> str:
+        """``iptables-save -t <table>`` of the namespace (every table: None)."""
 
     def restore(self, netns: str, payload: str, backend: str) -> None:
         """Load ``payload`` with ``iptables-restore --noflush``."""

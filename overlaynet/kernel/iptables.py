@@ -10,6 +10,8 @@ What this module owns:
 - ``ensure_jumps(netns, jumps, backend)``: kube-proxy's EnsureChain + EnsureRule(Prepend)
   for the jumps from built-in chains: ``-N`` the target if missing, ``-C``, and ``-I`` only
   when the check fails - idempotent, existing jumps are not moved;
+- ``ensure_chains(netns, chains, backend)``: EnsureChain alone (``-N``, an existing chain is
+  fine), as for kube-proxy's canary chains;
 - ``save(netns, backend, table=None)``: ``iptables-save`` text;
 - ``chains(netns, backend, table)``: the chain names of a table (for stale-chain detection).
 
@@ -130,13 +132,8 @@ def ensure_jumps(netns: str, jumps: Iterable[Jump], backend_name: str) -> list[J
     jumps inserted. Call it before the full sync's restore, as kube-proxy does: on the legacy
     backend every iptables command reads and rewrites the whole table, so it is cheapest while
     the tables are still small."""
-    netns_mod.require(netns)
     jumps = list(jumps)
-    for table, target in dict.fromkeys((j.table, j.target) for j in jumps):
-        result = _iptables(netns, backend_name, table, "-N", target)
-        if result.returncode != 0 and "already exists" not in _message(result):
-            raise KernelError(f'netns "{netns}": iptables -t {table} -N {target} failed ({backend_name}): '
-                              f"{_message(result)}")
+    ensure_chains(netns, dict.fromkeys((j.table, j.target) for j in jumps), backend_name)
     inserted = []
     for jump in jumps:
         check = _iptables(netns, backend_name, jump.table, "-C", jump.chain, *jump.args)
@@ -151,6 +148,16 @@ def ensure_jumps(netns: str, jumps: Iterable[Jump], backend_name: str) -> list[J
                               f"failed ({backend_name}): {_message(result)}")
         inserted.append(jump)
     return inserted
+
+
+def ensure_chains(netns: str, chains: Iterable[tuple[str, str]], backend_name: str) -> None:
+    """``-N`` each ``(table, chain)`` that is missing (kube-proxy's EnsureChain)."""
+    netns_mod.require(netns)
+    for table, chain in chains:
+        result = _iptables(netns, backend_name, table, "-N", chain)
+        if result.returncode != 0 and "already exists" not in _message(result):
+            raise KernelError(f'netns "{netns}": iptables -t {table} -N {chain} failed ({backend_name}): '
+                              f"{_message(result)}")
 
 
 def save(netns: str, backend_name: str, table: str | None = None) -> str:

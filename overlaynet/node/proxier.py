@@ -40,7 +40,7 @@ from overlaynet.datapath.plan import Sysctl
 from overlaynet.datapath.topology import internal_ip
 from overlaynet.errors import NotFoundError
 from overlaynet.node.speaker import sync_announcements
-from overlaynet.proxy.render import NodeConfig, Ruleset, is_service_chain, render
+from overlaynet.proxy.render import CANARY_TABLES, KUBE_PROXY_CANARY, NodeConfig, Ruleset, is_service_chain, render
 
 SERVICE = "Service"
 SLICE = "EndpointSlice"
@@ -62,6 +62,20 @@ def _services(store: Store, cluster: str) -> list[Service]:
 
 def _slices(store: Store, cluster: str) -> list[EndpointSlice]:
     return [parse_endpointslice_document(doc, "store") for doc in store.list(cluster, SLICE)]
+
+
+def render_node(spec: ClusterSpec, node: dict, services: list[Service], slices: list[EndpointSlice]) -> Ruleset:
+    """What a full sync loads into ``node`` (pure)."""
+    return render(_node_config(spec, node), services, slices, full=True)
+
+
+def rendered_now(store: Store, spec: ClusterSpec, node: dict) -> Ruleset:
+    """What a full sync would load into ``node`` now, from the stored Services and slices."""
+    return render_node(spec, node, _services(store, spec.name), _slices(store, spec.name))
+
+
+def _node_config(spec: ClusterSpec, node: dict) -> NodeConfig:
+    return NodeConfig(name=node["metadata"]["name"], ips=(internal_ip(node),), cluster_cidr=str(spec.cluster_cidr))
 
 
 def plan_services(store: Store, spec: ClusterSpec, services: list[Service],
@@ -134,13 +148,14 @@ def sync(store: Store, runtime: Runtime, spec: ClusterSpec) -> None:
     for node in store.list(spec.name, "Node"):
         node_name = node["metadata"]["name"]
         netns = names.node_netns(spec.name, node_name)
-        config = NodeConfig(name=node_name, ips=(internal_ip(node),), cluster_cidr=str(spec.cluster_cidr))
+        config = _node_config(spec, node)
         previous = _previous_render(config, synced.get(node_name))
         existing = [c for c in runtime.iptables.chains(netns, backend, "nat") if is_service_chain(c)]
         ruleset = render(config, services, slices, previous, existing_chains=existing)
         if ruleset.full:
             # kube-proxy sets route_localnet for NodePorts on 127.0.0.1 (--iptables-localhost-nodeports).
             runtime.apply((Sysctl(netns, "net.ipv4.conf.all.route_localnet", "1"),))
+            runtime.iptables.ensure_chains(netns, [(table, KUBE_PROXY_CANARY) for table in CANARY_TABLES], backend)
             runtime.iptables.ensure_jumps(netns, ruleset.jumps, backend)
         try:
             runtime.iptables.restore(netns, ruleset.payload, backend)

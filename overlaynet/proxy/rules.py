@@ -9,7 +9,9 @@ What this module owns:
   ``/32``, generic options first, comments unquoted, MARK ``--set-xmark``, REJECT's default,
   statistic probabilities as the kernel's 31-bit fraction, ``recent`` defaults), so rendered
   and read-back rules compare equal exactly when the kernel holds what was rendered;
-- ``saved_chain_lines``: ``iptables-save`` output as the lines of each chain, verbatim.
+- ``saved_chain_lines``: ``iptables-save`` output as the lines of each chain, verbatim;
+- ``owned_rule_lines``: the canonical rules of kube-proxy's and the policy agent's chains, one
+  line each, what ``rules --diff`` and the self-heal loop compare.
 
 What it never does: run iptables, or decide what a rule does to a packet (``proxy.trace``).
 It reads the matches and targets kube-proxy uses (comment, tcp/udp, addrtype, statistic,
@@ -299,3 +301,15 @@ def saved_chain_lines(text: str) -> dict[str, dict[str, list[str]]]:
         elif table is not None and line.startswith("-A "):
             table.setdefault(line.split()[1], []).append(line)
     return result
+
+
+OWNED_CHAIN_PREFIXES = ("KUBE-", "cali-")  # kube-proxy's chains and the policy agent's
+
+
+def owned_rule_lines(text: str, tables: Iterable[str]) -> list[str]:
+    """``table chain: rule`` for every rule of a ``KUBE-*`` or ``cali-*`` chain of ``tables``,
+    canonical, chains sorted and each chain's rules in order."""
+    canonical = canonical_tables(text)
+    return [f"{table} {chain}: {rule}" for table in tables
+            for chain, rules in sorted(canonical.get(table, {}).items()) if chain.startswith(OWNED_CHAIN_PREFIXES)
+            for rule in rules]

@@ -1,6 +1,6 @@
 """The self-heal loop (``selfHeal: true``) on real clusters: what is deleted behind overlaynet's
 back — a peer route, a neighbour, an FDB entry, cni0, a whole node namespace, a BIRD, the
-agent itself — comes
+agent itself, a kube-proxy chain flushed or its canary deleted — comes
 back within seconds with no command run, the agent's log names each repair, and real traffic
 flows again; a deleted pod namespace is reported, not papered over; and a cluster without
 self-heal keeps what was broken broken (the break-it labs rely on it)."""
@@ -108,6 +108,43 @@ def test_a_deleted_node_namespace_is_made_again_and_the_network_model_holds(flan
                   "self-heal: node/node-2: its test server served again"), agent_log(cli, FLANNEL)[-4000:]
     result = cli.run("verify", "--name", FLANNEL, check=False)
     assert result.returncode == 0, result.stdout[-2000:]
+
+
+def iptables(netns: str, *argv: str) -> str:
+    return in_netns(netns, "iptables", *argv).stdout
+
+
+def cluster_ip(cli: Cli, cluster: str, service: str) -> str:
+    return cli.json("get", "svc", service, "--name", cluster)["spec"]["clusterIP"]
+
+
+def test_kube_proxy_keeps_its_canary_chains_in_mangle_nat_and_filter(flannel):
+    saved = in_netns(f"{FLANNEL}.node.node-1", "iptables-save").stdout
+    tables = [block.split("\n", 1) for block in saved.split("\n*")[1:]]
+    assert {name for name, body in tables if ":KUBE-PROXY-CANARY " in body} == {"mangle", "nat", "filter"}
+
+
+def test_a_flushed_kube_proxy_chain_is_written_back_within_a_second(flannel):
+    cli, _ = flannel
+    node1 = f"{FLANNEL}.node.node-1"
+    address = cluster_ip(cli, FLANNEL, "web")
+    before = iptables(node1, "-t", "nat", "-S", "KUBE-SERVICES")
+    assert address in before
+    iptables(node1, "-t", "nat", "-F", "KUBE-SERVICES")
+    assert address not in iptables(node1, "-t", "nat", "-S", "KUBE-SERVICES")
+    took = within(PATIENCE, lambda: iptables(node1, "-t", "nat", "-S", "KUBE-SERVICES") == before)
+    assert took is not None and took < 2.0, (took, agent_log(cli, FLANNEL)[-3000:])
+    assert logged(cli, FLANNEL, "self-heal: node/node-1: kube-proxy wrote back")
+    answer = in_netns(f"{FLANNEL}.pod.default.a", "curl", "-s", "-m", "2", f"http://{address}/hostname").stdout
+    assert answer in ("a", "b")
+
+
+def test_a_deleted_canary_chain_is_made_again(flannel):
+    cli, _ = flannel
+    node2 = f"{FLANNEL}.node.node-2"
+    in_netns(node2, "iptables", "-t", "mangle", "-X", "KUBE-PROXY-CANARY").check_returncode()
+    assert within(PATIENCE, lambda: "KUBE-PROXY-CANARY" in iptables(node2, "-t", "mangle", "-S")) is not None, \
+        agent_log(cli, FLANNEL)[-3000:]
 
 
 def agents(cli: Cli, cluster: str) -> tuple[list[int], list[int]]:
