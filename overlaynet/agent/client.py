@@ -295,6 +295,11 @@ class AgentClient:
         """Watch exactly these namespaces for drift (self-heal; [] stops); those that are missing."""
         return self.call("watch", {"namespaces": namespaces})["missing"]
 
+    def health_checks(self, key: str, checks: list[dict]) -> dict:
+        """kube-proxy's health checks on the served node ``key``, exactly these
+        (``[{"port", "namespace", "name", "localEndpoints"}]``); the key as described."""
+        return self.call("health_checks", {"key": key, "checks": checks})["key"]
+
     def unserve(self, key: str) -> bool:
         """Close every socket of ``key``; True if it was served. Call before deleting its netns."""
         return bool(self.call("unserve", {"key": key})["existed"])

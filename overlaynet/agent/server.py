@@ -11,6 +11,8 @@ order:
                                                             (what every DNS server answers from now on)
     {"op": "unserve", "key"}                                (closes every socket of the key)
     {"op": "set_serving", "key", "serving": bool}
+    {"op": "health_checks", "key", "checks": [{"port", "namespace", "name", "localEndpoints"}]}
+                                                            (a node's kube-proxy health checks: ``agent.healthcheck``)
     {"op": "list"}                                          -> {"ok": true, "keys": [...]}
     {"op": "probe", "probes": [...], "timeout": 2.0}        -> {"ok": true, "results": [...]}
     {"op": "cni", "plugin", "env": {...}, "stdin", "pid"}   -> {"ok": true, "stdout", "exit_code", "stderr"}
@@ -51,7 +53,7 @@ from collections.abc import Callable
 from typing import Any
 
 from overlaynet import names
-from overlaynet.agent import dnsserver, reachability, testserver
+from overlaynet.agent import dnsserver, healthcheck, reachability, testserver
 from overlaynet.agent.client import guardian_argv
 from overlaynet.agent.prober import Prober
 from overlaynet.agent.watcher import Heal, Watcher
@@ -103,10 +105,11 @@ class Agent:
             "cni": self._cni,
             "dns_zone": self._dns_zone,
             "watch": self._watch,
+            "health_checks": self._health_checks,
         }.get(op)  # type: ignore[arg-type]
         if handler is None:
             raise AgentError(f"unknown op {op!r}; one of ping, serve, unserve, set_serving, list, probe, cni, "
-                             "dns_zone, watch")
+                             "dns_zone, watch, health_checks")
         return await handler(request)
 
     async def _ping(self, request: dict) -> dict:
@@ -197,6 +200,19 @@ class Agent:
                 raise AgentError(f'key "{key}": not served by this agent')
             await served.set_serving(serving)
             log.info("%s %s", "resume" if serving else "pause", key)
+            return {"key": served.describe()}
+
+    async def _health_checks(self, request: dict) -> dict:
+        key = _string(request, "key")
+        checks = healthcheck.parse_checks(key, request.get("checks"))
+        async with self._lock:
+            served = self.keys.get(key)
+            if served is None:
+                raise AgentError(f'key "{key}": not served by this agent')
+            if checks or served.health_checks:
+                await served.set_health_checks(checks)
+                log.info("health checks of %s: %s", key, " ".join(
+                    f"{c.port}/TCP={c.namespace}/{c.name}:{c.local_endpoints}" for c in checks.values()) or "(none)")
             return {"key": served.describe()}
 
     async def _list(self, request: dict) -> dict:

@@ -6,7 +6,9 @@ This module owns:
   ``parse_dial`` / ``dial_response`` for ``/dial``;
 - ``ServedKey``: the listening sockets of one served key (a pod or a node) in one netns,
   opened, replaced, paused and closed on the agent's event loop; for a CoreDNS pod, some of
-  its ports answer DNS instead (``agent.dnsserver.DnsResponder``).
+  its ports answer DNS instead (``agent.dnsserver.DnsResponder``); for a node, kube-proxy's
+  service health checks have ports of their own (``agent.healthcheck``), apart from the
+  declared ones and never paused.
 
 ``serve_in_foreground`` runs one ``ServedKey`` on its own event loop until SIGINT or SIGTERM:
 the test server for a namespace a learner made by hand (``overlaynet testserver serve``).
@@ -51,6 +53,7 @@ from overlaynet.kernel import netns
 
 if TYPE_CHECKING:
     from overlaynet.agent.dnsserver import DnsResponder
+    from overlaynet.agent.healthcheck import HealthCheck
 
 log = logging.getLogger("overlaynet.agent")
 
@@ -96,6 +99,7 @@ class Response:
     status: int
     body: bytes
     content_type: str = TEXT
+    headers: tuple[tuple[str, str], ...] = ()  # more header fields, in order
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +176,7 @@ def render_response(resp: Response, head_only: bool = False) -> bytes:
     )
     if resp.status == 405:
         head += "Allow: GET, HEAD\r\n"
+    head += "".join(f"{name}: {value}\r\n" for name, value in resp.headers)
     data = (head + "\r\n").encode("ascii")
     return data if head_only else data + resp.body
 
@@ -266,10 +271,11 @@ def check_ports(key: str, ports: object, field: str = "ports") -> tuple[tuple[in
 class _HttpProtocol(asyncio.Protocol):
     """One accepted connection: read the head, answer, close."""
 
-    __slots__ = ("_served", "_transport", "_buf", "_answered", "_timer")
+    __slots__ = ("_served", "_check_port", "_transport", "_buf", "_answered", "_timer")
 
-    def __init__(self, served: ServedKey) -> None:
+    def __init__(self, served: ServedKey, check_port: int | None = None) -> None:
         self._served = served
+        self._check_port = check_port  # a health check's port: kube-proxy's answer, not the test server's
         self._transport: asyncio.Transport | None = None
         self._buf = bytearray()
         self._answered = False
@@ -302,6 +308,11 @@ class _HttpProtocol(asyncio.Protocol):
         parsed = parse_request(self._buf[:end])
         if isinstance(parsed, Response):
             self._answer(parsed, False)
+            return
+        if self._check_port is not None:
+            from overlaynet.agent import healthcheck
+
+            self._answer(healthcheck.response(self._served.health_checks[self._check_port]), parsed.method == "HEAD")
             return
         peer = self._transport.get_extra_info("peername")  # type: ignore[union-attr]
         result = route(parsed, self._served.hostname, peer)
@@ -423,6 +434,8 @@ class ServedKey:
         self.connections: set[asyncio.BaseTransport] = set()
         self._tcp: dict[int, asyncio.AbstractServer] = {}
         self._udp: dict[int, UdpServer] = {}
+        self.health_checks: dict[int, HealthCheck] = {}  # port -> kube-proxy's check (a node)
+        self._checks: dict[int, asyncio.AbstractServer] = {}
         self._tasks: set[asyncio.Task] = set()
 
     def describe(self) -> dict:
@@ -433,6 +446,9 @@ class ServedKey:
             "ports": [[port, protocol] for port, protocol in self.ports],
             "serving": self.serving,
             **({"dns": sorted([port, protocol] for port, protocol in self.dns.ports)} if self.dns else {}),
+            **({"healthChecks": [[c.port, f"{c.namespace}/{c.name}", c.local_endpoints]
+                                 for c in sorted(self.health_checks.values(), key=lambda c: c.port)]}
+               if self.health_checks else {}),
             "open": sorted([[p, "TCP"] for p in self._tcp] + [[p, "UDP"] for p in self._udp]),
         }
 
@@ -460,7 +476,39 @@ class ServedKey:
             await self._close(self._open_set())
         self.serving = serving
 
+    async def set_health_checks(self, checks: dict[int, HealthCheck]) -> None:
+        """Listen on exactly the ports of ``checks`` (TCP), answering with their counts; all or
+        nothing for the new ports, as ``set_ports``."""
+        loop = asyncio.get_running_loop()
+        opened: list[int] = []
+        try:
+            for port in sorted(set(checks) - set(self._checks)):
+                if port in self._tcp:
+                    raise AgentError(f'key "{self.key}": port {port}/TCP is a test server port, not free for a '
+                                     "health check")
+                try:
+                    sock = open_socket(self.netns, port, "TCP")
+                except (OSError, KernelError) as exc:
+                    raise AgentError(f'key "{self.key}": health check port {port}: {exc}') from exc
+                try:
+                    self._checks[port] = await loop.create_server(functools.partial(_HttpProtocol, self, port),
+                                                                  sock=sock, backlog=LISTEN_BACKLOG)
+                except BaseException:
+                    sock.close()
+                    raise
+                opened.append(port)
+        except BaseException:
+            for port in opened:
+                self._checks.pop(port).close()
+            raise
+        for port in set(self._checks) - set(checks):
+            self._checks.pop(port).close()
+        self.health_checks = dict(checks)
+
     async def close(self) -> None:
+        for server in self._checks.values():
+            server.close()
+        self._checks.clear()
         await self._close(self._open_set())
         for transport in list(self.connections):
             transport.abort()

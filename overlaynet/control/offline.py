@@ -46,6 +46,7 @@ class OfflineAgent:
         self.dns_ports: dict[str, list[tuple[int, str]]] = {}  # key -> the ports that answer DNS
         self.zone: tuple[str, list[list[str]]] | None = None  # the last dns_zone: (domain, records)
         self.watched: list[str] = []  # the last watch: the self-heal loop's namespaces
+        self.health_checked: dict[str, list[dict]] = {}  # key -> its kube-proxy health checks
 
     def serve(self, key: str, netns: str, hostname: str, ports: list[tuple[int, str]],
               health: dict | None = None, dns_ports: list[tuple[int, str]] | None = None) -> dict:
@@ -64,6 +65,10 @@ class OfflineAgent:
     def watch(self, namespaces: list[str]) -> list[str]:
         self.watched = list(namespaces)
         return []
+
+    def health_checks(self, key: str, checks: list[dict]) -> dict:
+        self.health_checked[key] = list(checks)
+        return {"key": key}
 
 
 class OfflineIptables:

@@ -39,6 +39,10 @@ class Agent(Protocol):
     def watch(self, namespaces: list[str]) -> list[str]:
         """Watch these namespaces for drift (the self-heal loop); return those missing."""
 
+    def health_checks(self, key: str, checks: list[dict]) -> dict:
+        """kube-proxy's health checks a served node answers (``[{"port", "namespace", "name",
+        "localEndpoints"}]``), exactly these."""
+
 
 class Iptables(Protocol):
     """kube-proxy's access to one node's tables."""

@@ -13,7 +13,8 @@ loads a partial sync (KEP-3453): only the changed services' chains plus the top-
 A pod is an endpoint when its Ready condition is True: at once, or, with a readiness probe,
 as the agent's prober reports (``ClusterManager.pod_health``). The rules reach a node only
 through the ``Iptables`` seam of the runtime it is given; the one sysctl it needs, through its
-``apply``.
+``apply``; the service health checks kube-proxy serves on a ``healthCheckNodePort``
+(``health_checks``, answered by the agent as the node: ``agent.healthcheck``), through the agent.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from overlaynet.api.services import (
 )
 from overlaynet.control.endpoints import build_endpoint_slices
 from overlaynet.control.loadbalancers import reconcile_load_balancers
+from overlaynet.control.ownership import agent_socket
+from overlaynet.control.records import node_key
 from overlaynet.control.seams import Runtime
 from overlaynet.control.store import Store
 from overlaynet.datapath.plan import Sysctl
@@ -167,6 +170,37 @@ def sync(store: Store, runtime: Runtime, spec: ClusterSpec) -> None:
                              "slices": [s.to_document() for s in slices]}
         store.set_meta(spec.name, "kube-proxy-synced", json.dumps(synced))
     sync_announcements(store, runtime, spec, services, slices)  # the layer-2 speaker
+    _sync_health_checks(store, runtime, spec, services, slices)
+
+
+HEALTH_CHECKED = "kube-proxy-health-checks"  # meta: set once some node served a health check
+
+
+def health_checks(node: str, services: list[Service], slices: list[EndpointSlice]) -> list[dict]:
+    """The health checks kube-proxy serves on ``node`` (pure): one per Service with a
+    ``healthCheckNodePort``, counting the distinct addresses of its ready endpoints on the node
+    (``EndpointsMap.LocalReadyEndpoints``: an address with two ports is one endpoint)."""
+    local: dict[str, set[str]] = {}
+    for slice_ in slices:
+        for endpoint in slice_.endpoints:
+            if slice_.service_key and endpoint.node_name == node and endpoint.conditions.ready is not False:
+                local.setdefault(slice_.service_key, set()).update(endpoint.addresses)
+    return [{"port": s.health_check_node_port, "namespace": s.namespace, "name": s.name,
+             "localEndpoints": len(local.get(s.key, ()))}
+            for s in sorted(services, key=lambda s: s.key) if s.health_check_node_port is not None]
+
+
+def _sync_health_checks(store: Store, runtime: Runtime, spec: ClusterSpec, services: list[Service],
+                        slices: list[EndpointSlice]) -> None:
+    wanted = {node["metadata"]["name"]: health_checks(node["metadata"]["name"], services, slices)
+              for node in store.list(spec.name, "Node")}
+    if not any(wanted.values()) and store.get_meta(spec.name, HEALTH_CHECKED) is None:
+        return  # no health check anywhere, before or now: nothing to tell the agent
+    agent = runtime.agent(spec.name, agent_socket(store, spec.name))
+    for node, checks in wanted.items():
+        agent.health_checks(node_key(node), checks)
+    if any(wanted.values()):  # from now on every sync tells the agent, also when the last check goes
+        store.set_meta(spec.name, HEALTH_CHECKED, "1")
 
 
 def _previous_render(config: NodeConfig, state: dict | None) -> Ruleset | None:

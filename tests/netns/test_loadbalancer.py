@@ -1,9 +1,11 @@
 """LoadBalancer Services and externalIPs in a real cluster: the external client on the node
 network reaches the address the service controller gave (the elected node answers its ARP),
-through kube-proxy's KUBE-EXT / KUBE-FW rules, with real TCP and UDP packets."""
+through kube-proxy's KUBE-EXT / KUBE-FW rules, with real TCP and UDP packets; and, for the
+Local policy, every node answers kube-proxy's health check on the healthCheckNodePort."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import time
@@ -133,6 +135,29 @@ def test_local_policy_keeps_the_client_ip_and_is_announced_by_the_endpoints_node
     assert curl(f"http://{ip}/clientip").rsplit(":", 1)[0] == "172.20.0.2"
 
 
+def health_checks(cli, name: str) -> dict[str, tuple[int, dict, str]]:
+    """node -> (HTTP status, JSON body, headers) of ``GET /healthz`` on the Service's
+    healthCheckNodePort of each node's address, from the external client."""
+    port = services(cli)[name]["spec"]["healthCheckNodePort"]
+    answers = {}
+    for node in cli.json("get", "nodes", "--name", CLUSTER)["items"]:
+        address = next(a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP")
+        out = curl(f"http://{address}:{port}/healthz", "-i")
+        head, _, body = out.replace("\r\n", "\n").partition("\n\n")
+        answers[node["metadata"]["name"]] = (int(head.split()[1]), json.loads(body), head)
+    return answers
+
+
+def test_each_node_answers_the_health_check_with_its_local_endpoints_as_kube_proxy_does(cluster):
+    answers = health_checks(cluster, "solo-local")
+    assert {node: status for node, (status, _, _) in answers.items()} == {"node-1": 503, "node-2": 200, "node-3": 503}
+    _, body, head = answers["node-2"]
+    assert body == {"service": {"namespace": "default", "name": "solo-local"}, "localEndpoints": 1,
+                    "serviceProxyHealthy": True}
+    assert "Content-Type: application/json" in head and "X-Load-Balancing-Endpoint-Weight: 1" in head
+    assert answers["node-1"][1]["localEndpoints"] == 0 and "X-Load-Balancing-Endpoint-Weight: 0" in answers["node-1"][2]
+
+
 def test_external_ip_is_reachable(cluster):
     assert curl("http://203.0.113.10/hostname").startswith("web-")
 
@@ -149,6 +174,9 @@ def test_the_announcement_moves_with_the_local_endpoint(cluster):
     assert ip in proxied_addresses("node-3") and ip not in proxied_addresses("node-2")
     # the gratuitous ARP moved the external client's neighbour entry at once: no stale MAC
     assert curl(f"http://{ip}/clientip").rsplit(":", 1)[0] == "172.20.0.2"
+    # and the health checks follow the endpoint: node-3 answers 200 now, node-2 503
+    assert {node: status for node, (status, _, _) in health_checks(cluster, "solo-local").items()} == {
+        "node-1": 503, "node-2": 503, "node-3": 200}
 
 
 def test_delete_releases_the_address_to_the_pending_service(cluster):
