@@ -66,11 +66,11 @@ def _check_sandbox(inv: Invocation, host_ns: str) -> None:
     if _same_namespace(sandbox, host_ns):
         raise CniError(spec.ERR_PLUGIN, f"CNI_NETNS {sandbox} is the node's own network namespace")
     try:
-        links = observe.observe_links(sandbox)
+        taken = netns.ifindex(sandbox, inv.env.ifname) is not None
     except OverlaynetError as exc:
         raise CniError(spec.ERR_UNKNOWN_CONTAINER, f"CNI_NETNS {sandbox} is not a usable network namespace",
                        str(exc)) from None
-    if any(link["name"] == inv.env.ifname for link in links):
+    if taken:
         raise CniError(spec.ERR_PLUGIN, f'interface "{inv.env.ifname}" already exists in {sandbox}')
 
 

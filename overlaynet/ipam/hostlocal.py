@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import ipaddress
 import os
 from collections.abc import Iterator, Mapping
@@ -268,6 +269,40 @@ def owner(content: str) -> tuple[str, str | None]:
     return content, None
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _entry_address(entry: str) -> IPAddress | None:
+    """The address a state directory entry is named after; None for ``lock`` and the like.
+    (Cached: every allocation reads every entry's name.)"""
+    try:
+        return ipaddress.ip_address(entry)
+    except ValueError:
+        return None
+
+
+def _read_text(name: str, directory: int) -> str:
+    """A state file's content, its ``\\r\\n`` kept (a file per address is read on every ADD:
+    plain reads, without a text file object)."""
+    fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=directory)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 4096):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+def _overwrite(path: str, data: bytes) -> None:
+    """Replace the content of ``path`` with ``data``, written over the old content and cut to
+    length: opening with O_TRUNC frees the file's block first (~0.2 ms on ext4, every ADD)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+    finally:
+        os.close(fd)
+
+
 class DiskStore:
     """host-local's directory: ``<dataDir>/<network>/{<ip>, last_reserved_ip.<n>, lock}``."""
 
@@ -299,19 +334,25 @@ class DiskStore:
             return out
         except OSError as exc:
             raise self._io_error(exc, "list allocations") from exc
-        for entry in entries:
-            try:
-                ip = ipaddress.ip_address(entry)
-            except ValueError:
-                continue
-            try:
-                path = os.path.join(self.directory, entry)
-                with open(path, encoding="utf-8", errors="replace", newline="") as handle:  # keep the \r\n
-                    out[ip] = handle.read()
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                raise self._io_error(exc, f"read {entry}") from exc
+        try:
+            directory = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return out
+        except OSError as exc:
+            raise self._io_error(exc, "list allocations") from exc
+        try:
+            for entry in entries:
+                ip = _entry_address(entry)
+                if ip is None:
+                    continue
+                try:
+                    out[ip] = _read_text(entry, directory)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    raise self._io_error(exc, f"read {entry}") from exc
+        finally:
+            os.close(directory)
         return out
 
     def reserve(self, ip: IPAddress, content: str, set_index: int) -> bool:
@@ -331,8 +372,7 @@ class DiskStore:
         os.close(fd)
         last = os.path.join(self.directory, f"{LAST_RESERVED_PREFIX}{set_index}")
         try:
-            with open(last, "w", encoding="ascii") as handle:
-                handle.write(str(ip))
+            _overwrite(last, str(ip).encode())
         except OSError as exc:
             os.unlink(path)
             raise self._io_error(exc, f"write {os.path.basename(last)}") from exc

@@ -10,8 +10,11 @@ How it stays fast (bring-up is measured against raw ``ip -batch`` by ``bench/flo
 - one ``IPRoute`` per namespace per call, opened while the thread is inside it (a netlink
   socket stays bound to the namespace it was opened in), never pyroute2's forking
   ``IPRoute(netns=...)``; sockets subscribe to no multicast groups and are closed at the end;
-- ifindexes are looked up once per call and cached; links are created, configured, enslaved
-  and brought up in one request, and changed by name rather than by a looked-up index;
+- a new namespace's loopback is brought up on a bare netlink socket (the message encoded and
+  the answer parsed by pyroute2), not an ``IPRoute``: a pod's sandbox needs nothing else;
+- ifindexes are looked up by name without netlink (``netns.ifindex``) once per call and
+  cached; links are created, configured, enslaved and brought up in one request, and changed
+  by name rather than by a looked-up index;
 - ``ensure_*`` tries the create first and inspects only when the kernel says "exists", so a
   fresh bring-up pays no read before each write;
 - ``remove`` does not take apart what lives in a namespace the same plan deletes.
@@ -151,8 +154,11 @@ class NetlinkSession:
         key = (ns, ifname)
         idx = self._index.get(key)
         if idx is None:
-            msgs = self.ipr(ns).link("get", ifname=ifname)
-            idx = msgs[0]["index"]
+            if not netns.exists(ns):
+                raise _Refused(f'netns "{ns}" does not exist')
+            idx = netns.ifindex(ns, ifname)
+            if idx is None:
+                raise OSError(errno.ENODEV, os.strerror(errno.ENODEV))
             self._index[key] = idx
         return idx
 
@@ -247,9 +253,33 @@ def _create_link(s: NetlinkSession, ns: str, ifname: str, **attrs: Any) -> bool:
 # --------------------------------------------------------------------------- ensure_*
 
 
+def _loopback_up(ns: str) -> None:
+    """``ip link set lo up`` in ``ns`` on a bare netlink socket (~0.3 ms less than an
+    ``IPRoute``); pyroute2 encodes the request and parses the answer."""
+    from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
+    from pyroute2.netlink.rtnl import RTM_NEWLINK
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+    from pyroute2.netlink.rtnl.marshal import MarshalRtnl
+
+    msg = ifinfmsg()
+    msg["flags"] = msg["change"] = _IFF_UP
+    msg["attrs"] = [("IFLA_IFNAME", "lo")]
+    msg["header"]["type"] = RTM_NEWLINK
+    msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK
+    msg.encode()
+    with netns.inside(ns):
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE)
+    with sock:
+        sock.send(msg.data)
+        answer = sock.recv(1 << 16)
+    for reply in MarshalRtnl().parse(answer):
+        if reply["header"].get("error") is not None:
+            raise reply["header"]["error"]
+
+
 def ensure_netns(s: NetlinkSession, step: Netns) -> None:
     netns.ensure(step.name)
-    _set_link(s, step.name, "lo", state="up")
+    _loopback_up(step.name)
 
 
 def _sysctl_path(key: str) -> str:
@@ -522,8 +552,8 @@ def _ignore_gone(fn: Callable[[], Any]) -> None:
 def _index_or_none(s: NetlinkSession, ns: str, ifname: str) -> int | None:
     try:
         return s.index(ns, ifname)
-    except _netlink_error() as exc:
-        if exc.code in _GONE:
+    except OSError as exc:
+        if exc.errno in _GONE:
             return None
         raise
 

@@ -5,6 +5,8 @@ fork: the calling *thread* unshares a new network namespace, pyroute2 binds it t
 and the thread returns to where it was. ``inside(name)`` switches the calling thread into a
 namespace for the duration of a ``with`` block; a socket opened there stays in that namespace
 after the thread leaves, which is how one process serves sockets in many namespaces.
+``ifindex(name, ifname)`` asks a namespace for an interface's index by name (``SIOCGIFINDEX``
+on a socket made there): no netlink socket, so cheap enough for every CNI ADD.
 
 Network namespaces are per thread (setns(2) with CLONE_NEWNET affects only the caller), so
 these helpers are safe in a multi-threaded process as long as each thread restores itself;
@@ -17,6 +19,7 @@ import contextlib
 import ctypes
 import errno
 import os
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -74,6 +77,15 @@ def inside(name: str) -> Iterator[None]:
             _setns(home, "(original)")
     finally:
         os.close(home)
+
+
+def ifindex(name: str, ifname: str) -> int | None:
+    """The index of interface ``ifname`` in namespace ``name``; None if there is none."""
+    with inside(name):
+        try:
+            return socket.if_nametoindex(ifname)
+        except OSError:  # "no interface with this name" (no errno)
+            return None
 
 
 def ensure(name: str) -> bool:
