@@ -7,7 +7,8 @@ What this module owns (cni.md §1, §6-7):
   — the plugin object with ``name``, ``cniVersion``, ``prevResult`` and, for the capabilities
   it declares, ``runtimeConfig`` injected (``capabilities`` itself is not sent, as spec 1.0
   says) — inside the node's network namespace when ``exec_netns`` is given
-  (``nsenter --net=<path> -- <plugin>``: no ``preexec_fn``, so callers may use threads);
+  (the calling thread enters it while the plugin starts, so the child is born there: no
+  ``nsenter`` exec in between and no ``preexec_fn``, so callers may use threads);
 - ADD in order with ``prevResult`` chaining, stopping at the first error; the final result
   cached as ``<cache_dir>/results/<network>-<containerID>-<ifname>`` (libcni's layout and
   ``cniCacheV1`` document); CHECK in order and DEL in reverse order, each with the cached
@@ -29,6 +30,7 @@ A failed ADD is followed by a DEL of the whole list (as containerd does after a 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import subprocess
@@ -111,19 +113,25 @@ class CniRuntime:
             env["CNI_ARGS"] = spec.format_cni_args(args)
         return env
 
+    def _in_exec_netns(self, who: str) -> contextlib.AbstractContextManager[None]:
+        """The calling thread inside ``exec_netns`` (a child it starts is born there), or as is."""
+        if not self.exec_netns:
+            return contextlib.nullcontext()
+        from overlaynet.kernel import netns
+
+        if not netns.exists(self.exec_netns):
+            raise CniError(spec.ERR_PLUGIN, f"{who}: network namespace {netns.path(self.exec_netns)} does not exist")
+        return netns.inside(self.exec_netns)
+
     def _exec(self, plugin: Mapping, command: str, env: dict[str, str], stdin: bytes) -> str:
         """Run one plugin; its stdout on success, else a ``CniError`` saying what went wrong."""
         plugin_type = plugin["type"]
         executable = self.find_plugin(plugin_type)
-        argv = [executable]
-        if self.exec_netns:
-            from overlaynet.kernel import netns
-
-            argv = ["nsenter", f"--net={netns.path(self.exec_netns)}", "--", executable]
         who = f'network "{self.name}": plugin {plugin_type} {command}'
         try:
-            proc = subprocess.run(argv, input=stdin, capture_output=True, env=env, timeout=self.timeout,
-                                  close_fds=True)
+            with self._in_exec_netns(who):
+                proc = subprocess.run([executable], check=False, input=stdin, capture_output=True, env=env,
+                                      timeout=self.timeout, close_fds=True)
         except subprocess.TimeoutExpired as exc:
             raise CniError(spec.ERR_PLUGIN, f"{who}: no answer within {self.timeout:g} s (killed)",
                            _tail(exc.stderr or b"")) from None

@@ -424,6 +424,25 @@ def test_a_plugin_missing_from_the_path_is_named_with_every_directory(lab):
 # -- VERSION, STATUS, GC ------------------------------------------------------------------
 
 
+def test_plugins_run_inside_the_node_netns_and_a_missing_one_is_named(lab):
+    bin_dir = lab.tmp / "where"
+    bin_dir.mkdir()
+    script = bin_dir / "netns-probe"  # fails with an error object naming the netns it ran in
+    script.write_text("#!/bin/sh\ncat >/dev/null\n"
+                      "printf '{\"cniVersion\":\"1.0.0\",\"code\":100,\"msg\":\"ran in %s\"}' "
+                      "\"$(readlink /proc/self/ns/net)\"\nexit 1\n")
+    script.chmod(0o755)
+    conflist = lab.conflist({"type": "netns-probe"})
+    with pytest.raises(CniError) as info:
+        CniRuntime(conflist, [str(bin_dir)], lab.cache_dir, exec_netns=lab.node).add(
+            "ctr-a", lab.sandbox("a"), "eth0", {})
+    assert f"ran in net:[{os.stat(netns.path(lab.node)).st_ino}]" in info.value.msg
+    with pytest.raises(CniError) as info:
+        CniRuntime(conflist, [str(bin_dir)], lab.cache_dir, exec_netns="no-such-node").add(
+            "ctr-a", lab.sandbox("a"), "eth0", {})
+    assert "network namespace /run/netns/no-such-node does not exist" in info.value.msg
+
+
 @pytest.mark.parametrize("version", ["0.4.0", "1.0.0", "1.1.0"])
 @pytest.mark.parametrize("plugin", ["overlaynet-flannel", "overlaynet-calico", "overlaynet-ipam"])
 def test_version_answers_each_version(lab, plugin, version):
