@@ -347,8 +347,8 @@ class Agent:
             server.close()
             for task in list(self._connections):
                 task.cancel()
-            for served in list(self.keys.values()):
-                await served.close()
+            # every pod's servers at once: one after another costs a loop turn or more each
+            await asyncio.gather(*(served.close() for served in self.keys.values()))
             self.keys.clear()
             if self._cni_pool is not None:  # let CNI operations in flight finish: no half-wired pod
                 await loop.run_in_executor(None, self._cni_pool.shutdown, True)

@@ -40,3 +40,16 @@ def test_a_pid_that_is_no_longer_ours_is_not_signalled():
     finally:
         child.kill()
         child.wait()
+
+
+def test_a_pid_that_has_already_gone_is_skipped():
+    child = subprocess.Popen(["true"])
+    child.wait()
+    assert processes.stop([child.pid], _alive({child.pid: child}), 0.1, 0.1) == []
+
+
+def test_several_processes_are_stopped_together():
+    children = [subprocess.Popen(["sleep", "60"]) for _ in range(3)]
+    by_pid = {child.pid: child for child in children}
+    assert processes.stop(list(by_pid), _alive(by_pid), 5.0, 5.0) == []
+    assert [child.returncode for child in children] == [-15, -15, -15]
