@@ -187,33 +187,29 @@ class Watcher:
             asyncio.get_running_loop().remove_reader(events.fileno())
             events.close()
 
-    def _rules_readable(self, name: str) -> None:
-        sock = self.rule_sockets[name]
+    @staticmethod
+    def _drain(sock: socket.socket, touched: Callable[[bytes], bool]) -> bool:
+        """Read every event waiting on ``sock``; True if one is ``touched`` or some were lost."""
+        found = False
         while True:
             try:
                 data = sock.recv(1 << 16)
             except BlockingIOError:
-                return
+                return found
             except OSError:  # ENOBUFS: events were lost; look anyway
-                touched = True
-            else:
-                touched = rules_touched(data)
-            if touched:
-                self._rules_changed = True
-                self._kernel_changed.set()
+                found = True
+                continue
+            found = found or touched(data)
+
+    def _rules_readable(self, name: str) -> None:
+        if self._drain(self.rule_sockets[name], rules_touched):
+            self._rules_changed = True
+            self._kernel_changed.set()
 
     def _readable(self, name: str) -> None:
         sock, _ = self.sockets[name]
-        while True:
-            try:
-                data = sock.recv(1 << 16)
-            except BlockingIOError:
-                return
-            except OSError:  # ENOBUFS: events were lost; look anyway
-                self._kernel_changed.set()
-                continue
-            if any(worth_a_look(message) for message in self.marshal.parse(data)):
-                self._kernel_changed.set()
+        if self._drain(sock, lambda data: any(worth_a_look(message) for message in self.marshal.parse(data))):
+            self._kernel_changed.set()
 
     def _forget_deleted(self) -> None:
         """Let go of namespaces deleted (or replaced) under their name since the last tick."""

@@ -71,3 +71,20 @@ def deployment(name: str, replicas: int, **pod_spec) -> dict:
 def pod(name: str, **pod_spec) -> dict:
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
             "spec": {"containers": [{"name": "c", "image": "busybox"}], **pod_spec}}
+
+
+def delete_vxlan_entries(cli, cluster: str) -> tuple[str, str, str, list[str]]:
+    """Delete node-1's route, neighbour and FDB entry for node-2 (as a flanneld that lost
+    them would leave it); ``(node-1's netns, node-2's podCIDR, its VTEP address, the FDB
+    line split in words)``."""
+    node1 = f"{cluster}.node.node-1"
+    peer_cidr = next(r for r in cli.json("get", "nodes", "--name", cluster)["items"]
+                     if r["metadata"]["name"] == "node-2")["spec"]["podCIDR"]
+    vtep = peer_cidr.split("/")[0]
+    fdb = subprocess.run(["bridge", "-n", node1, "fdb", "show", "dev", "flannel.1"], capture_output=True,
+                         text=True, check=True).stdout.split()
+    subprocess.run(["ip", "-n", node1, "route", "del", peer_cidr], check=True)
+    subprocess.run(["ip", "-n", node1, "neigh", "del", vtep, "dev", "flannel.1"], check=True)
+    subprocess.run(["bridge", "-n", node1, "fdb", "del", fdb[0], "dev", "flannel.1", "dst", fdb[fdb.index("dst") + 1]],
+                   check=True)
+    return node1, peer_cidr, vtep, fdb

@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from tests.netns.clusters import Cli, in_netns, short_state_dir
+from tests.netns.clusters import Cli, delete_vxlan_entries, in_netns, short_state_dir
 from tests.netns.test_trace_fault import bring_up, pings, take_down
 
 FLANNEL = "recfl"
@@ -60,16 +60,8 @@ def test_a_healthy_cluster_has_nothing_to_repair(flannel):
 
 def test_vxlan_drift_is_put_back_and_named(flannel):
     cli, ips = flannel
-    node1, node2 = f"{FLANNEL}.node.node-1", f"{FLANNEL}.node.node-2"
-    peer_cidr = next(r for r in cli.json("get", "nodes", "--name", FLANNEL)["items"]
-                     if r["metadata"]["name"] == "node-2")["spec"]["podCIDR"]
-    vtep = peer_cidr.split("/")[0]
-    fdb = subprocess.run(["bridge", "-n", node1, "fdb", "show", "dev", "flannel.1"], capture_output=True,
-                         text=True, check=True).stdout.split()
-    ip(node1, "route", "del", peer_cidr)
-    ip(node1, "neigh", "del", vtep, "dev", "flannel.1")
-    subprocess.run(["bridge", "-n", node1, "fdb", "del", fdb[0], "dev", "flannel.1", "dst", fdb[fdb.index("dst") + 1]],
-                   check=True)
+    node2 = f"{FLANNEL}.node.node-2"
+    _, peer_cidr, vtep, fdb = delete_vxlan_entries(cli, FLANNEL)
     ip(node2, "addr", "flush", "dev", "cni0")
     ip(f"{FLANNEL}.pod.default.b", "route", "del", "default")
     assert not pings(FLANNEL, "a", ips["b"])

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from overlaynet.agent.client import find_agent_pids, find_guardian_pids
-from tests.netns.clusters import Cli, in_netns, short_state_dir
+from tests.netns.clusters import Cli, delete_vxlan_entries, in_netns, short_state_dir
 from tests.netns.test_trace_fault import bring_up, pings, take_down
 
 FLANNEL = "healfl"
@@ -67,16 +67,7 @@ def test_up_says_it_heals_and_the_agent_watches_the_underlay_and_nodes(flannel):
 
 def test_a_deleted_route_neighbour_and_fdb_entry_come_back_by_themselves(flannel):
     cli, ips = flannel
-    node1 = f"{FLANNEL}.node.node-1"
-    peer_cidr = next(r for r in cli.json("get", "nodes", "--name", FLANNEL)["items"]
-                     if r["metadata"]["name"] == "node-2")["spec"]["podCIDR"]
-    vtep = peer_cidr.split("/")[0]
-    fdb = subprocess.run(["bridge", "-n", node1, "fdb", "show", "dev", "flannel.1"], capture_output=True,
-                         text=True, check=True).stdout.split()
-    ip(node1, "route", "del", peer_cidr)
-    ip(node1, "neigh", "del", vtep, "dev", "flannel.1")
-    subprocess.run(["bridge", "-n", node1, "fdb", "del", fdb[0], "dev", "flannel.1", "dst", fdb[fdb.index("dst") + 1]],
-                   check=True)
+    node1, peer_cidr, vtep, fdb = delete_vxlan_entries(cli, FLANNEL)
 
     def whole() -> bool:
         return (peer_cidr in ip(node1, "route") and vtep in ip(node1, "neigh", "show", "dev", "flannel.1")
