@@ -149,8 +149,9 @@ def up(config, cluster, nodes, cni, cluster_cidr, node_cidr_mask_size, service_c
     if spec.dns:
         click.echo(f"✓ cluster DNS: kube-system/kube-dns at {spec.dns_service_ip}, domain {spec.cluster_domain}")
     if spec.self_heal:
-        click.echo("✓ self-heal: routes, neighbours, FDB entries, devices and BIRD deleted behind overlaynet's back "
-                   "come back within a second (see the agent's log)")
+        click.echo("✓ self-heal: routes, neighbours, FDB entries, devices, kube-proxy's chains, BIRD and the agent "
+                   "come back within a second when deleted or killed behind overlaynet's back; repairs are logged "
+                   f"in {manager.store.runtime_path(spec.name, 'agent.log')}")
     for node in manager.nodes(spec.name):
         click.echo(f"✓ {node['metadata']['name']:<12} {internal_ip(node):<15} podCIDR {node['spec']['podCIDR']}")
     if spec.bgp == "bird":

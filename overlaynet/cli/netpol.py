@@ -124,7 +124,7 @@ def policy_lines(manager, cluster: str, record: dict) -> list[str]:
     pod = policies.pod_endpoint(record)
     chosen = policies_selecting(view, pod)
     if not chosen[INGRESS] and not chosen[EGRESS]:
-        return ["Network policy:  not isolated (no NetworkPolicy selects this pod: all traffic allowed)"]
+        return ["Network policy:     not isolated (no NetworkPolicy selects this pod: all traffic allowed)"]
     spec = manager.spec(cluster)
     interface = netpol_sync.pod_interface(spec, record) if pod.ip else None
     lines = ["Network policy:"]
