@@ -84,6 +84,7 @@ def rules_touched(data: bytes) -> bool:
 
 def _groups() -> int:
     """The multicast groups of the events watched: links, neighbours and FDB, routes, addresses."""
+    netns.load_pyroute2()
     from pyroute2.netlink import rtnl
 
     return rtnl.RTMGRP_LINK | rtnl.RTMGRP_NEIGH | rtnl.RTMGRP_IPV4_ROUTE | rtnl.RTMGRP_IPV4_IFADDR
@@ -120,6 +121,7 @@ class Watcher:
             self._let_go(name)
         missing = []
         if names and self.marshal is None:
+            netns.load_pyroute2()
             from pyroute2.netlink.rtnl import marshal
 
             self.marshal = marshal.MarshalRtnl()

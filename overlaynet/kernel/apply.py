@@ -174,6 +174,7 @@ class NetlinkSession:
     """
 
     def __init__(self) -> None:
+        netns.load_pyroute2()
         self._sockets: dict[str, Any] = {}
         self._bare: dict[str, BareRtnl] = {}
         self._index: dict[tuple[str, str], int] = {}
@@ -296,7 +297,12 @@ def _set_hairpin(s: NetlinkSession, ns: str, ifname: str, on: bool) -> None:
         ("IFLA_INFO_SLAVE_KIND", "bridge"),
         ("IFLA_INFO_SLAVE_DATA", {"attrs": [(BRPORT_HAIRPIN, 1 if on else 0)]}),
     ]}
-    s.ipr(ns).link("set", ifname=ifname, IFLA_LINKINFO=linkinfo)
+    from pyroute2.netlink.rtnl import RTM_NEWLINK
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+    msg = ifinfmsg()
+    msg["attrs"] = [("IFLA_IFNAME", ifname), ("IFLA_LINKINFO", linkinfo)]
+    s.rtnl(ns).request(msg, RTM_NEWLINK)
 
 
 def _mac(value: str | None) -> str | None:
@@ -389,6 +395,36 @@ def ensure_bridge(s: NetlinkSession, step: Bridge) -> None:
     _set_link(s, step.netns, step.name, mtu=step.mtu)
 
 
+def _create_veth(s: NetlinkSession, step: VethPair, master: int | None, peer_netns_fd: int) -> bool:
+    """``ip link add NAME up mtu M [address A] [master B] type veth peer name P netns FD mtu M
+    [address A']``, in one request on the bare socket; False if the name is taken."""
+    from pyroute2.netlink import NLM_F_CREATE, NLM_F_EXCL
+    from pyroute2.netlink.rtnl import RTM_NEWLINK
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+    peer = [("IFLA_IFNAME", step.peer_name), ("IFLA_MTU", step.mtu), ("IFLA_NET_NS_FD", peer_netns_fd)]
+    if step.peer_mac:
+        peer.append(("IFLA_ADDRESS", _mac(step.peer_mac)))
+    msg = ifinfmsg()
+    msg["flags"] = msg["change"] = _IFF_UP
+    msg["attrs"] = [("IFLA_IFNAME", step.name), ("IFLA_MTU", step.mtu)]
+    if step.mac:
+        msg["attrs"].append(("IFLA_ADDRESS", _mac(step.mac)))
+    if master is not None:
+        msg["attrs"].append(("IFLA_MASTER", master))
+    msg["attrs"].append(("IFLA_LINKINFO", {"attrs": [
+        ("IFLA_INFO_KIND", "veth"),
+        ("IFLA_INFO_DATA", {"attrs": [("VETH_INFO_PEER", {"attrs": peer})]}),
+    ]}))
+    try:
+        s.rtnl(step.netns).request(msg, RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL)
+    except _netlink_error() as exc:
+        if exc.code == errno.EEXIST:
+            return False
+        raise
+    return True
+
+
 def _veth_is_ours(s: NetlinkSession, step: VethPair, link: Any) -> bool:
     if _kind(link) != "veth":
         return False
@@ -403,19 +439,10 @@ def _veth_is_ours(s: NetlinkSession, step: VethPair, link: Any) -> bool:
 
 def ensure_veth(s: NetlinkSession, step: VethPair) -> None:
     master = s.index(step.netns, step.master) if step.master else None
-    peer: dict[str, Any] = {"ifname": step.peer_name, "mtu": step.mtu}
-    if step.peer_mac:
-        peer["address"] = _mac(step.peer_mac)
-    attrs: dict[str, Any] = {"kind": "veth", "mtu": step.mtu, "state": "up"}
-    if step.mac:
-        attrs["address"] = _mac(step.mac)
-    if master is not None:
-        attrs["master"] = master
     s.rtnl(step.peer_netns)  # fails clearly if the peer namespace is missing
     fd = os.open(netns.path(step.peer_netns), os.O_RDONLY)
     try:
-        peer["net_ns_fd"] = fd
-        created = _create_link(s, step.netns, step.name, peer=peer, **attrs)
+        created = _create_veth(s, step, master, fd)
         if not created:
             link = _get_link(s, step.netns, step.name)
             if link is None:
@@ -427,14 +454,14 @@ def ensure_veth(s: NetlinkSession, step: VethPair) -> None:
                 # (overlaynet's self-heal makes the node again). Replace it with our pair.
                 s.ipr(step.peer_netns).link("del", ifname=step.peer_name)
                 s.forget(step.peer_netns, step.peer_name)
-                if not _create_link(s, step.netns, step.name, peer=peer, **attrs):
+                if not _create_veth(s, step, master, fd):
                     raise _Refused(f'{step.peer_name} already exists in netns "{step.peer_netns}"')
             elif not _veth_is_ours(s, step, link):
                 # A stale or foreign device holds the name: replace it with the pair we want.
                 s.ipr(step.netns).link("del", ifname=step.name)
                 s.forget(step.netns, step.name)
                 s.forget(step.peer_netns, step.peer_name)
-                if not _create_link(s, step.netns, step.name, peer=peer, **attrs):
+                if not _create_veth(s, step, master, fd):
                     raise _Refused(f'{step.peer_name} already exists in netns "{step.peer_netns}"')
             else:
                 local: dict[str, Any] = {"mtu": step.mtu, "master": master or 0}

@@ -20,6 +20,7 @@ import ctypes
 import errno
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,6 +30,18 @@ from overlaynet.errors import KernelError
 NETNS_RUN_DIR = "/run/netns"
 _CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
+
+
+_PYROUTE2_IMPORT = threading.Lock()
+
+
+def load_pyroute2() -> None:
+    """Import the pyroute2 package whole, once, under a lock, before any of its submodules:
+    its ``__init__`` imports them in the order they need, and a thread importing a submodule
+    by name while another runs that ``__init__`` meets a partially initialized module
+    ("cannot import name ... circular import"), as concurrent CNI ADDs in the agent did."""
+    with _PYROUTE2_IMPORT:
+        import pyroute2  # noqa: F401
 
 
 def path(name: str) -> str:
@@ -97,7 +110,8 @@ def ensure(name: str) -> bool:
         if _libc.unshare(_CLONE_NEWNET) != 0:
             err = ctypes.get_errno()
             raise KernelError(f'netns "{name}": unshare failed: {os.strerror(err)}')
-        from pyroute2 import netns as pyroute2_netns  # lazy: the agent only needs inside()
+        load_pyroute2()  # lazy: the agent only needs inside()
+        from pyroute2 import netns as pyroute2_netns
 
         try:
             pyroute2_netns.attach(name, "thread-self")
@@ -117,6 +131,7 @@ def delete(name: str) -> bool:
     """
     if not exists(name):
         return False
+    load_pyroute2()
     from pyroute2 import netns as pyroute2_netns
 
     try:
