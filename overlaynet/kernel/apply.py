@@ -61,6 +61,8 @@ from overlaynet.errors import HostError, InvalidInput, KernelError
 from overlaynet.kernel import arp, netns
 
 NUD_PERMANENT = 0x80
+NUD_NOARP = 0x40
+NTF_SELF = 0x02  # NTF_SELF (linux/neighbour.h): the entry is the device's own (a VXLAN FDB), not a bridge's
 _NTF_PROXY = 0x08  # NTF_PROXY (linux/neighbour.h): a proxy ARP entry
 RTNH_F_ONLINK = 0x4
 RT_SCOPE_NOWHERE = 255
@@ -614,11 +616,24 @@ def ensure_route(s: NetlinkSession, step: Route) -> None:
     s.rtnl(step.netns).request(msg, RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE)
 
 
+def _new_neighbour(s: NetlinkSession, ns: str, family: int, ifindex: int, state: int, ndm_flags: int,
+                   nlm_flags: int, **nda: Any) -> None:
+    """``RTM_NEWNEIGH`` on the bare socket: ``ip neigh replace`` and ``bridge fdb append`` alike."""
+    from pyroute2.netlink.rtnl import RTM_NEWNEIGH
+    from pyroute2.netlink.rtnl.ndmsg import ndmsg
+
+    msg = ndmsg()
+    msg["family"], msg["ifindex"], msg["state"], msg["flags"] = family, ifindex, state, ndm_flags
+    msg["attrs"] = [(f"NDA_{key.upper()}", value) for key, value in nda.items() if value is not None]
+    s.rtnl(ns).request(msg, RTM_NEWNEIGH, nlm_flags)
+
+
 def ensure_neighbour(s: NetlinkSession, step: Neighbour) -> None:
-    s.ipr(step.netns).neigh(
-        "replace", dst=step.ip, lladdr=_mac(step.mac), ifindex=s.index(step.netns, step.dev),
-        state=NUD_PERMANENT, family=socket.AF_INET6 if ":" in step.ip else socket.AF_INET,
-    )
+    from pyroute2.netlink import NLM_F_CREATE, NLM_F_REPLACE
+
+    _new_neighbour(s, step.netns, socket.AF_INET6 if ":" in step.ip else socket.AF_INET,
+                   s.index(step.netns, step.dev), NUD_PERMANENT, 0, NLM_F_CREATE | NLM_F_REPLACE,
+                   dst=step.ip, lladdr=_mac(step.mac))
 
 
 def ensure_proxy_neighbour(s: NetlinkSession, step: ProxyNeighbour) -> None:
@@ -629,9 +644,12 @@ def ensure_proxy_neighbour(s: NetlinkSession, step: ProxyNeighbour) -> None:
 
 
 def ensure_fdb(s: NetlinkSession, step: FdbEntry) -> None:
-    # NLM_F_APPEND without NLM_F_EXCL: appending an entry that exists is not an error.
-    s.ipr(step.netns).fdb("append", ifindex=s.index(step.netns, step.dev),
-                          lladdr=_mac(step.mac), dst=step.dst)
+    from pyroute2.netlink import NLM_F_APPEND, NLM_F_CREATE
+
+    # `bridge fdb append ... self permanent`: NLM_F_APPEND without NLM_F_EXCL, so appending an
+    # entry that exists is not an error.
+    _new_neighbour(s, step.netns, socket.AF_BRIDGE, s.index(step.netns, step.dev), NUD_NOARP | NUD_PERMANENT,
+                   NTF_SELF, NLM_F_CREATE | NLM_F_APPEND, lladdr=_mac(step.mac), dst=step.dst)
 
 
 # --------------------------------------------------------------------------- delete_*

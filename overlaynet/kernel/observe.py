@@ -21,21 +21,16 @@ from typing import Any
 
 from overlaynet.errors import KernelError
 from overlaynet.kernel import netns
-from overlaynet.kernel.apply import off_event_loop
+from overlaynet.kernel.apply import NTF_SELF, NUD_NOARP, NUD_PERMANENT, RT_TABLE_MAIN, RTNH_F_ONLINK, off_event_loop
 
 IFF_UP = 0x1
 IFF_LOOPBACK = 0x8
-RTNH_F_ONLINK = 0x4
 RTNH_F_LINKDOWN = 0x10
-RT_TABLE_MAIN = 254
 AF_BRIDGE = 7
-NTF_SELF = 0x02
 NTF_MASTER = 0x04
 NTF_ROUTER = 0x80
 NTF_EXT_LEARNED = 0x10
 NTF_OFFLOADED = 0x20
-NUD_NOARP = 0x40
-NUD_PERMANENT = 0x80
 
 _NUD = [  # (bit, name) in the order `ip neigh` prints them
     (0x01, "INCOMPLETE"), (0x02, "REACHABLE"), (0x04, "STALE"), (0x08, "DELAY"),
