@@ -12,6 +12,7 @@ it the parsed configuration).
 from __future__ import annotations
 
 import ipaddress
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -23,6 +24,10 @@ from overlaynet.errors import CniError, OverlaynetError
 from overlaynet.ipam import hostlocal
 
 DEFAULT_BLOCK_SIZE = 26  # Calico's default IPv4 block (calico.md §2)
+# The agent runs many plugins' IPAM in threads of one process: they queue here, and each goes
+# the moment the one before is done, rather than on SQLite's busy handler, which sleeps 1 to
+# 100 ms between tries of the store's write lock (still the lock between processes).
+_BLOCKS_IN_PROCESS = threading.Lock()
 
 
 def command(inv: Invocation, conf: dict) -> Result | None:
@@ -45,11 +50,12 @@ def command(inv: Invocation, conf: dict) -> Result | None:
             hostlocal.cmd_status(conf, inv.env)
         return None
     if mode == IPAM_BLOCKS:
-        ipam_obj, node, close = open_block_ipam(conf)
-        try:
-            return blocks_command(cni_command, conf, inv.env, ipam_obj, node)
-        finally:
-            close()
+        with _BLOCKS_IN_PROCESS:
+            ipam_obj, node, close = open_block_ipam(conf)
+            try:
+                return blocks_command(cni_command, conf, inv.env, ipam_obj, node)
+            finally:
+                close()
     raise CniError(spec.ERR_UNSUPPORTED_FIELD, f'ipam.mode "{mode}" is not supported', "host-local or blocks")
 
 

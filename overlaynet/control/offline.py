@@ -159,6 +159,7 @@ class OfflineRuntime:
                 sandboxes: list[kubelet.Sandbox]) -> dict[kubelet.Sandbox, dict | OverlaynetError]:
         outcomes: dict[kubelet.Sandbox, dict | OverlaynetError] = {}
         for sandbox in sandboxes:
+            self.namespaces.add(os.path.basename(sandbox.netns_path))
             try:
                 outcomes[sandbox] = self._ipam("ADD", state_dir, cluster, sandbox)
             except OverlaynetError as error:

@@ -1,8 +1,8 @@
 """The pods' lifecycle: scheduled, given a sandbox and a CNI ADD, served; and taken down again.
 
 For a batch of pod requests this module does what the scheduler and then each node's kubelet
-do: place every pod (``scheduler``, over the nodes' capacity), record its namespace and
-create it, run the node's CNI chain (``Runtime.cni_add``), start what the pod serves on the
+do: place every pod (``scheduler``, over the nodes' capacity), record its namespace, have the
+runtime create it and run the node's CNI chain (``Runtime.cni_add``), start what the pod serves on the
 agent (with its probes), mark it Running; deleting runs the same steps backwards. A failure
 part-way removes what the batch built before the error travels on. It reaches side effects
 only through the ``Runtime`` it is given and never decides how many pods a Deployment wants
@@ -33,7 +33,6 @@ from overlaynet.control.records import (
 from overlaynet.control.seams import Agent, Runtime
 from overlaynet.control.store import Store
 from overlaynet.datapath.modes import get_mode
-from overlaynet.datapath.plan import Netns
 from overlaynet.errors import AgentError, KernelError, NotFoundError
 from overlaynet.node import kubelet, resolv, routes
 
@@ -67,6 +66,7 @@ def create_pods(store: Store, runtime: Runtime, spec: ClusterSpec, requests: lis
     cluster = spec.name
     nodes = {n["metadata"]["name"]: n for n in store.list(cluster, "Node")}
     placed = Counter(p["spec"]["nodeName"] for p in store.list(cluster, "Pod") if p["spec"].get("nodeName"))
+    capacity = {name: pod_capacity(spec, record) for name, record in nodes.items()}
     sandboxes: list[tuple[kubelet.Sandbox, PodRequest]] = []
     with store.transaction():
         for request in requests:
@@ -74,7 +74,7 @@ def create_pods(store: Store, runtime: Runtime, spec: ClusterSpec, requests: lis
                 scheduler.Candidate(
                     name=name, labels=record["metadata"].get("labels", {}),
                     ready=record["status"]["conditions"][0]["status"] == "True",
-                    free_ips=pod_capacity(spec, record) - placed[name], pods=placed[name],
+                    free_ips=capacity[name] - placed[name], pods=placed[name],
                 )
                 for name, record in nodes.items()
             ]
@@ -89,7 +89,6 @@ def create_pods(store: Store, runtime: Runtime, spec: ClusterSpec, requests: lis
             store.record(cluster, NETNS, names.pod_netns(cluster, request.namespace, request.name))
             sandboxes.append((attachment, request))
     try:
-        runtime.apply(tuple(Netns(names.pod_netns(cluster, s.namespace, s.name)) for s, _ in sandboxes))
         outcomes = runtime.cni_add(store.directory, cluster, [s for s, _ in sandboxes])
     except BaseException:
         delete_pods(store, runtime, spec, [_pod(store, cluster, s.namespace, s.name) for s, _ in sandboxes])

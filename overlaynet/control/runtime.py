@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 
 from overlaynet.agent.client import AgentClient, start_agent, stop_agent
 from overlaynet.control.seams import Agent, Bird, Iptables
-from overlaynet.datapath.plan import Plan, Step
+from overlaynet.datapath.plan import Netns, Plan, Step
 from overlaynet.errors import OverlaynetError
 from overlaynet.kernel import apply as kernel_apply
 from overlaynet.kernel import bird as kernel_bird
@@ -106,7 +106,10 @@ class HostRuntime:
 
     def cni_add(self, state_dir: str, cluster: str,
                 sandboxes: list[kubelet.Sandbox]) -> dict[kubelet.Sandbox, dict | OverlaynetError]:
-        return kubelet.add_all(state_dir, cluster, sandboxes)
+        def make_netns(sandbox: kubelet.Sandbox) -> None:
+            kernel_apply.apply((Netns(os.path.basename(sandbox.netns_path)),))
+
+        return kubelet.add_all(state_dir, cluster, sandboxes, make_netns)
 
     def cni_delete(self, state_dir: str, cluster: str, sandboxes: list[kubelet.Sandbox]) -> None:
         kubelet.delete_all(state_dir, cluster, sandboxes)

@@ -105,7 +105,8 @@ class Runtime(Protocol):
         """Delete namespaces; return those the kernel still shows after waiting."""
 
     def cni_add(self, state_dir: str, cluster: str,
-                sandboxes: list[Sandbox]) -> dict[Sandbox, dict | OverlaynetError]: ...
+                sandboxes: list[Sandbox]) -> dict[Sandbox, dict | OverlaynetError]:
+        """Make each sandbox's namespace (recorded already), then CNI ADD; a result or the error each."""
 
     def cni_delete(self, state_dir: str, cluster: str, sandboxes: list[Sandbox]) -> None: ...
 

@@ -16,6 +16,7 @@ import ipaddress
 import json
 import os
 import secrets
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -153,12 +154,16 @@ def _runtime(paths: NodePaths, node_netns: str) -> CniRuntime:
     return CniRuntime(read_conflist(paths), cni_path(), paths.cache_dir, exec_netns=f"/run/netns/{node_netns}")
 
 
-def add_all(state_dir: str, cluster: str, sandboxes: list[Sandbox]) -> dict[Sandbox, dict | OverlaynetError]:
-    """CNI ADD for every sandbox, several at once; each outcome is a result or the error."""
+def add_all(state_dir: str, cluster: str, sandboxes: list[Sandbox],
+            make_netns: Callable[[Sandbox], None]) -> dict[Sandbox, dict | OverlaynetError]:
+    """For every sandbox, several at once, what a container runtime's RunPodSandbox does for
+    the network: ``make_netns`` makes its namespace, then CNI ADD. Each outcome is a result or
+    the error (a namespace that could not be made gets no ADD)."""
 
     def add(sandbox: Sandbox) -> dict | OverlaynetError:
         runtime = _runtime(node_paths(state_dir, cluster, sandbox.node), names.node_netns(cluster, sandbox.node))
         try:  # a failed ADD is followed by DEL, as runtimes do (cni.md §4)
+            make_netns(sandbox)
             return runtime.add(sandbox.container_id, sandbox.netns_path, sandbox.ifname,
                                cni_args(sandbox.namespace, sandbox.name, sandbox.container_id), cleanup=True)
         except OverlaynetError as error:
