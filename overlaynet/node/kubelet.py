@@ -154,17 +154,23 @@ def _runtime(paths: NodePaths, node_netns: str) -> CniRuntime:
     return CniRuntime(read_conflist(paths), cni_path(), paths.cache_dir, exec_netns=f"/run/netns/{node_netns}")
 
 
+def _node_runtimes(state_dir: str, cluster: str, nodes: set[str]) -> dict[str, CniRuntime]:
+    """One CNI runtime per node of a batch: its conflist read once, not once per pod."""
+    return {node: _runtime(node_paths(state_dir, cluster, node), names.node_netns(cluster, node)) for node in nodes}
+
+
 def add_all(state_dir: str, cluster: str, sandboxes: list[Sandbox],
             make_netns: Callable[[Sandbox], None]) -> dict[Sandbox, dict | OverlaynetError]:
     """For every sandbox, several at once, what a container runtime's RunPodSandbox does for
     the network: ``make_netns`` makes its namespace, then CNI ADD. Each outcome is a result or
     the error (a namespace that could not be made gets no ADD)."""
 
+    runtimes = _node_runtimes(state_dir, cluster, {s.node for s in sandboxes})
+
     def add(sandbox: Sandbox) -> dict | OverlaynetError:
-        runtime = _runtime(node_paths(state_dir, cluster, sandbox.node), names.node_netns(cluster, sandbox.node))
         try:  # a failed ADD is followed by DEL, as runtimes do (cni.md §4)
             make_netns(sandbox)
-            return runtime.add(sandbox.container_id, sandbox.netns_path, sandbox.ifname,
+            return runtimes[sandbox.node].add(sandbox.container_id, sandbox.netns_path, sandbox.ifname,
                                cni_args(sandbox.namespace, sandbox.name, sandbox.container_id), cleanup=True)
         except OverlaynetError as error:
             return error
@@ -176,13 +182,13 @@ def add_all(state_dir: str, cluster: str, sandboxes: list[Sandbox],
 def delete_all(state_dir: str, cluster: str, sandboxes: list[Sandbox]) -> None:
     """CNI DEL for every sandbox (idempotent; a node whose config is gone has nothing left)."""
 
+    runtimes = _node_runtimes(state_dir, cluster, {s.node for s in sandboxes
+                                                   if os.path.exists(node_paths(state_dir, cluster, s.node).conflist)})
+
     def delete(sandbox: Sandbox) -> None:
-        paths = node_paths(state_dir, cluster, sandbox.node)
-        if not os.path.exists(paths.conflist):
-            return
-        _runtime(paths, names.node_netns(cluster, sandbox.node)).delete(
-            sandbox.container_id, sandbox.netns_path, sandbox.ifname,
-            cni_args(sandbox.namespace, sandbox.name, sandbox.container_id))
+        if sandbox.node in runtimes:
+            runtimes[sandbox.node].delete(sandbox.container_id, sandbox.netns_path, sandbox.ifname,
+                                          cni_args(sandbox.namespace, sandbox.name, sandbox.container_id))
 
     with ThreadPoolExecutor(max_workers=PARALLEL_ADDS) as pool:
         list(pool.map(delete, sandboxes))
