@@ -158,8 +158,8 @@ class ClusterManager:
         bgp_mesh.stop_all(self.store, self.runtime.bird, cluster)  # a BIRD would outlive its namespace's name
         owned = self.store.owned(cluster, NETNS)  # newest first: pods, then nodes, underlay
         lingering = self.runtime.delete_namespaces(owned)
-        for name in owned:
-            if name not in lingering:
+        with self.store.transaction():
+            for name in set(owned) - set(lingering):
                 self.store.forget(cluster, NETNS, name)
         if lingering:
             raise KernelError(f'cluster "{cluster}": namespaces still present after delete: {", ".join(lingering)}')

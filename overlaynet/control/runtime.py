@@ -97,8 +97,7 @@ class HostRuntime:
         return drift.missing_steps(plan)
 
     def delete_namespaces(self, netns_names: list[str]) -> list[str]:
-        for name in netns_names:
-            netns.delete(name)
+        netns.delete_all(netns_names)
         # And the throwaway namespace of a kernel probe whose `up` was killed mid-probe: it
         # belongs to no cluster's records, so this is where it goes.
         netns.sweep_throwaways("probe")

@@ -19,6 +19,7 @@ import contextlib
 import ctypes
 import errno
 import os
+import resource
 import socket
 import threading
 import time
@@ -143,6 +144,83 @@ def delete(name: str) -> bool:
             return False
         raise KernelError(f'netns "{name}": cannot delete: {exc}') from exc
     return True
+
+
+def delete_all(names: list[str]) -> None:
+    """Remove the namespaces ``names`` (the caller orders them: pods before their nodes) as
+    one: the kernel destroys them in one pass.
+
+    The kernel destroys a namespace in a work queue once its last reference is gone, and
+    each pass takes every namespace queued by then. Unmounted one after another, a thousand
+    namespaces reach it over several passes: each unmount then waits on the pass under way
+    (0.2 s for 1,051 namespaces here, against 0.04 s) and a node destroyed in a later pass
+    than its pods takes 0.4-1 s more. So each namespace is first pinned by a descriptor,
+    then all are unmounted, then every pin is dropped in a close_range(2) per run of
+    descriptors: the last references go within a millisecond. Before that, one RCU grace
+    period: the sockets of a process that has just exited (the agent's, one or more in
+    every namespace) let go of their namespaces only in RCU callbacks, and a pin must not
+    be outlived by them.
+    """
+    for chunk in _pinnable_chunks(names):
+        pins: list[int] = []
+        try:
+            for name in chunk:
+                try:
+                    pins.append(os.open(path(name), os.O_RDONLY | os.O_CLOEXEC))
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:  # out of descriptors after all: it goes unpinned
+                    if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                        raise
+            for name in chunk:
+                delete(name)
+            _rcu_grace_period()
+        finally:
+            _close_together(pins)
+
+
+# membarrier(2) has no glibc wrapper: its syscall number, per architecture
+_SYS_MEMBARRIER = {"x86_64": 324, "aarch64": 283}.get(os.uname().machine)
+_MEMBARRIER_CMD_GLOBAL = 1  # the kernel implements it as synchronize_rcu()
+
+
+def _rcu_grace_period() -> None:
+    """Wait for one RCU grace period (~8 ms here); without membarrier(2), do not wait."""
+    if _SYS_MEMBARRIER is not None:
+        _libc.syscall(_SYS_MEMBARRIER, _MEMBARRIER_CMD_GLOBAL, 0)
+
+
+_SPARE_DESCRIPTORS = 64  # for whatever else the process opens meanwhile
+
+
+def _pinnable_chunks(names: list[str]) -> Iterator[list[str]]:
+    """``names`` in as few chunks as the descriptor limit allows (one, normally): the soft
+    limit is raised toward the hard one for the time the pins are held, then put back."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    in_use = len(os.listdir("/proc/self/fd"))
+    wanted = in_use + len(names) + _SPARE_DESCRIPTORS
+    raised = soft
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        raised = wanted if hard == resource.RLIM_INFINITY else min(hard, wanted)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+    try:
+        size = max(1, len(names) if raised == resource.RLIM_INFINITY else raised - in_use - _SPARE_DESCRIPTORS)
+        for start in range(0, len(names), size):
+            yield names[start:start + size]
+    finally:
+        if raised != soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def _close_together(fds: list[int]) -> None:
+    """Close ``fds`` with one close_range(2) per run of consecutive numbers: the files are
+    released together as the call returns."""
+    fds = sorted(fds)
+    start = 0
+    for end in range(1, len(fds) + 1):
+        if end == len(fds) or fds[end] != fds[end - 1] + 1:
+            os.closerange(fds[start], fds[end - 1] + 1)
+            start = end
 
 
 def throwaway_name(purpose: str) -> str:

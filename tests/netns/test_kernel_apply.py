@@ -9,7 +9,10 @@ a ping from a pod on node 1 to a pod on node 2 crosses flannel.1 (VXLAN, UDP 847
 from __future__ import annotations
 
 import json
+import os
+import resource
 import subprocess
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -388,6 +391,41 @@ def test_remove_whole_plan_leaves_no_namespace(lab, prefix):
     assert ours(prefix) == []
     assert run("ip", "netns", "list").stdout.count(prefix) == 0
     kapply.remove(lab.plan)  # a second time: everything is already gone
+
+
+
+def test_delete_all_takes_the_namespaces_together_and_their_veths_with_them(lab, prefix):
+    """Pods before nodes, a name that never existed among them: every namespace goes, the
+    kernel destroys each pod's (taking the host side of its veth along: no pin of ours
+    outlives the call), and the descriptor limit is as it was."""
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)
+    netns.delete_all(lab.pods + [f"{prefix}never-made"])
+    assert ours(prefix) == sorted([lab.underlay] + lab.nodes)
+    deadline = time.monotonic() + 5
+    while any(netns.ifindex(node, veth) for node, veth in zip(lab.nodes, lab.host_veths)):
+        assert time.monotonic() < deadline, "a pod's namespace was not destroyed: its veth is still on the node"
+        time.sleep(0.02)
+    netns.delete_all(lab.nodes + [lab.underlay])
+    assert ours(prefix) == []
+    assert resource.getrlimit(resource.RLIMIT_NOFILE) == limit
+
+
+def test_delete_all_within_a_descriptor_limit_lower_than_the_namespaces(prefix):
+    """With too few descriptors to pin them all at once, the namespaces go in chunks; the
+    soft limit it lowered for the test is the limit afterwards."""
+    made = [f"{prefix}ns-{i}" for i in range(40)]
+    for name in made:
+        netns.ensure(name)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    in_use = len(os.listdir("/proc/self/fd"))
+    low = min(soft, in_use + 64 + 10)  # room to pin about ten at a time
+    resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
+    try:
+        netns.delete_all(made)
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (low, hard)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert ours(prefix) == []
 
 
 # --------------------------------------------------------------------------- errors
