@@ -73,6 +73,11 @@ class AgentError(OverlaynetError):
     """The per-cluster agent process is unreachable or answered with an error."""
 
 
+class RuleError(OverlaynetError):
+    """iptables rule text overlaynet cannot read or follow: in rules it wrote, a defect the
+    tests catch; in rules someone added to a node, what ``trace`` and reconcile report."""
+
+
 def invalid(kind: str, name: str, message: str) -> InvalidInput:
     """An ``InvalidInput`` that names the object: ``pod "web-1": <message>``."""
     return InvalidInput(f'{kind} "{name}": {message}')

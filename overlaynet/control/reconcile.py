@@ -50,10 +50,10 @@ from overlaynet.datapath import topology
 from overlaynet.datapath.modes import get_mode, uses_ipam_blocks
 from overlaynet.datapath.plan import Netns, Plan, Step, words
 from overlaynet.datapath.topology import NodeInfo, PodInfo
-from overlaynet.errors import AgentError, KernelError
+from overlaynet.errors import AgentError, KernelError, RuleError
 from overlaynet.node import bgp_mesh, netpol_sync, proxier, routes
 from overlaynet.proxy.render import CANARY_TABLES, KUBE_PROXY_CANARY
-from overlaynet.proxy.rules import RuleError, owned_rule_lines, saved_chain_lines
+from overlaynet.proxy.rules import owned_rule_lines, saved_chain_lines
 
 __all__ = ["Repair", "reconcile"]
 

@@ -26,6 +26,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from overlaynet.errors import RuleError
+
 STANDARD_TARGETS = frozenset({"ACCEPT", "DROP", "REJECT", "RETURN", "DNAT", "SNAT", "MASQUERADE", "MARK"})
 BUILTIN_CHAINS = {
     "filter": ("INPUT", "FORWARD", "OUTPUT"),
@@ -36,10 +38,6 @@ BUILTIN_CHAINS = {
 _TOKEN = re.compile(r'"((?:[^"\\]|\\.)*)"|(\S+)')
 _GENERIC = {"-s": "src", "--source": "src", "-d": "dst", "--destination": "dst", "-p": "proto",
             "--protocol": "proto", "-i": "in", "--in-interface": "in", "-o": "out", "--out-interface": "out"}
-
-
-class RuleError(ValueError):
-    """Rule text this module cannot read (a test-time defect, not a user error)."""
 
 
 # --------------------------------------------------------------------------- parsing

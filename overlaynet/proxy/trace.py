@@ -21,8 +21,9 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
+from overlaynet.errors import RuleError
 from overlaynet.proxy.render import Jump
-from overlaynet.proxy.rules import BUILTIN_CHAINS, STANDARD_TARGETS, Rule, RuleError, parse_rule, parse_tables
+from overlaynet.proxy.rules import BUILTIN_CHAINS, STANDARD_TARGETS, Rule, parse_rule, parse_tables
 
 
 def missing_targets(payload: str, jumps: Iterable[Jump] = (), existing: Mapping[str, Iterable[str]] | None = None

@@ -26,8 +26,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from overlaynet.cli.output import table
-from overlaynet.errors import InvalidInput, OverlaynetError
-from overlaynet.proxy.rules import RuleError, Tables
+from overlaynet.errors import InvalidInput, OverlaynetError, RuleError
+from overlaynet.proxy.rules import Tables
 from overlaynet.proxy.trace import Packet, TraceOutcome, Tracer
 
 PROTOCOLS = ("tcp", "udp", "icmp")

@@ -3,8 +3,8 @@ reference/kube-proxy.md §8."""
 
 import pytest
 
+from overlaynet.errors import RuleError
 from overlaynet.proxy.rules import (
-    RuleError,
     canonical_rule,
     canonical_tables,
     parse_rule,

@@ -3,7 +3,7 @@
 import pytest
 
 from overlaynet.proxy import render as R
-from overlaynet.proxy.rules import RuleError
+from overlaynet.errors import RuleError
 from overlaynet.proxy.trace import Packet, Tracer, missing_targets
 
 
