@@ -111,7 +111,9 @@ class _Guarded:
 
 
 class Store:
-    def __init__(self, directory: str | None = None):
+    def __init__(self, directory: str | None = None, *, any_thread: bool = False):
+        """The store in ``directory`` (default: ``state_dir()``). ``any_thread``: the connection
+        may be used from threads other than this one, one at a time (the caller serialises)."""
         self.directory = directory or state_dir()
         database = os.path.join(self.directory, "state.db")
         try:
@@ -123,9 +125,11 @@ class Store:
             # A read-only state directory can still be read (`get`, `describe`); writes refuse.
             # Nothing can change it under a read-only mount: SQLite may read it as immutable.
             self._db = _Guarded(sqlite3.connect(f"file:{database}?immutable=1", uri=True, timeout=30,
-                                                isolation_level=None), self.directory)
+                                                isolation_level=None, check_same_thread=not any_thread),
+                                self.directory)
         else:
-            self._db = _Guarded(sqlite3.connect(database, timeout=30, isolation_level=None), self.directory)
+            self._db = _Guarded(sqlite3.connect(database, timeout=30, isolation_level=None,
+                                                check_same_thread=not any_thread), self.directory)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)

@@ -20,9 +20,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from overlaynet.cni import ipam_plugin, plugins, spec
-from overlaynet.cni.invocation import PluginOutput
+from overlaynet.cni.invocation import PluginOutput, answer
+from overlaynet.control.store import Store
 from overlaynet.errors import CapacityError, CniError
-from overlaynet.ipam import hostlocal
+from overlaynet.ipam import blocks, hostlocal
 
 
 class MemoryStore:
@@ -419,3 +420,37 @@ def test_blocks_mode_through_the_plugin_on_overlaynet_blocks(tmp_path):
     bad = {**conf, "ipam": {**conf["ipam"], "blockSize": 26}}  # pool /28 is smaller than a /26 block
     error = json.loads(run_ipam(bad, cid="c").stdout)
     assert error["code"] == 7 and "smaller than one block" in error["msg"]
+
+
+def test_blocks_mode_in_the_agent_keeps_its_store_and_follows_a_new_database(tmp_path):
+    """In the agent the store stays open between requests; a state database made anew (a
+    later cluster's) is opened again rather than written through a stale connection, and a
+    failed request leaves no store behind."""
+    conf = {"cniVersion": "1.1.0", "name": "podnet", "type": "overlaynet-ipam",
+            "ipam": {"type": "overlaynet-ipam", "mode": "blocks", "stateDir": str(tmp_path), "blockSize": 30},
+            "overlaynet": {"cluster": {"metadata": {"name": "blk"}, "spec": {"clusterCIDR": "10.60.0.0/28"}},
+                           "node": {"name": "node-1"}}}
+
+    def in_agent(cid, body=conf):
+        environ = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": cid, "CNI_NETNS": "/run/netns/x",
+                   "CNI_IFNAME": "eth0", "CNI_PATH": "/x"}
+        return answer(ipam_plugin.command, "overlaynet-ipam", environ, json.dumps(body).encode(), in_agent=True)
+
+    try:
+        first = ipaddress.ip_interface(json.loads(in_agent("a").stdout)["ips"][0]["address"])
+        kept = ipam_plugin._AGENT_STORES[str(tmp_path)][0]
+        second = ipaddress.ip_interface(json.loads(in_agent("b").stdout)["ips"][0]["address"])
+        assert second.ip == first.ip + 1  # the same block, bottom-up: the kept store saw "a"
+        assert ipam_plugin._AGENT_STORES[str(tmp_path)][0] is kept
+        for name in os.listdir(tmp_path):  # the state goes; a new one is made
+            os.remove(tmp_path / name)
+        Store(str(tmp_path)).close()
+        assert ipaddress.ip_interface(json.loads(in_agent("c").stdout)["ips"][0]["address"]) == first
+        assert ipam_plugin._AGENT_STORES[str(tmp_path)][0] is not kept
+        full = {**conf, "ipam": {**conf["ipam"], "blockSize": 26}}  # refused: smaller than one block
+        assert json.loads(in_agent("d", full).stdout)["code"] == 7
+        store = Store(str(tmp_path))
+        assert list(blocks.BlockIPAM(store, "blk", ipaddress.IPv4Network("10.60.0.0/28"), 30).handles()) == ["c.eth0"]
+        store.close()
+    finally:
+        ipam_plugin._drop_kept_stores()
