@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--rss-pods", type=int, default=0, help="also serve this many pods and report agent RSS")
     parser.add_argument("--cni", default="flannel", help="the CNI mode of overlaynet's side (flannel or calico)")
+    parser.add_argument("--pause", type=float, default=1.0, help="seconds between measurements")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("bench/bringup.py: needs root (it creates network namespaces)", file=sys.stderr)
@@ -106,8 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     prefix = f"bench-floor-{os.getpid()}."
     floors, ours = [], []
     for run in range(args.repeat):
+        # Each side starts on a quiet kernel: for a second after a teardown it still frees
+        # what the namespaces held, and an `up` started then takes 0.58 s where 0.25 s do.
         floors.append(floor.measure_floor(args.nodes, args.pods_per_node, prefix))
+        time.sleep(args.pause)
         ours.append(measure_overlaynet(args.nodes, args.pods_per_node, f"bench{run}", args.cni))
+        time.sleep(args.pause)
 
     def median(rows, key):
         return round(statistics.median(r[key] for r in rows), 4)

@@ -36,7 +36,7 @@ CNI_VERSION = "1.0.0"
 CONFLIST_NAME = "10-overlaynet.conflist"
 # After ours, where Debian's containernetworking-plugins and most distributions put theirs.
 SYSTEM_CNI_PATH = ["/usr/lib/cni", "/opt/cni/bin"]
-PARALLEL_ADDS = 4  # like a kubelet starting several sandboxes at once
+PARALLEL_ADDS = 8  # like a kubelet starting several sandboxes at once (200 pods: 1.6-1.7 s with 4, 1.3-1.6 s with 8)
 
 
 def cni_path() -> list[str]:
