@@ -872,9 +872,11 @@ def _print_report(verifying, report, pod_eps, node_eps, elapsed, cluster, cni, p
               "pod-node": "(b) pod -> node, no NAT", "self": "(c) pod's own IP == IP others see == podIP",
               **verifying.SERVICE_RULES, **verifying.DNS_RULES}
     services = len({c.target.name.split(":")[0] for c in report.checks if c.rule.startswith("svc-")})
+    protocols = "TCP, UDP, ICMP and DNS" if any(c.rule in verifying.DNS_RULES for c in report.checks) \
+        else "TCP, UDP and ICMP"
     click.echo(f'Verifying cluster "{cluster}" ({cni}): {len(pod_eps)} pods on {len(node_eps)} nodes'
                + (f", {services} service ports" if services else "")
-               + f", {len(report.checks)} checks over TCP, UDP and ICMP")
+               + f", {len(report.checks)} checks over {protocols}")
     summary = report.summary()
     extra = [s for s in (verifying.DENIED, verifying.POLICY) if any(s in c for c in summary.values())]
     rows = [[titles[rule], str(c["ok"]), str(c["nat"]), str(c["fail"])] + [str(c.get(s, 0)) for s in extra]

@@ -150,6 +150,7 @@ def test_verify_proves_the_network_model(cluster):
     assert "(e) cluster DNS: skipped, the Cluster document says dns: false" in result.stdout
     report = json.loads(cluster.run("verify", "--name", CLUSTER, "-o", "json").stdout)
     assert report["passed"] is True and report["dnsSkipped"]
+    assert result.stdout.splitlines()[0].endswith(f'{len(report["checks"])} checks over TCP, UDP and ICMP')
     pairs = [c for c in report["checks"] if c["rule"] == "pod-pod"]
     assert len(pairs) == 8 * 7 * 3
     assert {c["protocol"] for c in pairs} == {"tcp", "udp", "icmp"}

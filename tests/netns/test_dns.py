@@ -157,6 +157,7 @@ def test_verify_resolves_every_service_from_every_node_and_passes_with_the_cored
                                                  "kube-dns.kube-system.svc.cluster.local"}
     assert sum(c["rule"] == "dns-nxdomain" for c in report["checks"]) == 2
     assert "(e) every Service name resolves, from a pod on every node" in result.stdout
+    assert f'{len(report["checks"])} checks over TCP, UDP, ICMP and DNS' in result.stdout.splitlines()[0]
 
 
 def test_records_follow_a_change_within_a_second(cluster, tmp_path):
