@@ -116,9 +116,9 @@ def open_block_ipam(conf: Mapping, keep_store_open: bool = False) -> tuple[Any, 
 def _kept_store(directory: str) -> Any:
     """The agent's open store for ``directory``, opened again when its database is not the
     one it opened (removed and made anew by a later cluster's first write)."""
-    from overlaynet.control.store import Store
+    from overlaynet.control.store import Store, database_path
 
-    database = os.path.join(directory, "state.db")
+    database = database_path(directory)
     try:
         inode = os.stat(database).st_ino
     except FileNotFoundError:

@@ -110,12 +110,17 @@ class _Guarded:
         self._connection.close()
 
 
+def database_path(directory: str) -> str:
+    """The SQLite file of the store in ``directory``."""
+    return os.path.join(directory, "state.db")
+
+
 class Store:
     def __init__(self, directory: str | None = None, *, any_thread: bool = False):
         """The store in ``directory`` (default: ``state_dir()``). ``any_thread``: the connection
         may be used from threads other than this one, one at a time (the caller serialises)."""
         self.directory = directory or state_dir()
-        database = os.path.join(self.directory, "state.db")
+        database = database_path(self.directory)
         try:
             os.makedirs(self.directory, mode=0o700, exist_ok=True)
             _create_private(database)

@@ -425,7 +425,7 @@ def test_blocks_mode_through_the_plugin_on_overlaynet_blocks(tmp_path):
 def test_blocks_mode_in_the_agent_keeps_its_store_and_follows_a_new_database(tmp_path):
     """In the agent the store stays open between requests; a state database made anew (a
     later cluster's) is opened again rather than written through a stale connection, and a
-    failed request leaves no store behind."""
+    refused request changes nothing."""
     conf = {"cniVersion": "1.1.0", "name": "podnet", "type": "overlaynet-ipam",
             "ipam": {"type": "overlaynet-ipam", "mode": "blocks", "stateDir": str(tmp_path), "blockSize": 30},
             "overlaynet": {"cluster": {"metadata": {"name": "blk"}, "spec": {"clusterCIDR": "10.60.0.0/28"}},
