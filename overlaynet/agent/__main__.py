@@ -15,6 +15,7 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
 
 from overlaynet.agent import guardian
 from overlaynet.agent.client import find_agent_pids
@@ -25,7 +26,7 @@ from overlaynet.agent.watcher import Heal
 def report_to_controller(cluster: str, state_dir: str) -> HealthReport:
     """The callback that hands a probe result to the controller, over the store in ``state_dir``."""
 
-    def report(namespace: str, name: str, kind: str, ok: bool) -> None:
+    def report(namespace: str, name: str, kind: str, ok: bool, current: Callable[[], bool]) -> None:
         # Imported on the first report: the controller (yaml, the planners) would cost every
         # agent start, and most agents serve pods without probes.
         from overlaynet.control.manager import ClusterManager
@@ -33,7 +34,7 @@ def report_to_controller(cluster: str, state_dir: str) -> HealthReport:
 
         manager = ClusterManager(Store(state_dir))
         try:
-            manager.pod_health(cluster, namespace, name, kind, ok)
+            manager.pod_health(cluster, namespace, name, kind, ok, current)
         finally:
             manager.store.close()
 

@@ -21,35 +21,50 @@ from overlaynet.api.probes import ProbeSpec, Tracker
 log = logging.getLogger("overlaynet.agent")
 
 
-async def run_once(spec: ProbeSpec, node_netns: str, pod_netns: str, pod_ip: str) -> bool:
-    """One probe attempt: True for success (HTTP 200-399, a TCP connect, exit status 0)."""
+async def run_once(spec: ProbeSpec, node_netns: str, pod_netns: str, pod_ip: str) -> str | None:
+    """One probe attempt: None for success (HTTP 200-399, a TCP connect, exit status 0), else
+    why it failed, in the words of the kubelet's "probe failed" event."""
+    if spec.action == "http":
+        what = f"GET http://{pod_ip}:{spec.port}{spec.path}"
+    elif spec.action == "tcp":
+        what = f"connect to {pod_ip}:{spec.port}"
+    else:
+        what = f"command {' '.join(spec.command)!r}"
     try:
         async with asyncio.timeout(spec.timeout):
             if spec.action == "http":
                 status, _ = await reachability.http_get(node_netns, pod_ip, spec.port, spec.path)
-                return 200 <= status < 400
+                return None if 200 <= status < 400 else f"{what}: HTTP status {status}"
             if spec.action == "tcp":
                 sock = reachability._new_socket(node_netns, socket.AF_INET, socket.SOCK_STREAM)
                 try:
                     await reachability._connect(asyncio.get_running_loop(), sock, (pod_ip, spec.port))
                 finally:
                     sock.close()
-                return True
+                return None
             process = await asyncio.create_subprocess_exec(
                 "ip", "netns", "exec", pod_netns, *spec.command,
                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
             try:
-                return await process.wait() == 0
+                status = await process.wait()
             except asyncio.CancelledError:
                 process.kill()
                 raise
-    except (OSError, TimeoutError):
-        return False
+            return None if status == 0 else f"{what}: exit status {status}"
+    except TimeoutError:
+        return f"{what}: no answer within timeoutSeconds ({spec.timeout:g}s)"
+    except OSError as exc:
+        return f"{what}: {reachability.error_text(exc)}"
 
 
 class Prober:
     """The probe loops of one pod. On each transition ``restart()`` is awaited first when a
-    liveness probe failed; ``report(kind, ok)`` is awaited until it succeeds."""
+    liveness probe failed; ``report(kind, ok)`` is awaited until it succeeds.
+
+    ``stopped`` is set as soon as ``stop()`` is called: a report already handed to a thread
+    (waiting there for the cluster's lock) cannot be cancelled, so the receiver reads it and
+    drops a stopped prober's finding, which would otherwise land after its successor's.
+    """
 
     def __init__(self, key: str, specs: list[ProbeSpec], node_netns: str, pod_netns: str, pod_ip: str,
                  report: Callable[[str, bool], Awaitable[None]], restart: Callable[[], Awaitable[None]]):
@@ -58,12 +73,14 @@ class Prober:
         self.node_netns, self.pod_netns, self.pod_ip = node_netns, pod_netns, pod_ip
         self.report, self.restart = report, restart
         self.tasks: list[asyncio.Task] = []
+        self.stopped = False
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
         self.tasks = [loop.create_task(self._loop(spec)) for spec in self.specs]
 
     async def stop(self) -> None:
+        self.stopped = True
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -74,10 +91,10 @@ class Prober:
         unreported: bool | None = None
         await asyncio.sleep(spec.initial_delay)
         while True:
-            ok = await run_once(spec, self.node_netns, self.pod_netns, self.pod_ip)
-            changed = tracker.record(ok)
+            failure = await run_once(spec, self.node_netns, self.pod_netns, self.pod_ip)
+            changed = tracker.record(failure is None)
             if changed is not None:
-                log.info("%s probe of %s: %s", spec.kind, self.key, "success" if changed else "failure")
+                log.info("%s probe of %s: %s", spec.kind, self.key, "success" if changed else f"failure ({failure})")
                 unreported = changed
                 if spec.kind == "liveness" and not changed:
                     await self.restart()

@@ -65,9 +65,11 @@ log = logging.getLogger("overlaynet.agent")
 CONTROL_LINE_LIMIT = 64 * 1024 * 1024  # a probe request for 30,000 probes is ~3 MB
 CNI_WORKERS = 16  # CNI operations at once (netlink and IPAM locks, not CPU, bound them)
 
-# What a pod's probe found, as (namespace, pod, "readiness" or "liveness", passed): told to
-# whoever started the agent (``__main__`` wires the controller in); called in a worker thread.
-HealthReport = Callable[[str, str, str, bool], None]
+# What a pod's probe found, as (namespace, pod, "readiness" or "liveness", passed, still
+# current?): told to whoever started the agent (``__main__`` wires the controller in); called
+# in a worker thread. "Still current?" is asked once the controller's lock is held
+# (``Prober.stopped``).
+HealthReport = Callable[[str, str, str, bool, Callable[[], bool]], None]
 # A pod's probes as ``serve`` carries them: {"specs": [ProbeSpec], "podIP", "nodeNetns", "podNetns"}.
 Health = dict[str, Any]
 
@@ -173,7 +175,8 @@ class Agent:
 
         async def report(kind: str, ok: bool) -> None:
             _, namespace, name = key.split("/", 2)
-            await asyncio.get_running_loop().run_in_executor(None, self.report_health, namespace, name, kind, ok)
+            await asyncio.get_running_loop().run_in_executor(
+                None, self.report_health, namespace, name, kind, ok, lambda: not prober.stopped)
 
         prober = Prober(key, specs, health["nodeNetns"], health["podNetns"], health["podIP"], report, restart)
         self.probers[key] = prober

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
@@ -443,10 +444,15 @@ class ClusterManager:
             netpol_sync.sync(self.store, self.runtime, spec)
             return line
 
-    def pod_health(self, cluster: str, namespace: str, name: str, kind: str, ok: bool) -> None:
+    def pod_health(self, cluster: str, namespace: str, name: str, kind: str, ok: bool,
+                   current: Callable[[], bool] = lambda: True) -> None:
         """What the agent's prober found: readiness moves the pod in and out of its Services'
-        endpoints; a failed liveness probe counts a restart (the agent restarted the server)."""
+        endpoints; a failed liveness probe counts a restart (the agent restarted the server).
+        ``current()``, asked once the lock is held, is False when the prober that found it was
+        replaced meanwhile (the pod served again): its successor reports for itself."""
         with self.store.cluster_lock(cluster):
+            if not current():
+                return
             record = self.store.get(cluster, "Pod", name, namespace)
             if record is None or record["status"].get("phase") != "Running":
                 return

@@ -1,8 +1,10 @@
 """Readiness and liveness probes run by the kubelet side (the agent): a pod whose server stops
-answering leaves its Services' endpoints and comes back when it answers again."""
+answering leaves its Services' endpoints and comes back when it answers again; the agent's log
+says why a probe failed."""
 
 from __future__ import annotations
 
+import pathlib
 import shutil
 import time
 
@@ -46,6 +48,13 @@ def endpoints(cli, service: str) -> set[str]:
             for e in s["endpoints"] if e["conditions"].get("ready", True) for address in e["addresses"]}
 
 
+def failure_logged(cli, kind: str, pod: str) -> str:
+    """The reason the agent logged for ``pod``'s ``kind`` probe failing, or ""."""
+    log = pathlib.Path(cli.state_dir) / f"{CLUSTER}.agent.log"
+    prefix = f"{kind} probe of pod/default/{pod}: failure ("
+    return next((line.split(prefix, 1)[1].rstrip(")") for line in log.read_text().splitlines() if prefix in line), "")
+
+
 def wait_for(predicate, timeout: float = 10.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -65,6 +74,8 @@ def test_readiness_moves_a_pod_out_of_the_endpoints_and_back(cluster):
     assert "test server stopped" in out.stdout
     assert wait_for(lambda: endpoints(cluster, "api") == all_ips - {record["status"]["podIP"]})
     assert cluster.pods(CLUSTER)[victim]["status"]["containerStatuses"][0]["ready"] is False
+    assert failure_logged(cluster, "readiness", victim) == \
+        f"GET http://{record['status']['podIP']}:8080/healthz: connection refused"
     ip = cluster.json("get", "svc", "api", "--name", CLUSTER)["spec"]["clusterIP"]
     client = next(n for n in pods if n != victim)
     hits = {in_netns(f"{CLUSTER}.pod.default.{client}", "curl", "-s", "-m", "2", f"http://{ip}/hostname").stdout
@@ -84,6 +95,8 @@ def test_liveness_failure_restarts_the_server(cluster):
         return status["restartCount"] >= 1
 
     assert wait_for(restarted)
+    ip = cluster.pods(CLUSTER)[victim]["status"]["podIP"]
+    assert failure_logged(cluster, "liveness", victim) == f"connect to {ip}:8080: connection refused"
     status = lambda: cluster.run("testserver", "status", victim, "--name", CLUSTER).stdout  # noqa: E731
     assert "test server serving" in wait_for(lambda: "serving" in status() and status())
     row = next(line for line in cluster.run("get", "pods", "--name", CLUSTER).stdout.splitlines()

@@ -298,6 +298,8 @@ def test_readiness_moves_a_pod_in_and_out_of_its_services_endpoints(make):
     assert endpoints() == 0
     manager.pod_health(CLUSTER, "default", "web", "liveness", False)
     assert manager.pod(CLUSTER, "default", "web")["status"]["containerStatuses"][0]["restartCount"] == 1
+    manager.pod_health(CLUSTER, "default", "web", "readiness", True, current=lambda: False)
+    assert endpoints() == 0, "a replaced prober's report, read after its successor's, changes nothing"
 
 
 # -- routes of the routed mode ---------------------------------------------------------------------
@@ -339,6 +341,6 @@ def test_the_agents_health_report_reaches_the_controller_over_the_store(make):
     manager = make(nodes=1)
     manager.apply(CLUSTER, [pod("a")])
     report = report_to_controller(CLUSTER, manager.store.directory)
-    report("default", "a", "liveness", False)  # a restart: nothing to sync
+    report("default", "a", "liveness", False, lambda: True)  # a restart: nothing to sync
     assert manager.pod(CLUSTER, "default", "a")["status"]["containerStatuses"][0]["restartCount"] == 1
-    report("default", "gone", "readiness", True)  # a pod deleted meanwhile is no error
+    report("default", "gone", "readiness", True, lambda: True)  # a pod deleted meanwhile is no error
