@@ -24,6 +24,8 @@ import fcntl
 import json
 import os
 import sqlite3
+import stat
+import threading
 import time
 from collections.abc import Iterator
 from typing import overload
@@ -50,14 +52,36 @@ def state_dir() -> str:
     return os.environ.get("OVERLAYNET_STATE_DIR") or DEFAULT_STATE_DIR
 
 
-def _create_private(path: str) -> None:
-    """Create ``path`` readable by its owner only, or narrow it if it exists: the store holds
-    every object of every cluster. SQLite gives its -wal and -shm files the database's mode."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
+_PREPARING = threading.Lock()  # a database being created here is not yet SQLite's to open
+
+
+def _prepare_private(path: str) -> None:
+    """Create the database ``path`` readable by its owner only, or narrow it if it exists: the
+    store holds every object of every cluster (SQLite gives its -wal and -shm files the
+    database's mode). Raises OSError when it cannot be written (read-only, no permission).
+
+    An existing database is never opened here, only stat-ed and chmod-ed by path: closing any
+    descriptor of the file cancels every POSIX lock this process holds on it, so the SQLite
+    connections of the process's other threads (the agent's) would lose their shared lock, and
+    another process's last close would then delete the WAL they still write to, losing their
+    commits (https://www.sqlite.org/howtocorrupt.html, 2.2). A new one is opened once, before
+    any connection to it exists; the lock keeps this process's other threads from connecting
+    to it until that descriptor is closed.
+    """
+    with _PREPARING:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            os.close(fd)
+            return
+    if os.statvfs(path).f_flag & os.ST_RDONLY:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
+    if not os.access(path, os.W_OK):
+        raise OSError(errno.EACCES, os.strerror(errno.EACCES), path)
+    if stat.S_IMODE(os.stat(path).st_mode) & 0o077:
+        os.chmod(path, 0o600)
 
 
 _READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
@@ -123,7 +147,7 @@ class Store:
         database = database_path(self.directory)
         try:
             os.makedirs(self.directory, mode=0o700, exist_ok=True)
-            _create_private(database)
+            _prepare_private(database)
         except OSError as exc:
             if exc.errno not in _READ_ONLY or not os.path.exists(database):
                 raise unwritable(self.directory, _os_why(exc)) from None

@@ -1,7 +1,11 @@
-"""The store's files are its owner's only: it holds every object of every cluster."""
+"""The store's files are its owner's only: it holds every object of every cluster; several
+connections in one process (the agent's threads) keep what they commit."""
 
 import os
+import sqlite3
 import stat
+import subprocess
+import sys
 import threading
 import time
 
@@ -55,3 +59,33 @@ def test_a_lock_removed_by_its_holder_is_not_shared(tmp_path):
         order.append("holder out")
     thread.join(5)
     assert order == ["holder out", "waiter in", "waiter out"]
+
+
+def _pod(name: str) -> dict:
+    return {"kind": "Pod", "metadata": {"name": name, "namespace": "default"}, "status": {}}
+
+
+def _names_read_by_another_process(directory) -> list[str]:
+    """The pods another process reads from the store, closing its connection after (the last
+    close of a WAL database checkpoints and deletes the WAL unless a connection still holds it)."""
+    read = ("import sqlite3, sys; db = sqlite3.connect(sys.argv[1]); "
+            "print(' '.join(n for (n,) in db.execute('SELECT name FROM resources ORDER BY name'))); db.close()")
+    out = subprocess.run([sys.executable, "-c", read, str(directory / "state.db")],
+                         capture_output=True, text=True, check=True).stdout
+    return out.split()
+
+
+def test_a_second_store_in_the_process_does_not_cost_the_first_its_commits(tmp_path):
+    """The agent keeps a store open while its threads open and close others. Opening the
+    database file outside SQLite would cancel the kept connection's POSIX lock; another
+    process's close would then delete the WAL it still writes to, and its commits would be
+    lost (a probe's Ready written, then gone from every other reader)."""
+    kept = Store(str(tmp_path))
+    kept.put("c1", _pod("first"))
+    Store(str(tmp_path)).close()
+    assert _names_read_by_another_process(tmp_path) == ["first"]
+    kept.put("c1", _pod("second"))
+    assert _names_read_by_another_process(tmp_path) == ["first", "second"]
+    kept.close()
+    with sqlite3.connect(tmp_path / "state.db") as database:
+        assert database.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
