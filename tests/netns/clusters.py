@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 import tempfile
@@ -39,6 +40,16 @@ class Cli:
 
     def down_quietly(self, cluster: str) -> None:
         self.run("down", "--name", cluster, check=False)
+
+
+def agent_story(state_dir: str, cluster: str) -> str:
+    """The lines of the cluster's agent log that explain a red check (serves, probes, pauses,
+    heals, warnings): a check that fails in CI only is then read, not guessed."""
+    log = pathlib.Path(state_dir) / f"{cluster}.agent.log"
+    if not log.exists():
+        return "(no agent log)"
+    keep = ("serve ", "probe", "pause", "resume", "heal", "WARNING", "ERROR")
+    return "\n".join([line for line in log.read_text().splitlines() if any(k in line for k in keep)][-20:])
 
 
 def short_state_dir() -> str:

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from overlaynet.tools import labs
-from tests.netns.clusters import REPO, short_state_dir
+from tests.netns.clusters import REPO, agent_story, short_state_dir
 
 LABS = labs.all_labs(pathlib.Path(REPO) / "labs")
 
@@ -57,16 +57,6 @@ def red_items(report: dict) -> str:
     return "; ".join(f'{item["what"]} (hint: {item["hint"]})' for item in report["items"] if not item["ok"])
 
 
-def agent_story(env: dict, cluster: str) -> str:
-    """The lines of the lab cluster's agent log that explain a red check (probes, pauses,
-    re-serves, warnings): a check that fails in CI only is then read, not guessed."""
-    log = pathlib.Path(env["OVERLAYNET_STATE_DIR"]) / f"{cluster}.agent.log"
-    if not log.exists():
-        return "(no agent log)"
-    keep = ("serve ", "probe", "pause", "resume", "heal", "WARNING", "ERROR")
-    return "\n".join([line for line in log.read_text().splitlines() if any(k in line for k in keep)][-20:])
-
-
 @pytest.mark.parametrize("lab", LABS, ids=[lab.folder.name for lab in LABS])
 def test_lab_as_a_learner(lab, learner_env):
     blocks = labs.readme_steps((lab.folder / "README.md").read_text())
@@ -83,7 +73,7 @@ def test_lab_as_a_learner(lab, learner_env):
             run_block(block.script, learner_env, lab.folder)
             if index == decisive[0]:
                 code, report, seconds = lab_check(learner_env, lab.folder)
-                assert code == 0 and report["passed"], f"{red_items(report)}\n{agent_story(learner_env, lab.cluster)}"
+                assert code == 0 and report["passed"], f"{red_items(report)}\n{agent_story(learner_env['OVERLAYNET_STATE_DIR'], lab.cluster)}"
                 print(f"\nlab {lab.nn}: check green in {seconds:.2f}s")
         code, report, _ = lab_check(learner_env, lab.folder)
         assert code == 0, f"{lab.folder.name}: the last steps turned the check red again: {red_items(report)}"

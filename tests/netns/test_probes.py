@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.netns.clusters import Cli, in_netns, short_state_dir, write_manifest
+from tests.netns.clusters import Cli, agent_story, in_netns, short_state_dir, write_manifest
 
 CLUSTER = "prb"
 
@@ -55,6 +55,11 @@ def failure_logged(cli, kind: str, pod: str) -> str:
     return next((line.split(prefix, 1)[1].rstrip(")") for line in log.read_text().splitlines() if prefix in line), "")
 
 
+def story(cli, expected: set[str]) -> str:
+    """Why the endpoints are not what was expected: them, and the agent's log of probes."""
+    return f"endpoints {sorted(endpoints(cli, 'api'))}, expected {sorted(expected)}\n{agent_story(cli.state_dir, CLUSTER)}"
+
+
 def wait_for(predicate, timeout: float = 10.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -68,11 +73,12 @@ def wait_for(predicate, timeout: float = 10.0):
 def test_readiness_moves_a_pod_out_of_the_endpoints_and_back(cluster):
     pods = {n: p for n, p in cluster.pods(CLUSTER).items() if n.startswith("api-")}
     all_ips = {p["status"]["podIP"] for p in pods.values()}
-    assert wait_for(lambda: endpoints(cluster, "api") == all_ips)
+    assert wait_for(lambda: endpoints(cluster, "api") == all_ips), story(cluster, all_ips)
     victim, record = sorted(pods.items())[0]
     out = cluster.run("exec", victim, "--name", CLUSTER, "--", "python3", "-m", "overlaynet", "testserver", "stop")
     assert "test server stopped" in out.stdout
-    assert wait_for(lambda: endpoints(cluster, "api") == all_ips - {record["status"]["podIP"]})
+    assert wait_for(lambda: endpoints(cluster, "api") == all_ips - {record["status"]["podIP"]}), \
+        story(cluster, all_ips - {record["status"]["podIP"]})
     assert cluster.pods(CLUSTER)[victim]["status"]["containerStatuses"][0]["ready"] is False
     assert failure_logged(cluster, "readiness", victim) == \
         f"GET http://{record['status']['podIP']}:8080/healthz: connection refused"
@@ -82,7 +88,7 @@ def test_readiness_moves_a_pod_out_of_the_endpoints_and_back(cluster):
             for _ in range(30)}
     assert victim not in hits and len(hits) == 2
     cluster.run("testserver", "start", victim, "--name", CLUSTER)
-    assert wait_for(lambda: endpoints(cluster, "api") == all_ips)
+    assert wait_for(lambda: endpoints(cluster, "api") == all_ips), story(cluster, all_ips)
     assert cluster.json("get", "deployments", "api", "--name", CLUSTER)["status"]["readyReplicas"] == 3
 
 
