@@ -42,14 +42,20 @@ class Cli:
         self.run("down", "--name", cluster, check=False)
 
 
+def agent_log(state_dir: str, cluster: str) -> str:
+    """The cluster's agent log, whole."""
+    return (pathlib.Path(state_dir) / f"{cluster}.agent.log").read_text()
+
+
 def agent_story(state_dir: str, cluster: str) -> str:
     """The lines of the cluster's agent log that explain a red check (serves, probes, pauses,
     heals, warnings): a check that fails in CI only is then read, not guessed."""
-    log = pathlib.Path(state_dir) / f"{cluster}.agent.log"
-    if not log.exists():
+    try:
+        lines = agent_log(state_dir, cluster).splitlines()
+    except FileNotFoundError:
         return "(no agent log)"
     keep = ("serve ", "probe", "pause", "resume", "heal", "WARNING", "ERROR")
-    return "\n".join([line for line in log.read_text().splitlines() if any(k in line for k in keep)][-20:])
+    return "\n".join([line for line in lines if any(k in line for k in keep)][-20:])
 
 
 def short_state_dir() -> str:

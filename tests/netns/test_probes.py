@@ -4,13 +4,12 @@ says why a probe failed."""
 
 from __future__ import annotations
 
-import pathlib
 import shutil
 import time
 
 import pytest
 
-from tests.netns.clusters import Cli, agent_story, in_netns, short_state_dir, write_manifest
+from tests.netns.clusters import Cli, agent_log, agent_story, in_netns, short_state_dir, write_manifest
 
 CLUSTER = "prb"
 
@@ -50,9 +49,9 @@ def endpoints(cli, service: str) -> set[str]:
 
 def failure_logged(cli, kind: str, pod: str) -> str:
     """The reason the agent logged for ``pod``'s ``kind`` probe failing, or ""."""
-    log = pathlib.Path(cli.state_dir) / f"{CLUSTER}.agent.log"
     prefix = f"{kind} probe of pod/default/{pod}: failure ("
-    return next((line.split(prefix, 1)[1].rstrip(")") for line in log.read_text().splitlines() if prefix in line), "")
+    return next((line.split(prefix, 1)[1].rstrip(")") for line in agent_log(cli.state_dir, CLUSTER).splitlines()
+                 if prefix in line), "")
 
 
 def story(cli, expected: set[str]) -> str:

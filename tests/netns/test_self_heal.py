@@ -15,7 +15,7 @@ import time
 import pytest
 
 from overlaynet.agent.client import find_agent_pids, find_guardian_pids
-from tests.netns.clusters import Cli, delete_vxlan_entries, in_netns, short_state_dir
+from tests.netns.clusters import Cli, agent_log, delete_vxlan_entries, in_netns, short_state_dir
 from tests.netns.test_trace_fault import bring_up, pings, take_down
 
 FLANNEL = "healfl"
@@ -37,11 +37,6 @@ def ip(netns: str, *argv: str) -> str:
     return subprocess.run(["ip", "-n", netns, *argv], check=True, capture_output=True, text=True).stdout
 
 
-def agent_log(cli: Cli, cluster: str) -> str:
-    with open(os.path.join(cli.state_dir, f"{cluster}.agent.log")) as handle:
-        return handle.read()
-
-
 def within(seconds: float, condition) -> float | None:
     """How long ``condition()`` took to hold (polled), or None if it did not within ``seconds``."""
     started = time.monotonic()
@@ -55,12 +50,12 @@ def within(seconds: float, condition) -> float | None:
 def logged(cli: Cli, cluster: str, *lines: str) -> bool:
     """Whether the agent's log names every one of ``lines`` within PATIENCE (a pass logs its
     repairs once it is over, after kube-proxy's sync: later than the kernel objects are back)."""
-    return within(PATIENCE, lambda: all(line in agent_log(cli, cluster) for line in lines)) is not None
+    return within(PATIENCE, lambda: all(line in agent_log(cli.state_dir, cluster) for line in lines)) is not None
 
 
 def test_up_says_it_heals_and_the_agent_watches_the_underlay_and_nodes(flannel):
     cli, _ = flannel
-    assert "self-heal: watching 3 namespaces" in agent_log(cli, FLANNEL)
+    assert "self-heal: watching 3 namespaces" in agent_log(cli.state_dir, FLANNEL)
     document = cli.json("get", "clusters", FLANNEL)
     assert document["spec"]["selfHeal"] is True
 
@@ -75,7 +70,7 @@ def test_a_deleted_route_neighbour_and_fdb_entry_come_back_by_themselves(flannel
                                              capture_output=True, text=True).stdout)
 
     took = within(PATIENCE, whole)
-    assert took is not None, agent_log(cli, FLANNEL)[-3000:]
+    assert took is not None, agent_log(cli.state_dir, FLANNEL)[-3000:]
     print(f"\nroute, neighbour and FDB entry back in {took:.2f}s")
     assert pings(FLANNEL, "a", ips["b"])
     assert logged(cli, FLANNEL, f"self-heal: node/node-1: route {peer_cidr} via {vtep} dev flannel.1 onlink: put back",
@@ -94,9 +89,9 @@ def test_a_deleted_node_namespace_is_made_again_and_the_network_model_holds(flan
     cli, ips = flannel
     subprocess.run(["ip", "netns", "del", f"{FLANNEL}.node.node-2"], check=True)
     took = within(PATIENCE * 2, lambda: pings(FLANNEL, "a", ips["b"]) and pings(FLANNEL, "b", ips["a"]))
-    assert took is not None, agent_log(cli, FLANNEL)[-3000:]
+    assert took is not None, agent_log(cli.state_dir, FLANNEL)[-3000:]
     assert logged(cli, FLANNEL, "self-heal: node/node-2: create namespace: put back",
-                  "self-heal: node/node-2: its test server served again"), agent_log(cli, FLANNEL)[-4000:]
+                  "self-heal: node/node-2: its test server served again"), agent_log(cli.state_dir, FLANNEL)[-4000:]
     result = cli.run("verify", "--name", FLANNEL, check=False)
     assert result.returncode == 0, result.stdout[-2000:]
 
@@ -124,7 +119,7 @@ def test_a_flushed_kube_proxy_chain_is_written_back_within_a_second(flannel):
     iptables(node1, "-t", "nat", "-F", "KUBE-SERVICES")
     assert address not in iptables(node1, "-t", "nat", "-S", "KUBE-SERVICES")
     took = within(PATIENCE, lambda: iptables(node1, "-t", "nat", "-S", "KUBE-SERVICES") == before)
-    assert took is not None and took < 2.0, (took, agent_log(cli, FLANNEL)[-3000:])
+    assert took is not None and took < 2.0, (took, agent_log(cli.state_dir, FLANNEL)[-3000:])
     assert logged(cli, FLANNEL, "self-heal: node/node-1: kube-proxy wrote back")
     answer = in_netns(f"{FLANNEL}.pod.default.a", "curl", "-s", "-m", "2", f"http://{address}/hostname").stdout
     assert answer in ("a", "b")
@@ -135,7 +130,7 @@ def test_a_deleted_canary_chain_is_made_again(flannel):
     node2 = f"{FLANNEL}.node.node-2"
     in_netns(node2, "iptables", "-t", "mangle", "-X", "KUBE-PROXY-CANARY").check_returncode()
     assert within(PATIENCE, lambda: "KUBE-PROXY-CANARY" in iptables(node2, "-t", "mangle", "-S")) is not None, \
-        agent_log(cli, FLANNEL)[-3000:]
+        agent_log(cli.state_dir, FLANNEL)[-3000:]
 
 
 def agents(cli: Cli, cluster: str) -> tuple[list[int], list[int]]:
@@ -158,7 +153,7 @@ def test_a_killed_agent_is_started_again_by_its_guardian_and_serves_every_pod_ag
         found, _ = agents(cli, FLANNEL)
         return found not in ([], [agent]) and hostname(FLANNEL, "a", ips["b"]) == "b"
 
-    assert within(PATIENCE, served_again) is not None, agent_log(cli, FLANNEL)[-3000:]
+    assert within(PATIENCE, served_again) is not None, agent_log(cli.state_dir, FLANNEL)[-3000:]
     assert logged(cli, FLANNEL, f"guardian: the agent (pid {agent}) is gone; healing",
                   "self-heal: agent: did not answer; started again", "self-heal: pod/default/b: its test server served again")
     # the new agent has a guardian of its own; the old guardian's work is done
@@ -180,7 +175,7 @@ def test_a_deleted_pod_namespace_is_reported_in_the_log(flannel):
     subprocess.run(["ip", "netns", "del", f"{FLANNEL}.pod.default.a"], check=True)
     reported = "self-heal: pod/default/a: its network namespace"
     assert logged(cli, FLANNEL, reported)
-    line = next(line for line in agent_log(cli, FLANNEL).splitlines() if reported in line)
+    line = next(line for line in agent_log(cli.state_dir, FLANNEL).splitlines() if reported in line)
     assert line.endswith("(not repaired)") and "`overlaynet delete pod a`" in line
     cli.run("delete", "pod", "a", "--name", FLANNEL)
 
@@ -204,7 +199,7 @@ def test_a_killed_bird_is_started_again(request):
             return False
         return pid != old and os.path.exists(f"/proc/{pid}")
 
-    assert within(PATIENCE, new_bird) is not None, agent_log(cli, CALICO)[-3000:]
+    assert within(PATIENCE, new_bird) is not None, agent_log(cli.state_dir, CALICO)[-3000:]
     assert logged(cli, CALICO, "self-heal: node/node-2: BIRD was not running; started again")
 
 
@@ -219,7 +214,7 @@ def test_without_self_heal_what_was_broken_stays_broken(request):
     time.sleep(2.5)  # more than two ticks of a watcher, were there one
     assert peer_cidr not in ip(node1, "route")
     assert not pings(STILL, "a", ips["b"])
-    assert "self-heal" not in agent_log(cli, STILL)
+    assert "self-heal" not in agent_log(cli.state_dir, STILL)
     assert agents(cli, STILL)[1] == []  # no guardian either: a killed agent stays dead
 
 
